@@ -1,0 +1,28 @@
+# Two entry points for a fresh machine:
+#   make demo   - install into .venv, build a small Biased MNIST, print its statistics, write a sample grid
+#   make test   - install into .venv and run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+DEMO   ?= demo-out
+
+.PHONY: install demo test clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch/torchvision first, pinned to the builds this kind of machine carries on disk
+	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1" || $(PY) -m pip install -q torch torchvision
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	bash scripts/demo.sh $(DEMO)
+
+test: install
+	MLFLOW_DISABLE_TELEMETRY=true $(PY) -m pytest tests
+
+clean:
+	rm -rf $(VENV) $(DEMO)

@@ -1,0 +1,128 @@
+"""Typed, validated settings: the one place that turns bad input into clear :class:`BiasbenchError` lines."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+from .data.factors import FACTORS, check_mode
+from .data.render import check_cell_size
+from .errors import BiasbenchError
+
+DEFAULT_P_BIAS = 0.7
+"""The paper's main setting (Table 1)."""
+UNBIASED_P = 0.1
+"""p for ``balanced_val`` and ``test``: with 10 values every value has probability 1/10."""
+MNIST_TRAIN_SIZE = 60_000
+MNIST_TEST_SIZE = 10_000
+
+
+def check_probability(value: Any, what: str) -> float:
+    try:
+        p = float(value)
+    except (TypeError, ValueError):
+        raise BiasbenchError(f"{what} must be a number in [0, 1], got {value!r}") from None
+    if not (0.0 <= p <= 1.0) or math.isnan(p):
+        raise BiasbenchError(f"{what} must be in [0, 1], got {value!r}")
+    return p
+
+
+def parse_p_bias(value: Any) -> dict[str, float]:
+    """One p for all factors (a number) or a mapping ``factor -> p`` (others get the default 0.7).
+
+    Strings are accepted as ``"0.7"`` or ``"digit_color=0.9,texture=0.5"`` (others 0.7).
+    """
+    if isinstance(value, str) and "=" in value:
+        mapping: dict[str, Any] = {}
+        for item in value.split(","):
+            if "=" not in item:
+                raise BiasbenchError(f"bad p_bias item {item!r}; expected NAME=P, e.g. digit_color=0.9")
+            k, v = item.split("=", 1)
+            mapping[k.strip()] = v.strip()
+        value = mapping
+    if isinstance(value, Mapping):
+        out = {f: DEFAULT_P_BIAS for f in FACTORS}
+        for k, v in value.items():
+            if k not in FACTORS:
+                raise BiasbenchError(f"unknown factor {k!r} in p_bias; expected one of: {', '.join(FACTORS)}")
+            out[k] = check_probability(v, f"p_bias for {k}")
+        return out
+    p = check_probability(value, "p_bias")
+    return {f: p for f in FACTORS}
+
+
+def _check_int(value: Any, what: str, lo: int, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        try:
+            if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+                value = int(value)
+            else:
+                raise TypeError
+        except TypeError:
+            raise BiasbenchError(f"{what} must be an integer, got {value!r}") from None
+    if value < lo or (hi is not None and value > hi):
+        rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise BiasbenchError(f"{what} must be {rng}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class DatasetSettings:
+    """Everything that determines a Biased MNIST dataset (with the MNIST bytes and the renderer version).
+
+    ``p_bias``: per-factor probability of the class-aligned value for ``train`` and ``val``;
+    ``balanced_val`` and ``test`` use :data:`UNBIASED_P`. Sizes: ``n_train + n_val <= 60,000`` (one
+    seeded permutation of MNIST-train, train first), ``n_test <= 10,000`` (the first MNIST-test digits).
+    """
+
+    p_bias: dict[str, float] = field(default_factory=lambda: {f: DEFAULT_P_BIAS for f in FACTORS})
+    seed: int = 0
+    cell_size: int = 32
+    mode: str = "paper"
+    n_train: int = 50_000
+    n_val: int = 10_000
+    n_test: int = 10_000
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "p_bias", parse_p_bias(self.p_bias))
+        object.__setattr__(self, "seed", _check_int(self.seed, "seed", 0, 2**63 - 1))
+        object.__setattr__(self, "cell_size", check_cell_size(_check_int(self.cell_size, "cell size", 0)))
+        check_mode(self.mode)
+        object.__setattr__(self, "n_train", _check_int(self.n_train, "train size", 1, MNIST_TRAIN_SIZE))
+        object.__setattr__(self, "n_val", _check_int(self.n_val, "val size", 1, MNIST_TRAIN_SIZE))
+        object.__setattr__(self, "n_test", _check_int(self.n_test, "test size", 1, MNIST_TEST_SIZE))
+        if self.n_train + self.n_val > MNIST_TRAIN_SIZE:
+            raise BiasbenchError(
+                f"train size + val size = {self.n_train + self.n_val} exceeds the {MNIST_TRAIN_SIZE} "
+                f"MNIST training digits they are drawn from"
+            )
+
+    @property
+    def image_size(self) -> int:
+        return 3 * self.cell_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "DatasetSettings":
+        known = {"p_bias", "seed", "cell_size", "mode", "n_train", "n_val", "n_test"}
+        unknown = set(d) - known
+        if unknown:
+            raise BiasbenchError(f"unknown dataset setting(s): {', '.join(sorted(unknown))}")
+        return cls(**dict(d))
+
+    def differences(self, other: "DatasetSettings") -> list[str]:
+        """Human-readable list of settings that differ (empty when equal)."""
+        a, b = self.to_dict(), other.to_dict()
+        out = []
+        for k in a:
+            if a[k] != b[k]:
+                if k == "p_bias" and len(set(a[k].values())) == 1 and len(set(b[k].values())) == 1:
+                    out.append(f"p_bias {a[k][FACTORS[0]]} vs {b[k][FACTORS[0]]}")
+                elif k == "p_bias":
+                    diffs = [f"{f} {a[k][f]} vs {b[k][f]}" for f in FACTORS if a[k][f] != b[k][f]]
+                    out.append("p_bias " + ", ".join(diffs))
+                else:
+                    out.append(f"{k} {a[k]} vs {b[k]}")
+        return out

@@ -1,0 +1,118 @@
+"""Binary stamps, rasterised once per cell size with Pillow: the ten distractor shapes and the texture lattices.
+
+Shapes are filled polygons / discs without anti-aliasing on a ``cell_size // 2`` square patch (16x16
+at the paper's 32-px cells), centred in a cell. The reference's exact vertex lists are not part of the
+spec, so the outlines here are our own drawings of the named shapes at the reference's size.
+
+Texture glyphs are stroke drawings (in the spirit of OpenCV's Hershey-Simplex font at scale 0.4,
+which the reference used) in a glyph box of about 8x9 px at 32-px cells, stamped with its bottom-left
+corner at the reference's 6x6 lattice of text origins ``{6, 22, 38, 54, 70, 86}`` (scaled with the
+cell size). Stamps are pure functions of the cell size, so rendering stays byte-for-byte reproducible.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .factors import SHAPES, TEXTURES
+
+MIN_CELL_SIZE = 8
+"""Below 8 px a cell cannot hold a recognisable 4-px distractor or 2-px texture glyph."""
+
+# Shapes: polygons in unit coordinates (x right, y down) on the patch.
+_POLYGONS: dict[str, list[tuple[float, float]]] = {
+    "right_triangle": [(0, 1), (1, 1), (0, 0)],
+    "obtuse_triangle": [(0, 1), (1, 1), (0.25, 0.35)],
+    "square": [(0.1, 0.1), (0.9, 0.1), (0.9, 0.9), (0.1, 0.9)],
+    "parallelogram": [(0.3, 0.15), (1, 0.15), (0.7, 0.85), (0, 0.85)],
+    "kite": [(0.5, 0), (0.85, 0.35), (0.5, 1), (0.15, 0.35)],
+    "pentagon": [(0.5, 0), (1, 0.38), (0.81, 1), (0.19, 1), (0, 0.38)],
+    "plus": [(0.35, 0), (0.65, 0), (0.65, 0.35), (1, 0.35), (1, 0.65), (0.65, 0.65), (0.65, 1),
+             (0.35, 1), (0.35, 0.65), (0, 0.65), (0, 0.35), (0.35, 0.35)],
+    "arrow": [(0, 0.35), (0.55, 0.35), (0.55, 0.1), (1, 0.5), (0.55, 0.9), (0.55, 0.65), (0, 0.65)],
+}
+
+# Glyphs: polylines in unit coordinates of the glyph box (x right, y down); a single point = a dot.
+_GLYPHS: dict[str, list[list[tuple[float, float]]]] = {
+    "-": [[(0, 0.6), (1, 0.6)]],
+    "/": [[(0, 1), (1, 0)]],
+    "|": [[(0.5, 0), (0.5, 1)]],
+    "+": [[(0, 0.55), (1, 0.55)], [(0.5, 0.1), (0.5, 1)]],
+    "x": [[(0, 0.3), (1, 1)], [(1, 0.3), (0, 1)]],
+    "~": [[(0, 0.65), (0.25, 0.45), (0.5, 0.6), (0.75, 0.75), (1, 0.5)]],
+    "::": [[(0.15, 0.4)], [(0.15, 1)], [(0.85, 0.4)], [(0.85, 1)]],
+    ">": [[(0, 0.2), (1, 0.6), (0, 1)]],
+    "<": [[(1, 0.2), (0, 0.6), (1, 1)]],
+    "\\": [[(0, 0), (1, 1)]],
+}
+
+LATTICE_ORIGINS_32 = (6, 22, 38, 54, 70, 86)
+GLYPH_BOX_32 = (8, 9)  # width, height at 32-px cells
+
+
+def _scaled(v: float, cell_size: int) -> int:
+    return int(round(v * cell_size / 32))
+
+
+@functools.lru_cache(maxsize=8)
+def shape_patches(cell_size: int) -> np.ndarray:
+    """Bool (10, s, s) with s = cell_size // 2: the filled shapes, in :data:`SHAPES` order."""
+    s = cell_size // 2
+    out = np.zeros((len(SHAPES), s, s), dtype=bool)
+    m = s - 1
+    for k, name in enumerate(SHAPES):
+        img = Image.new("L", (s, s), 0)
+        draw = ImageDraw.Draw(img)
+        if name == "circle":
+            draw.ellipse([0, 0, m, m], fill=255)
+        elif name == "semi_circle":
+            draw.pieslice([0, -0.25 * m, m, 0.75 * m], 0, 180, fill=255)  # lower half-disc
+        else:
+            draw.polygon([(x * m, y * m) for x, y in _POLYGONS[name]], fill=255)
+        out[k] = np.asarray(img) > 0
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def shape_canvases(cell_size: int) -> np.ndarray:
+    """Bool (10, 9, H, W): shape k stamped in every cell except cell g (the digit's cell)."""
+    c = cell_size
+    s = c // 2
+    off = (c - s) // 2
+    patches = shape_patches(c)
+    tiled = np.zeros((len(SHAPES), 3 * c, 3 * c), dtype=bool)
+    for g in range(9):
+        r, col = divmod(g, 3)
+        tiled[:, r * c + off: r * c + off + s, col * c + off: col * c + off + s] = patches
+    out = np.repeat(tiled[:, None], 9, axis=1)
+    for g in range(9):
+        r, col = divmod(g, 3)
+        out[:, g, r * c: (r + 1) * c, col * c: (col + 1) * c] = False
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def texture_canvases(cell_size: int) -> np.ndarray:
+    """Bool (10, H, W): each texture glyph stamped at the 6x6 lattice, in :data:`TEXTURES` order."""
+    c = cell_size
+    size = 3 * c
+    gw, gh = (max(2, _scaled(v, c)) for v in GLYPH_BOX_32)
+    width = max(1, _scaled(1, c))
+    out = np.zeros((len(TEXTURES), size, size), dtype=bool)
+    for k, glyph in enumerate(TEXTURES):
+        img = Image.new("L", (size, size), 0)
+        draw = ImageDraw.Draw(img)
+        for ox in LATTICE_ORIGINS_32:
+            for oy in LATTICE_ORIGINS_32:
+                x0, y0 = _scaled(ox, c), _scaled(oy, c) - gh  # origin = bottom-left, like cv2.putText
+                for stroke in _GLYPHS[glyph]:
+                    pts = [(x0 + x * (gw - 1), y0 + y * (gh - 1)) for x, y in stroke]
+                    if len(pts) == 1:
+                        px, py = pts[0]
+                        draw.rectangle([px, py, px + width - 1, py + width - 1], fill=255)
+                    else:
+                        draw.line(pts, fill=255, width=width)
+        out[k] = np.asarray(img) > 0
+    return out
