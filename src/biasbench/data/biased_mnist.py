@@ -72,9 +72,10 @@ class BiasedMNIST(torch.utils.data.Dataset):
         self.settings = DatasetSettings.from_dict(self.manifest["settings"])
         if requested:
             wanted = DatasetSettings.from_dict({**self.settings.to_dict(), **requested})
-            diff = wanted.differences(self.settings)
+            diff = self.settings.differences(wanted)
             if diff:
-                raise BiasbenchError(f"{self.root} holds a dataset made with other settings: {'; '.join(diff)}")
+                raise BiasbenchError(f"{self.root} holds a dataset made with other settings "
+                                     f"(folder vs requested): {'; '.join(diff)}")
         self.recipe: SplitRecipe = load_recipe(self.root, self.manifest)[split]
         self._images: torch.Tensor | None = None
 
@@ -129,7 +130,7 @@ class BiasedMNIST(torch.utils.data.Dataset):
             bar = tqdm(total=len(idx), desc=f"render {self.split}", unit="img", leave=False)
         for start in range(0, len(idx), batch_size):
             stop = min(start + batch_size, len(idx))
-            out[start:stop] = renderer.render(torch.from_numpy(digits[start:stop]), factors[start:stop])
+            renderer.render(digits[start:stop], factors[start:stop], out=out[start:stop])
             if bar is not None:
                 bar.update(stop - start)
         if bar is not None:

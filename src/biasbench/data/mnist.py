@@ -127,8 +127,6 @@ def download_to_cache(mirrors: tuple[str, ...] | None = None) -> Path:
 
     ``$BIASBENCH_MNIST_MIRRORS`` (comma-separated base URLs) overrides the mirror list.
     """
-    from torchvision.datasets.utils import download_url
-
     env = os.environ.get("BIASBENCH_MNIST_MIRRORS")
     mirrors = tuple(env.split(",")) if env else (mirrors or MIRRORS)
     target = cache_dir()
@@ -144,7 +142,7 @@ def download_to_cache(mirrors: tuple[str, ...] | None = None) -> Path:
         for base in mirrors:
             tmp_name = f".{stem}.gz.part"
             try:
-                download_url(base.rstrip("/") + f"/{stem}.gz", str(target), filename=tmp_name)
+                _fetch(base.rstrip("/") + f"/{stem}.gz", target / tmp_name)
                 data = gzip.decompress((target / tmp_name).read_bytes())
                 if hashlib.md5(data).hexdigest() != md5:
                     raise BiasbenchError(f"checksum mismatch from {base}")
@@ -160,6 +158,23 @@ def download_to_cache(mirrors: tuple[str, ...] | None = None) -> Path:
                 f"from any mirror ({'; '.join(errors)}); {HOW_TO_PROVIDE}"
             )
     return target
+
+
+def _fetch(url: str, path: Path, timeout: float = 60.0) -> None:
+    """Stream ``url`` (http(s) or file) to ``path`` with a progress bar on a terminal."""
+    import sys
+    import urllib.request
+
+    from tqdm.auto import tqdm
+
+    req = urllib.request.Request(url, headers={"User-Agent": "biasbench"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp, open(path, "wb") as fh:
+        total = resp.headers.get("Content-Length")
+        with tqdm(total=int(total) if total else None, unit="B", unit_scale=True, leave=False,
+                  desc=url.rsplit("/", 1)[-1], disable=not sys.stderr.isatty()) as bar:
+            while chunk := resp.read(1 << 20):
+                fh.write(chunk)
+                bar.update(len(chunk))
 
 
 def _read_bytes(path: Path) -> bytes:

@@ -132,7 +132,8 @@ def write_dataset(root: str | os.PathLike, settings: DatasetSettings, recipe: di
             if old != settings or existing.get("recipe_sha256") != manifest["recipe_sha256"]:
                 diff = "; ".join(old.differences(settings)) or "different recipe or generator version"
                 raise BiasbenchError(
-                    f"{root} already holds a different dataset ({diff}); choose another --out or delete it"
+                    f"{root} already holds a different dataset (existing vs requested: {diff}); "
+                    f"choose another --out or delete it"
                 )
             load_recipe(root, existing)  # verifies the recipe file too
             return existing

@@ -41,7 +41,7 @@ _GLYPHS: dict[str, list[list[tuple[float, float]]]] = {
     "|": [[(0.5, 0), (0.5, 1)]],
     "+": [[(0, 0.55), (1, 0.55)], [(0.5, 0.1), (0.5, 1)]],
     "x": [[(0, 0.3), (1, 1)], [(1, 0.3), (0, 1)]],
-    "~": [[(0, 0.65), (0.25, 0.45), (0.5, 0.6), (0.75, 0.75), (1, 0.5)]],
+    "~": [[(0, 0.75), (0.33, 0.3), (0.67, 0.75), (1, 0.3)]],
     "::": [[(0.15, 0.4)], [(0.15, 1)], [(0.85, 0.4)], [(0.85, 1)]],
     ">": [[(0, 0.2), (1, 0.6), (0, 1)]],
     "<": [[(1, 0.2), (0, 0.6), (1, 1)]],
@@ -53,7 +53,7 @@ GLYPH_BOX_32 = (8, 9)  # width, height at 32-px cells
 
 
 def _scaled(v: float, cell_size: int) -> int:
-    return int(round(v * cell_size / 32))
+    return int(np.floor(v * cell_size / 32 + 0.5))  # round half up, not to even
 
 
 @functools.lru_cache(maxsize=8)
@@ -98,7 +98,7 @@ def texture_canvases(cell_size: int) -> np.ndarray:
     """Bool (10, H, W): each texture glyph stamped at the 6x6 lattice, in :data:`TEXTURES` order."""
     c = cell_size
     size = 3 * c
-    gw, gh = (max(2, _scaled(v, c)) for v in GLYPH_BOX_32)
+    gw, gh = (max(3, _scaled(v, c)) for v in GLYPH_BOX_32)
     width = max(1, _scaled(1, c))
     out = np.zeros((len(TEXTURES), size, size), dtype=bool)
     for k, glyph in enumerate(TEXTURES):
@@ -106,9 +106,10 @@ def texture_canvases(cell_size: int) -> np.ndarray:
         draw = ImageDraw.Draw(img)
         for ox in LATTICE_ORIGINS_32:
             for oy in LATTICE_ORIGINS_32:
-                x0, y0 = _scaled(ox, c), _scaled(oy, c) - gh  # origin = bottom-left, like cv2.putText
+                # origin = bottom-left, like cv2.putText; the top row is kept inside the canvas
+                x0, y0 = _scaled(ox, c), max(0, _scaled(oy, c) - gh)
                 for stroke in _GLYPHS[glyph]:
-                    pts = [(x0 + x * (gw - 1), y0 + y * (gh - 1)) for x, y in stroke]
+                    pts = [(int(x0 + x * (gw - 1) + 0.5), int(y0 + y * (gh - 1) + 0.5)) for x, y in stroke]
                     if len(pts) == 1:
                         px, py = pts[0]
                         draw.rectangle([px, py, px + width - 1, py + width - 1], fill=255)
