@@ -117,6 +117,84 @@ def cmd_data_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from .config import OPTIMIZERS, PRECISIONS
+
+    tr = sub.add_parser(
+        "train", help="train one model with one method and report its bias",
+        description="Train one run (paper defaults: Adam, lr 1e-3, weight decay 1e-5, batch 128, 30 epochs, "
+                    "evaluation at epochs 15 and 30) into RUNS/<run_id>/. A finished run is skipped; an "
+                    "interrupted one resumes from its last epoch.",
+    )
+    tr.add_argument("--data", required=True, help="dataset folder (biasbench data generate)")
+    tr.add_argument("--out", required=True, metavar="RUNS", help="folder holding the runs")
+    tr.add_argument("--method", default="stdm", help="training method (default stdm)")
+    tr.add_argument("--model", default="paper_cnn", help="model (paper_cnn, resnet18; default paper_cnn)")
+    tr.add_argument("--small-stem", action="store_true", help="resnet18: 3x3 stride-1 stem, no max-pool")
+    tr.add_argument("--epochs", type=int, default=30)
+    tr.add_argument("--batch-size", type=int, default=128)
+    tr.add_argument("--lr", type=float, default=1e-3)
+    tr.add_argument("--weight-decay", type=float, default=1e-5)
+    tr.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
+    tr.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--eval-epochs", default=None, metavar="E,E",
+                    help="epochs to evaluate at (default: half-way and last, i.e. 15,30)")
+    tr.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
+    tr.add_argument("--precision", default="auto", choices=PRECISIONS,
+                    help="auto = bf16 autocast on CUDA, fp32 on the CPU")
+    tr.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"))
+    tr.add_argument("--tracker", default="mlflow", help="mlflow (SQLite store in RUNS/mlflow.db) or none")
+    tr.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tr.set_defaults(func=cmd_train)
+
+    rn = sub.add_parser("runs", help="list runs with their key metrics",
+                        description="One line per run in RUNS: method, model, seed, state, test accuracy, "
+                                    "worst group, mean MMD.")
+    rn.add_argument("dir", metavar="RUNS")
+    rn.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    rn.set_defaults(func=cmd_runs)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import TrainConfig
+    from .report.summary import format_run_summary
+    from .track import TRACKERS
+    from .train.loop import Trainer
+
+    if args.tracker not in TRACKERS:
+        raise BiasbenchError(f"unknown tracker {args.tracker!r}; expected one of: {', '.join(TRACKERS)}")
+    eval_epochs = None
+    if args.eval_epochs:
+        try:
+            eval_epochs = tuple(int(e) for e in args.eval_epochs.split(","))
+        except ValueError:
+            raise BiasbenchError(f"--eval-epochs must be comma-separated integers, got {args.eval_epochs!r}") from None
+    cfg = TrainConfig(data=args.data, method=args.method, model=args.model,
+                      model_kwargs={"small_stem": True} if args.small_stem else {},
+                      optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum,
+                      batch_size=args.batch_size, epochs=args.epochs, eval_epochs=eval_epochs, seed=args.seed,
+                      precision=args.precision, channels_last=args.channels_last)
+    log = (lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr))
+    trainer = Trainer(cfg, args.out, tracker=args.tracker, device=args.device,
+                      progress=False if args.no_progress else None, log=log)
+    result = trainer.run()
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_run_summary(result))
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from .report.summary import collect_runs, format_runs
+
+    rows = collect_runs(args.dir)
+    print(json.dumps(rows, indent=2) if args.json else format_runs(rows))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="biasbench",
@@ -125,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"biasbench {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_data(sub)
+    _add_train(sub)
     return parser
 
 

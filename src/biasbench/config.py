@@ -126,3 +126,84 @@ class DatasetSettings:
                 else:
                     out.append(f"{k} {a[k]} vs {b[k]}")
         return out
+
+
+OPTIMIZERS = ("adam", "sgd")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def _check_float(value: Any, what: str, lo: float, lo_open: bool = False) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise BiasbenchError(f"{what} must be a number, got {value!r}") from None
+    if math.isnan(v) or v < lo or (lo_open and v == lo):
+        raise BiasbenchError(f"{what} must be {'>' if lo_open else '>='} {lo}, got {value!r}")
+    return v
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Defaults are the paper's Biased MNIST settings (paper-reference §2.1):
+    Adam, lr 1e-3, weight decay 1e-5 (coupled L2), batch 128, 30 epochs, evaluation at epochs 15 and 30.
+
+    ``eval_epochs=None`` means (epochs // 2, epochs). ``precision``: ``auto`` = bf16 autocast on CUDA,
+    fp32 elsewhere. ``channels_last``: ``auto`` = on for CUDA. ``data`` is not part of the run's identity;
+    the dataset's recipe hash is (see :func:`biasbench.train.loop.run_identity`).
+    """
+
+    data: str
+    method: str = "stdm"
+    model: str = "paper_cnn"
+    model_kwargs: dict = field(default_factory=dict)
+    method_hparams: dict = field(default_factory=dict)
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    momentum: float = 0.9
+    batch_size: int = 128
+    epochs: int = 30
+    eval_epochs: tuple | None = None
+    seed: int = 0
+    precision: str = "auto"
+    channels_last: str = "auto"
+
+    def __post_init__(self) -> None:
+        from .methods import get_method_class
+        from .models import list_models
+
+        if self.model not in list_models():
+            raise BiasbenchError(f"unknown model {self.model!r}; expected one of: {', '.join(list_models())}")
+        get_method_class(self.method)  # raises a clear error for unknown methods
+        if self.optimizer not in OPTIMIZERS:
+            raise BiasbenchError(f"unknown optimizer {self.optimizer!r}; expected one of: {', '.join(OPTIMIZERS)}")
+        if self.precision not in PRECISIONS:
+            raise BiasbenchError(f"unknown precision {self.precision!r}; expected one of: {', '.join(PRECISIONS)}")
+        if str(self.channels_last) not in ("auto", "on", "off"):
+            raise BiasbenchError(f"channels_last must be auto, on or off, got {self.channels_last!r}")
+        object.__setattr__(self, "epochs", _check_int(self.epochs, "epochs", 1))
+        object.__setattr__(self, "batch_size", _check_int(self.batch_size, "batch size", 1))
+        object.__setattr__(self, "seed", _check_int(self.seed, "seed", 0, 2**31 - 1))
+        object.__setattr__(self, "lr", _check_float(self.lr, "learning rate", 0.0, lo_open=True))
+        object.__setattr__(self, "weight_decay", _check_float(self.weight_decay, "weight decay", 0.0))
+        object.__setattr__(self, "momentum", _check_float(self.momentum, "momentum", 0.0))
+        ev = self.eval_epochs
+        if ev is None:
+            ev = (self.epochs // 2, self.epochs)
+        ev = tuple(sorted({_check_int(e, "evaluation epoch", 0) for e in ev} - {0}))
+        bad = [e for e in ev if e > self.epochs]
+        if bad or not ev:
+            raise BiasbenchError(f"evaluation epochs {list(bad or ev)} are outside the run (1..{self.epochs})")
+        object.__setattr__(self, "eval_epochs", ev)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["eval_epochs"] = list(self.eval_epochs)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+        d = dict(d)
+        if d.get("eval_epochs") is not None:
+            d["eval_epochs"] = tuple(d["eval_epochs"])
+        return cls(**d)

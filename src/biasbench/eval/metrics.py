@@ -1,0 +1,126 @@
+"""Bias metrics, defined once. All accuracies are in percent (0-100); all functions are vectorised
+(``np.bincount`` over group ids), computed from per-sample predictions so they can be recomputed from
+records at any time.
+
+Notation: ``pred``, ``y`` (N,) predicted and true classes; ``factors`` (N, 7) factor value indices;
+``correct_i = [pred_i = y_i]``; ``maj_{i,f}`` = sample i has factor f at its class-aligned value under
+the dataset's mode (see :func:`biasbench.data.factors.majority_mask`).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..data.factors import FACTOR_TABLE, FACTORS, NUM_CLASSES, majority_mask
+
+ALPHAS = (-1.0, 0.0, 1.0, 2.0)
+"""Tuning distributions reported by default: inverted, balanced, training, more biased."""
+
+
+def accuracy(pred: np.ndarray, y: np.ndarray) -> float:
+    """Overall accuracy: ``100 * mean_i correct_i``. On the p = 0.1 test set this is the paper's
+    *unbiased accuracy* (Table 1, Acc(alpha = 0))."""
+    return float(100.0 * np.mean(np.asarray(pred) == np.asarray(y))) if len(y) else float("nan")
+
+
+def group_accuracy(correct: np.ndarray, groups: np.ndarray, num_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-group accuracy and count: ``acc_g = 100 * sum_{i in g} correct_i / n_g`` (NaN where n_g = 0)."""
+    groups = np.asarray(groups, dtype=np.int64)
+    n = np.bincount(groups, minlength=num_groups).astype(np.float64)
+    hits = np.bincount(groups, weights=np.asarray(correct, dtype=np.float64), minlength=num_groups)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = np.where(n > 0, 100.0 * hits / n, np.nan)
+    return acc, n.astype(np.int64)
+
+
+def mean_per_class_accuracy(pred: np.ndarray, y: np.ndarray, num_classes: int = NUM_CLASSES) -> float:
+    """MPA: ``mean_c acc_c`` over classes present, ``acc_c`` = accuracy on samples of class c."""
+    acc, _ = group_accuracy(np.asarray(pred) == np.asarray(y), y, num_classes)
+    return float(np.nanmean(acc))
+
+
+def cell_accuracy(correct: np.ndarray, y: np.ndarray, values: np.ndarray, num_values: int) -> tuple[np.ndarray, np.ndarray]:
+    """(num_values, 10) accuracy and count over (factor value, class) cells; NaN where a cell is empty."""
+    g = np.asarray(values, dtype=np.int64) * NUM_CLASSES + np.asarray(y, dtype=np.int64)
+    acc, n = group_accuracy(correct, g, num_values * NUM_CLASSES)
+    return acc.reshape(num_values, NUM_CLASSES), n.reshape(num_values, NUM_CLASSES)
+
+
+def majority_minority(correct: np.ndarray, maj: np.ndarray) -> dict[str, dict[str, float]]:
+    """Per factor f: ``majority = acc over {i: maj_if}``, ``minority = acc over {i: not maj_if}``,
+    ``mmd = majority - minority`` (percentage points; high = the model exploits f)."""
+    correct = np.asarray(correct, dtype=np.float64)
+    out = {}
+    for f, name in enumerate(FACTORS):
+        m = maj[:, f]
+        a_maj = float(100.0 * correct[m].mean()) if m.any() else float("nan")
+        a_min = float(100.0 * correct[~m].mean()) if (~m).any() else float("nan")
+        out[name] = {"majority": a_maj, "minority": a_min, "mmd": a_maj - a_min,
+                     "n_majority": int(m.sum()), "n_minority": int((~m).sum())}
+    return out
+
+
+def cell_mean_and_worst(correct: np.ndarray, y: np.ndarray, factors: np.ndarray) -> dict[str, dict[str, float]]:
+    """Per factor f: ``cell_mean`` = mean over non-empty (value, class) cells of the cell accuracy (the
+    unbiased accuracy as a mean over groups) and ``worst_group`` = the minimum over those cells."""
+    out = {}
+    for f, name in enumerate(FACTORS):
+        acc, _ = cell_accuracy(correct, y, factors[:, f], FACTOR_TABLE[name].num_values)
+        out[name] = {"cell_mean": float(np.nanmean(acc)), "worst_group": float(np.nanmin(acc))}
+    return out
+
+
+def bias_patterns(maj: np.ndarray) -> np.ndarray:
+    """Integer 0..127 per sample: bit f set iff factor f is majority (the reference's 7-way group key)."""
+    return (np.asarray(maj, dtype=np.int64) << np.arange(len(FACTORS))).sum(axis=1)
+
+
+def pattern_distribution(maj_train: np.ndarray) -> np.ndarray:
+    """p_train(g) over the 128 majority/minority patterns, from the training split's frequencies."""
+    counts = np.bincount(bias_patterns(maj_train), minlength=2 ** len(FACTORS)).astype(np.float64)
+    return counts / max(1.0, counts.sum())
+
+
+def alpha_weighted_accuracy(correct: np.ndarray, maj: np.ndarray, p_train: np.ndarray, alpha: float) -> float:
+    """Accuracy under tuning distribution alpha: ``sum_g w_g acc_g`` with ``w_g ∝ p_train(g)^alpha``.
+
+    Groups g are the 128 majority/minority patterns of the seven factors (the reference's 7-way key);
+    only groups present both in training (p_train > 0) and in the evaluated samples count, weights are
+    renormalised over them. alpha = 1 weights groups as training does, 0 equally (balanced over
+    patterns), 2 more biased than training, -1 inverted (minority patterns weigh most). This is our
+    reconstruction of the paper's tuning distribution (paper-reference §3.6, unverified there).
+    """
+    acc, n = group_accuracy(correct, bias_patterns(maj), len(p_train))
+    ok = (n > 0) & (p_train > 0)
+    if not ok.any():
+        return float("nan")
+    w = p_train[ok] ** alpha
+    w = w / w.sum()
+    return float((w * acc[ok]).sum())
+
+
+def evaluate_split(pred: np.ndarray, y: np.ndarray, factors: np.ndarray, mode: str = "paper",
+                   p_train: np.ndarray | None = None, alphas=ALPHAS) -> dict:
+    """All metrics of one split, as a JSON-ready dict::
+
+        accuracy, mpa, cell_mean (mean over factors of per-factor cell means), worst_group (min over
+        factors), factors: {name: {majority, minority, mmd, cell_mean, worst_group, n_majority, n_minority}},
+        alpha: {"-1.0": ..., "0.0": ..., ...} when p_train is given.
+    """
+    pred, y, factors = np.asarray(pred), np.asarray(y), np.asarray(factors)
+    correct = pred == y
+    maj = majority_mask(y, factors, mode)
+    per = majority_minority(correct, maj)
+    cells = cell_mean_and_worst(correct, y, factors)
+    for name in FACTORS:
+        per[name].update(cells[name])
+    out = {
+        "n": int(len(y)),
+        "accuracy": accuracy(pred, y),
+        "mpa": mean_per_class_accuracy(pred, y),
+        "cell_mean": float(np.mean([cells[n]["cell_mean"] for n in FACTORS])),
+        "worst_group": float(np.min([cells[n]["worst_group"] for n in FACTORS])),
+        "factors": per,
+    }
+    if p_train is not None:
+        out["alpha"] = {str(float(a)): alpha_weighted_accuracy(correct, maj, p_train, a) for a in alphas}
+    return out

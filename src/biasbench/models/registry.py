@@ -1,0 +1,48 @@
+"""Model registry and factory, timm-style: ``create_model(name, num_classes=10, **kwargs)``.
+
+Every model takes float images with raw 0-255 values in the reference's channel order, shape
+(N, 3, H, W), and returns logits. Input normalisation lives inside the model (the paper's CNN starts
+with a BatchNorm over the raw input). Intermediate features are available by name through
+``model.forward_features(x, names) -> (logits, {name: tensor})``; ``model.feature_dims`` maps each name
+to its width.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch.nn as nn
+
+from ..errors import BiasbenchError
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(name: str):
+    def deco(fn):
+        _MODELS[name] = fn
+        return fn
+
+    return deco
+
+
+def list_models() -> list[str]:
+    _ensure_loaded()
+    return sorted(_MODELS)
+
+
+def _ensure_loaded() -> None:
+    from . import paper_cnn, resnet  # noqa: F401  (registration side effects)
+
+
+def create_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
+    _ensure_loaded()
+    if name not in _MODELS:
+        raise BiasbenchError(f"unknown model {name!r}; expected one of: {', '.join(sorted(_MODELS))}")
+    try:
+        return _MODELS[name](num_classes=num_classes, **kwargs)
+    except TypeError as exc:
+        raise BiasbenchError(f"bad options for model {name!r}: {exc}") from None
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

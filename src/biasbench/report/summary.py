@@ -1,0 +1,79 @@
+"""Terminal summaries of runs, computed from the run folders' records."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..data.factors import FACTORS
+from ..errors import BiasbenchError
+
+
+def format_run_summary(result: dict) -> str:
+    """The summary table ``biasbench train`` prints: accuracies per split, then per-factor bias on test."""
+    cfg = result.get("config", {})
+    final = result["final"]
+    lines = [f"run {result['run_id']} ({result['status']})  {cfg.get('method')} / {cfg.get('model')}  "
+             f"seed {cfg.get('seed')}  epoch {result['epoch']}  -> {result['run_dir']}", ""]
+    lines.append(f"{'split':16s}{'accuracy':>10s}{'MPA':>8s}{'worst group':>13s}")
+    for split in ("train", "val", "balanced_val", "test"):
+        if split in final:
+            m = final[split]
+            label = "test (unbiased)" if split == "test" else split
+            lines.append(f"{label:16s}{m['accuracy']:10.2f}{m['mpa']:8.2f}{m['worst_group']:13.2f}")
+    if "tuning" in final:
+        a = final["tuning"]["alpha"]
+        lines.append("tuning-distribution accuracy (val + balanced_val): "
+                     + ", ".join(f"alpha={float(k):g}: {v:.2f}" for k, v in a.items()))
+    test = final.get("test")
+    if test:
+        lines += ["", "bias on the unbiased test set (MMD = majority - minority accuracy, points):",
+                  f"{'factor':18s}{'majority':>10s}{'minority':>10s}{'MMD':>8s}"]
+        for f in FACTORS:
+            fm = test["factors"][f]
+            lines.append(f"{f:18s}{fm['majority']:10.2f}{fm['minority']:10.2f}{fm['mmd']:8.2f}")
+    return "\n".join(lines)
+
+
+def collect_runs(root: str | os.PathLike) -> list[dict]:
+    root = Path(root)
+    if not root.is_dir():
+        raise BiasbenchError(f"{root} is not a folder of runs")
+    rows = []
+    for cfg_path in sorted(root.glob("*/config.json")):
+        run = cfg_path.parent
+        try:
+            rec = json.loads(cfg_path.read_text())
+            status = json.loads((run / "status.json").read_text()) if (run / "status.json").exists() else {}
+            metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else {}
+        except (OSError, json.JSONDecodeError) as exc:
+            raise BiasbenchError(f"corrupt run record in {run}: {exc}") from None
+        cfg = rec.get("config", {})
+        evals = [h for h in metrics.get("history", []) if h.get("split") == "test"]
+        test = evals[-1]["metrics"] if evals else None
+        rows.append({
+            "run_id": rec.get("run_id", run.name), "method": cfg.get("method"), "model": cfg.get("model"),
+            "seed": cfg.get("seed"), "epochs": cfg.get("epochs"), "state": status.get("state", "unknown"),
+            "epoch": status.get("epoch", 0),
+            "test_accuracy": test["accuracy"] if test else None,
+            "worst_group": test["worst_group"] if test else None,
+            "mean_mmd": float(np.mean([test["factors"][f]["mmd"] for f in FACTORS])) if test else None,
+        })
+    return rows
+
+
+def format_runs(rows: list[dict]) -> str:
+    if not rows:
+        return "no runs"
+    head = f"{'run_id':14s}{'method':10s}{'model':12s}{'seed':>5s}{'state':>10s}{'epoch':>8s}" \
+           f"{'test acc':>10s}{'worst grp':>11s}{'mean MMD':>10s}"
+    lines = [head]
+    for r in rows:
+        def f(v):
+            return f"{v:.2f}" if v is not None else "-"
+        lines.append(f"{r['run_id']:14s}{r['method']:10s}{r['model']:12s}{r['seed']:>5d}{r['state']:>10s}"
+                     f"{str(r['epoch']) + '/' + str(r['epochs']):>8s}{f(r['test_accuracy']):>10s}"
+                     f"{f(r['worst_group']):>11s}{f(r['mean_mmd']):>10s}")
+    return "\n".join(lines)

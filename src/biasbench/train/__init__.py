@@ -1,0 +1,1 @@
+"""Training: the method-agnostic loop with checkpoints and exact resume, optimizers."""

@@ -1,0 +1,355 @@
+"""The method-agnostic training loop: resident data, seeded shuffles, evaluation, records, exact resume.
+
+A run lives in ``RUNS/<run_id>/`` where ``run_id`` is a stable hash of the configuration (without the
+dataset path) and the dataset's recipe hash. Files (each written atomically):
+
+- ``config.json``: the configuration, the dataset identity, the method description, parameter count;
+- ``checkpoint.pt``: after every epoch: method state (model(s), optimizer(s), method state), epoch,
+  metrics history, torch RNG states. Sample order needs no saved state: epoch ``e`` shuffles with a
+  generator seeded by ``(seed, e)``;
+- ``metrics.json``: the history: per epoch the training loss, at evaluation epochs every split's
+  metrics (see :func:`biasbench.eval.metrics.evaluate_split`); rewritten whole from the checkpointed
+  history, so a resumed run never duplicates records;
+- ``predictions/epochNNN_SPLIT.npz``: per-sample predicted class and logits (float16) at evaluation epochs;
+- ``status.json`` (``running``/``finished``), ``summary.json`` at the end, ``tracker.json`` (tracker run id).
+
+Re-running a finished configuration is skipped; an interrupted one (even by SIGKILL) resumes from the
+last completed epoch and, on the CPU, ends with exactly the metrics of an uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..config import TrainConfig
+from ..data.biased_mnist import BiasedMNIST
+from ..data.factors import majority_mask
+from ..data.recipe import SPLITS, read_manifest
+from ..errors import BiasbenchError
+from ..eval.metrics import evaluate_split, pattern_distribution
+from ..methods import Batch, TrainInfo, get_method_class
+from ..models import count_parameters, create_model
+from ..track import Tracker, flatten, make_tracker
+from ..utils import atomic_write, atomic_write_json, stable_hash
+from .optim import optimizer_factory
+
+RUN_FORMAT = "1"
+TUNING = "tuning"
+"""Pseudo-split for the alpha-weighted accuracies: val and balanced_val together."""
+
+
+def run_identity(cfg: TrainConfig, manifest: dict) -> str:
+    d = cfg.to_dict()
+    d.pop("data")
+    return stable_hash({"run_format": RUN_FORMAT, "config": d, "dataset": manifest["recipe_sha256"]}, 12)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise BiasbenchError(f"unknown device {device!r}; expected auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BiasbenchError("device cuda requested but no CUDA GPU is available")
+    return dev
+
+
+@dataclass
+class SplitData:
+    images: torch.Tensor  # uint8 (N, 3, H, W) on the device
+    labels: torch.Tensor  # int64 (N,)
+    factors: torch.Tensor  # int64 (N, 7)
+    labels_np: np.ndarray
+    factors_np: np.ndarray
+
+
+def load_splits(data: str, device: torch.device) -> dict[str, SplitData]:
+    out = {}
+    for split in SPLITS:
+        ds = BiasedMNIST(data, split=split, download=False)
+        t = ds.tensors(device)
+        out[split] = SplitData(t["images"], t["labels"], t["factors"], ds.labels.astype(np.int64),
+                               ds.factors.astype(np.int64))
+    return out
+
+
+class Trainer:
+    """Train one configuration into ``out/<run_id>``. ``tracker``: a tracker name or instance."""
+
+    def __init__(self, cfg: TrainConfig, out: str | os.PathLike, tracker: str | Tracker = "mlflow",
+                 device: str = "auto", progress: bool | None = None, log: Callable[[str], None] | None = None):
+        self.cfg = cfg
+        self.manifest = read_manifest(cfg.data)
+        self.settings = self.manifest["settings"]
+        self.run_id = run_identity(cfg, self.manifest)
+        self.out = Path(out)
+        self.run_dir = self.out / self.run_id
+        self.device = resolve_device(device)
+        self.progress = progress
+        self.log = log or (lambda s: None)
+        self.tracker = make_tracker(tracker, str(self.out)) if isinstance(tracker, str) else tracker
+        cuda = self.device.type == "cuda"
+        self.amp = cfg.precision == "bf16" or (cfg.precision == "auto" and cuda)
+        self.channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and cuda)
+
+    # -- records -----------------------------------------------------------------------------
+    def _config_record(self, n_params: int, method_desc: dict) -> dict:
+        return {
+            "run_id": self.run_id,
+            "run_format": RUN_FORMAT,
+            "config": self.cfg.to_dict(),
+            "dataset": {"path": str(self.cfg.data), "recipe_sha256": self.manifest["recipe_sha256"],
+                        "settings": self.settings},
+            "method": method_desc,
+            "model_parameters": n_params,
+            "biasbench_version": __version__,
+        }
+
+    def _check_existing(self) -> str:
+        """'new', 'finished' or 'resume'; a folder with another config is an error."""
+        cfg_path = self.run_dir / "config.json"
+        if not cfg_path.exists():
+            return "new"
+        try:
+            rec = json.loads(cfg_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise BiasbenchError(f"corrupt run record {cfg_path}: {exc}") from None
+        mine = {k: v for k, v in self.cfg.to_dict().items() if k != "data"}
+        theirs = {k: v for k, v in rec.get("config", {}).items() if k != "data"}
+        if mine != theirs or rec.get("dataset", {}).get("recipe_sha256") != self.manifest["recipe_sha256"]:
+            raise BiasbenchError(f"run folder {self.run_dir} holds a different configuration; "
+                                 f"move it away or use another --out")
+        status = _read_json(self.run_dir / "status.json", {"state": "running"})
+        return "finished" if status.get("state") == "finished" else "resume"
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self) -> dict:
+        state = self._check_existing()
+        if state == "finished":
+            self.log(f"run {self.run_id} already finished: skipped")
+            summary = _read_json(self.run_dir / "summary.json", {})
+            return {**summary, "status": "skipped", "run_dir": str(self.run_dir)}
+
+        cfg, dev = self.cfg, self.device
+        data = load_splits(cfg.data, dev)
+        train = data["train"]
+        torch.manual_seed(cfg.seed)
+        model = create_model(cfg.model, num_classes=10, **cfg.model_kwargs).to(dev)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        info = TrainInfo(num_train=len(train.labels), num_classes=10, labels=train.labels, factors=train.factors,
+                         mode=self.settings["mode"])
+        method = get_method_class(cfg.method)(model, optimizer_factory(cfg, dev), info, cfg.method_hparams)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.run_dir / "config.json", self._config_record(count_parameters(model), method.describe()))
+
+        history: list[dict] = []
+        start_epoch = 0
+        ckpt_path = self.run_dir / "checkpoint.pt"
+        if state == "resume" and ckpt_path.exists():
+            ckpt = _load_checkpoint(ckpt_path)
+            method.load_state_dict(ckpt["method"])
+            history = ckpt["history"]
+            start_epoch = int(ckpt["epoch"])
+            torch.set_rng_state(ckpt["torch_rng"])
+            if dev.type == "cuda" and ckpt.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(ckpt["cuda_rng"], dev)
+            self.log(f"resuming run {self.run_id} after epoch {start_epoch}")
+        atomic_write_json(self.run_dir / "status.json", {"state": "running", "epoch": start_epoch})
+
+        tracker_rec = _read_json(self.run_dir / "tracker.json", {})
+        tid = self.tracker.start(f"{cfg.method}-{cfg.model}-s{cfg.seed}-{self.run_id}",
+                                 resume_id=tracker_rec.get(self.tracker.name))
+        if tid:
+            atomic_write_json(self.run_dir / "tracker.json", {**tracker_rec, self.tracker.name: tid})
+        if start_epoch == 0:
+            self.tracker.log_params(flatten({"config": {k: v for k, v in cfg.to_dict().items()},
+                                             "method": method.describe(), "dataset": self.settings}))
+            self.tracker.set_tags({"biasbench.version": __version__, "device": str(dev), "run_id": self.run_id,
+                                   "git_commit": _git_commit()})
+
+        maj_train = majority_mask(train.labels_np, train.factors_np, self.settings["mode"])
+        p_train = pattern_distribution(maj_train)
+        try:
+            for epoch in range(start_epoch + 1, cfg.epochs + 1):
+                rec = self._train_epoch(method, train, epoch)
+                history.append(rec)
+                if epoch in cfg.eval_epochs:
+                    history.extend(self._evaluate(method, data, epoch, p_train))
+                self._checkpoint(method, epoch, history)
+                atomic_write_json(self.run_dir / "metrics.json", {"run_id": self.run_id, "history": history})
+                self.tracker.log_metrics(_tracker_metrics(history, epoch), step=epoch)
+                self.tracker.flush()
+        except BaseException:
+            self.tracker.finish("KILLED")
+            raise
+        summary = self._summary(history)
+        atomic_write_json(self.run_dir / "summary.json", summary)
+        atomic_write_json(self.run_dir / "status.json", {"state": "finished", "epoch": cfg.epochs})
+        for name in ("config.json", "metrics.json", "summary.json"):
+            self.tracker.log_artifact(str(self.run_dir / name))
+        self.tracker.finish("FINISHED")
+        return {**summary, "status": "finished", "run_dir": str(self.run_dir)}
+
+    def _prep(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        x = x_uint8.float()
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+
+    def _train_epoch(self, method, train: SplitData, epoch: int) -> dict:
+        cfg, dev = self.cfg, self.device
+        n = len(train.labels)
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        order = method.epoch_indices(epoch, gen)
+        if order is None:
+            order = torch.randperm(n, generator=gen)
+        order = order.to(dev)
+        bs = cfg.batch_size
+        steps = (len(order) + bs - 1) // bs
+        method.train(True)
+        loss_sum = torch.zeros((), device=dev)
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", unit="step", leave=False,
+                   disable={True: False, False: True, None: None}[self.progress])  # None: only on a TTY
+        t0 = time.perf_counter()
+        for step in range(steps):
+            idx = order[step * bs:(step + 1) * bs]
+            batch = Batch(self._prep(train.images[idx]), train.labels[idx], train.factors[idx], idx)
+            with self._autocast():
+                stats = method.update(batch)
+            loss_sum += stats["loss"] * len(idx)
+            bar.update(1)
+            if step % 50 == 49 and not bar.disable:
+                el = time.perf_counter() - t0
+                bar.set_postfix(loss=f"{loss_sum.item() / ((step + 1) * bs):.3f}",
+                                img_s=f"{(step + 1) * bs / el:,.0f}")
+        bar.close()
+        loss = float(loss_sum.item()) / len(order)
+        seconds = time.perf_counter() - t0
+        self.log(f"epoch {epoch}/{cfg.epochs}: loss {loss:.4f}, {len(order) / seconds:,.0f} images/s")
+        return {"epoch": epoch, "split": "train_loss", "loss": loss, "seconds": seconds,
+                "images_per_s": len(order) / seconds}
+
+    @torch.no_grad()
+    def _predict(self, method, images: torch.Tensor, batch: int = 1024) -> torch.Tensor:
+        method.train(False)
+        outs = []
+        for i in range(0, len(images), batch):
+            with self._autocast():
+                outs.append(method.predict(self._prep(images[i:i + batch])).float())
+        method.train(True)
+        return torch.cat(outs) if outs else torch.zeros((0, 10))
+
+    def _evaluate(self, method, data: dict[str, SplitData], epoch: int, p_train: np.ndarray) -> list[dict]:
+        mode = self.settings["mode"]
+        recs = []
+        pred_dir = self.run_dir / "predictions"
+        pred_dir.mkdir(exist_ok=True)
+        preds = {}
+        for split in SPLITS:
+            d = data[split]
+            logits = self._predict(method, d.images).cpu()
+            pred = logits.argmax(1).numpy()
+            preds[split] = pred
+            atomic_write(pred_dir / f"epoch{epoch:03d}_{split}.npz",
+                         lambda tmp, p=pred, lg=logits: _save_npz(tmp, pred=p.astype(np.uint8),
+                                                                  logits=lg.numpy().astype(np.float16)))
+            m = evaluate_split(pred, d.labels_np, d.factors_np, mode, p_train)
+            recs.append({"epoch": epoch, "split": split, "metrics": m})
+        # the tuning distribution: val and balanced_val together (held-out, biased and unbiased draws)
+        tun_pred = np.concatenate([preds["val"], preds["balanced_val"]])
+        tun_y = np.concatenate([data["val"].labels_np, data["balanced_val"].labels_np])
+        tun_f = np.concatenate([data["val"].factors_np, data["balanced_val"].factors_np])
+        tm = evaluate_split(tun_pred, tun_y, tun_f, mode, p_train)
+        recs.append({"epoch": epoch, "split": TUNING, "metrics": {"alpha": tm["alpha"], "n": tm["n"]}})
+        test = recs[SPLITS.index("test")]["metrics"]
+        self.log(f"epoch {epoch}: test accuracy {test['accuracy']:.2f}, worst group {test['worst_group']:.2f}")
+        return recs
+
+    def _checkpoint(self, method, epoch: int, history: list[dict]) -> None:
+        state = {
+            "epoch": epoch,
+            "run_id": self.run_id,
+            "method": method.state_dict(),
+            "history": history,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+        }
+        atomic_write(self.run_dir / "checkpoint.pt", lambda tmp: torch.save(state, tmp))
+        atomic_write_json(self.run_dir / "status.json", {"state": "running", "epoch": epoch})
+
+    def _summary(self, history: list[dict]) -> dict:
+        last = max(e["epoch"] for e in history if "metrics" in e)
+        final = {e["split"]: e["metrics"] for e in history if e.get("epoch") == last and "metrics" in e}
+        train_losses = [e for e in history if e["split"] == "train_loss"]
+        return {"run_id": self.run_id, "epoch": last, "final": final,
+                "train_loss": train_losses[-1]["loss"] if train_losses else None,
+                "config": self.cfg.to_dict()}
+
+
+def _tracker_metrics(history: list[dict], epoch: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for rec in history:
+        if rec.get("epoch") != epoch:
+            continue
+        if rec["split"] == "train_loss":
+            out["train/loss"] = rec["loss"]
+            out["train/images_per_s"] = rec["images_per_s"]
+            continue
+        m = rec["metrics"]
+        s = rec["split"]
+        if s == TUNING:
+            for a, v in m["alpha"].items():
+                out[f"{s}/alpha_{a}"] = v
+            continue
+        for k in ("accuracy", "mpa", "cell_mean", "worst_group"):
+            out[f"{s}/{k}"] = m[k]
+        for f, fm in m["factors"].items():
+            for k in ("majority", "minority", "mmd"):
+                out[f"{s}/{f}/{k}"] = fm[k]
+    return out
+
+
+def _save_npz(path: str, **arrays) -> None:
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def _read_json(path: Path, default: Any) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return default
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BiasbenchError(f"corrupt run record {path}: {exc}") from None
+
+
+def _load_checkpoint(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise BiasbenchError(f"corrupt checkpoint {path} ({exc}); delete the run folder to start over") from None
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
+    except Exception:
+        return "unknown"

@@ -1,0 +1,85 @@
+import numpy as np
+import pytest
+
+from biasbench.data.factors import FACTORS
+from biasbench.eval import metrics as M
+
+
+def test_accuracy_and_mpa_exact():
+    y = np.array([0, 0, 0, 0, 1, 1])
+    pred = np.array([0, 0, 0, 1, 0, 1])
+    assert M.accuracy(pred, y) == pytest.approx(100 * 4 / 6)
+    assert M.mean_per_class_accuracy(pred, y) == pytest.approx((75 + 50) / 2)
+
+
+def test_group_accuracy_with_empty_groups():
+    acc, n = M.group_accuracy(np.array([1, 0, 1, 1]), np.array([0, 0, 2, 2]), 4)
+    assert n.tolist() == [2, 0, 2, 0]
+    assert acc[0] == 50 and acc[2] == 100 and np.isnan(acc[1]) and np.isnan(acc[3])
+
+
+def _case():
+    """8 samples, class 0 or 1; digit_color majority for the first 4 (value = label), minority after."""
+    y = np.array([0, 0, 1, 1, 0, 0, 1, 1])
+    f = np.zeros((8, 7), dtype=np.int64)
+    f[:, :] = np.array([5])  # every factor at value 5 (minority for classes 0 and 1)
+    f[:4, 0] = y[:4]  # digit_color aligned for the first four
+    f[4:, 0] = [3, 3, 4, 4]
+    pred = np.array([0, 0, 1, 1, 0, 1, 0, 0])  # all majority right; minority 1 of 4 right
+    return pred, y, f
+
+
+def test_majority_minority_mmd_exact():
+    pred, y, f = _case()
+    out = M.evaluate_split(pred, y, f, "paper")
+    dc = out["factors"]["digit_color"]
+    assert dc["majority"] == 100 and dc["minority"] == 25 and dc["mmd"] == 75
+    assert dc["n_majority"] == 4 and dc["n_minority"] == 4
+    tex = out["factors"]["texture"]  # all minority
+    assert np.isnan(tex["majority"]) and tex["minority"] == pytest.approx(100 * 5 / 8)
+    assert out["accuracy"] == pytest.approx(62.5)
+
+
+def test_cell_mean_and_worst_group_exact():
+    pred, y, f = _case()
+    out = M.evaluate_split(pred, y, f, "paper")
+    # digit_color cells (value, class): (0,0): 2/2, (1,1): 2/2, (3,0): 1/2, (4,1): 0/2
+    dc = out["factors"]["digit_color"]
+    assert dc["cell_mean"] == pytest.approx((100 + 100 + 50 + 0) / 4)
+    assert dc["worst_group"] == 0
+    # texture cells: (5,0): 3/4 right, (5,1): 2/4 right
+    assert out["factors"]["texture"]["cell_mean"] == pytest.approx((75 + 50) / 2)
+    assert out["worst_group"] == 0
+
+
+def test_alpha_weighted_accuracy_exact():
+    # two patterns: A = all majority (bits 127), B = all minority (0)
+    maj = np.zeros((6, 7), dtype=bool)
+    maj[:4] = True
+    correct = np.array([1, 1, 1, 0, 0, 1])  # A: 75 %, B: 50 %
+    p_train = np.zeros(128)
+    p_train[127], p_train[0] = 0.8, 0.2
+    assert M.alpha_weighted_accuracy(correct, maj, p_train, 1.0) == pytest.approx(0.8 * 75 + 0.2 * 50)
+    assert M.alpha_weighted_accuracy(correct, maj, p_train, 0.0) == pytest.approx((75 + 50) / 2)
+    w = np.array([0.8 ** 2, 0.2 ** 2]) / (0.8 ** 2 + 0.2 ** 2)
+    assert M.alpha_weighted_accuracy(correct, maj, p_train, 2.0) == pytest.approx(w[0] * 75 + w[1] * 50)
+    w = np.array([1 / 0.8, 1 / 0.2]) / (1 / 0.8 + 1 / 0.2)
+    assert M.alpha_weighted_accuracy(correct, maj, p_train, -1.0) == pytest.approx(w[0] * 75 + w[1] * 50)
+
+
+def test_pattern_bits():
+    maj = np.zeros((2, 7), dtype=bool)
+    maj[0, 0] = True
+    maj[1, 6] = True
+    assert M.bias_patterns(maj).tolist() == [1, 64]
+    assert len(FACTORS) == 7
+
+
+def test_paper_mode_position_labelling_changes_mmd():
+    f = np.full((2, 7), 5, dtype=np.int64)
+    f[:, FACTORS.index("digit_position")] = 4
+    y = np.array([4, 4])
+    pred = np.array([4, 0])
+    paper = M.evaluate_split(pred, y, f, "paper")["factors"]["digit_position"]
+    corr = M.evaluate_split(pred, y, f, "corrected")["factors"]["digit_position"]
+    assert paper["n_majority"] == 0 and corr["n_majority"] == 2

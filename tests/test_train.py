@@ -1,0 +1,154 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from biasbench.cli import main
+from biasbench.config import DatasetSettings, TrainConfig
+from biasbench.data.biased_mnist import generate
+from biasbench.errors import BiasbenchError
+from biasbench.train.loop import Trainer
+
+
+@pytest.fixture(scope="module")
+def biased_root(tmp_path_factory):
+    """Strongly biased tiny data: p_bias 0.9, 24x24 images."""
+    root = tmp_path_factory.mktemp("biased") / "ds"
+    generate(root, DatasetSettings(p_bias=0.9, cell_size=8, n_train=3000, n_val=500, n_test=1000, seed=3))
+    return root
+
+
+def _evals(history):
+    return [(h["epoch"], h["split"], h.get("metrics"), h.get("loss")) for h in history]
+
+
+def test_stdm_learns_the_bias(biased_root, tmp_path):
+    cfg = TrainConfig(data=str(biased_root), epochs=6, eval_epochs=(1, 6), batch_size=64, seed=0)
+    res = Trainer(cfg, tmp_path, tracker="none", progress=False).run()
+    hist = json.loads((Path(res["run_dir"]) / "metrics.json").read_text())["history"]
+    losses = [h["loss"] for h in hist if h["split"] == "train_loss"]
+    assert losses[-1] < 0.8 * losses[0]
+    val = res["final"]["val"]["accuracy"]
+    assert val > 40  # chance is 10
+    test = res["final"]["test"]
+    # the bias shows: on the unbiased test set, majority samples beat minority samples for most factors
+    mmds = [test["factors"][f]["mmd"] for f in test["factors"]]
+    assert sum(m > 0 for m in mmds) >= 5 and max(mmds) > 15
+    assert test["accuracy"] < val
+    # predictions saved for every split at every evaluation epoch
+    preds = sorted(p.name for p in (Path(res["run_dir"]) / "predictions").iterdir())
+    assert len(preds) == 8 and "epoch006_test.npz" in preds
+
+
+def test_finished_run_is_skipped_and_other_config_refused(tiny_root, tmp_path):
+    cfg = TrainConfig(data=str(tiny_root), epochs=1, batch_size=256)
+    first = Trainer(cfg, tmp_path, tracker="none", progress=False).run()
+    again = Trainer(cfg, tmp_path, tracker="none", progress=False).run()
+    assert first["status"] == "finished" and again["status"] == "skipped"
+    assert again["final"]["test"]["accuracy"] == first["final"]["test"]["accuracy"]
+    # tamper: the folder now claims another configuration
+    cfg_path = Path(first["run_dir"]) / "config.json"
+    rec = json.loads(cfg_path.read_text())
+    rec["config"]["lr"] = 0.5
+    cfg_path.write_text(json.dumps(rec))
+    with pytest.raises(BiasbenchError, match="holds a different configuration"):
+        Trainer(cfg, tmp_path, tracker="none", progress=False).run()
+
+
+def _train_cmd(data, out):
+    return [sys.executable, "-m", "biasbench.cli", "train", "--data", str(data), "--out", str(out),
+            "--epochs", "4", "--eval-epochs", "2,4", "--batch-size", "32", "--tracker", "none", "--no-progress",
+            "--json"]
+
+
+def test_sigkill_mid_epoch_then_resume_gives_identical_metrics(tiny_root, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ref = subprocess.run(_train_cmd(tiny_root, tmp_path / "ref"), capture_output=True, text=True, env=env)
+    assert ref.returncode == 0, ref.stderr
+    ref_res = json.loads(ref.stdout)
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(tiny_root, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env)
+    run_dir = out / ref_res["run_id"]
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait for the end of epoch 1, then kill during epoch 2
+        try:
+            if json.loads((run_dir / "status.json").read_text()).get("epoch", 0) >= 1:
+                break
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+        time.sleep(0.01)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "running" and 1 <= status["epoch"] < 4
+
+    resumed = subprocess.run(_train_cmd(tiny_root, out), capture_output=True, text=True, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    a = json.loads((tmp_path / "ref" / ref_res["run_id"] / "metrics.json").read_text())["history"]
+    b = json.loads((run_dir / "metrics.json").read_text())["history"]
+    assert _evals(a) == _evals(b)
+
+
+def test_mlflow_records_read_back(tiny_root, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    cfg = TrainConfig(data=str(tiny_root), epochs=2, eval_epochs=(2,), batch_size=256)
+    res = Trainer(cfg, tmp_path, tracker="mlflow", progress=False).run()
+    run_id = json.loads((Path(res["run_dir"]) / "tracker.json").read_text())["mlflow"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["config.method"] == "stdm" and run.data.params["config.epochs"] == "2"
+    assert run.data.metrics["test/accuracy"] == pytest.approx(res["final"]["test"]["accuracy"])
+    mmd = res["final"]["test"]["factors"]["texture"]["mmd"]
+    assert run.data.metrics["test/texture/mmd"] == pytest.approx(mmd)
+    losses = client.get_metric_history(run_id, "train/loss")
+    assert [m.step for m in losses] == [1, 2]
+    arts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"config.json", "metrics.json", "summary.json"} <= arts
+
+
+def test_cli_train_and_runs(tiny_root, tmp_path, capsys):
+    code = main(["train", "--data", str(tiny_root), "--out", str(tmp_path), "--epochs", "1",
+                 "--batch-size", "256", "--tracker", "none", "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0 and "test (unbiased)" in out and "texture_color" in out and "MMD" in out
+    code = main(["runs", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0 and "stdm" in out and "finished" in out
+    code = main(["runs", str(tmp_path), "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["state"] == "finished" and rows[0]["test_accuracy"] is not None
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--model", "vgg"], "unknown model 'vgg'"),
+    (["--method", "magic"], "unknown method 'magic'"),
+    (["--epochs", "0"], "epochs must be >= 1"),
+    (["--eval-epochs", "3,9"], "evaluation epochs [9] are outside the run"),
+    (["--tracker", "wandb"], "unknown tracker 'wandb'"),
+    (["--lr", "-1"], "learning rate must be > 0"),
+])
+def test_cli_train_bad_input(tiny_root, tmp_path, capsys, extra, message):
+    code = main(["train", "--data", str(tiny_root), "--out", str(tmp_path / "runs"), "--epochs", "5",
+                 "--tracker", "none", *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()  # training not started, nothing written
+
+
+def test_cli_train_missing_or_corrupt_dataset(tmp_path, capsys):
+    code = main(["train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "r"), "--tracker", "none"])
+    assert code == 2 and "no Biased MNIST dataset" in capsys.readouterr().err
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "manifest.json").write_text("[]")
+    code = main(["train", "--data", str(tmp_path / "bad"), "--out", str(tmp_path / "r"), "--tracker", "none"])
+    assert code == 2 and "corrupt manifest" in capsys.readouterr().err
