@@ -1,16 +1,28 @@
 #!/usr/bin/env bash
-# The README's main job: a small end-to-end demo. Called by `make demo` after installation.
-# Builds a small Biased MNIST (full 96x96 images, 5,000 training images), prints its statistics
-# and writes a sample grid PNG.
+# The README's main job: a small end-to-end demo (about 3 minutes on a 2-core CPU). Called by `make demo`.
+#  1. builds a small Biased MNIST (p_bias 0.7, 48x48 images so that a CPU can train on it quickly),
+#  2. prints its statistics and writes a sample grid PNG,
+#  3. trains the standard model (StdM, the paper's CNN) and prints how much it exploits each factor,
+#  4. lists the runs. MLflow records go to $OUT/runs/mlflow.db.
 set -euo pipefail
 OUT=${1:-demo-out}
 BB=${BIASBENCH:-.venv/bin/biasbench}
 mkdir -p "$OUT"
-echo "== 1. Biased MNIST (p_bias 0.7, paper mode) -> $OUT/data"
-"$BB" data generate --out "$OUT/data" --n-train 5000 --n-val 1000 --n-test 2000
+echo "== 1. Biased MNIST (p_bias 0.7, paper mode, 48x48) -> $OUT/data"
+"$BB" data generate --out "$OUT/data" --cell-size 16 --n-train 8000 --n-val 1000 --n-test 2000
 echo
-echo "== 2. Statistics"
+echo "== 2. Statistics and a sample grid"
 "$BB" data stats "$OUT/data"
-echo
-echo "== 3. Sample grid"
 "$BB" data show "$OUT/data" --out "$OUT/samples.png"
+echo
+echo "== 3. Train StdM (paper CNN, Adam 1e-3, batch 128, 6 epochs) and measure its bias"
+"$BB" train --data "$OUT/data" --out "$OUT/runs" --method stdm --epochs 6 --eval-epochs 3,6
+echo
+echo "At this size (8,000 images, 6 epochs, 48x48) the CNN learns the shortcuts, not the digits: high val"
+echo "accuracy (val shares the training bias), near-chance unbiased test accuracy and large MMDs. At the"
+echo "paper's size on a GPU StdM reaches 46.0 +- 3.0 % unbiased accuracy (paper: 42.0), see docs/reproduction.md."
+echo
+echo "== 4. Runs"
+"$BB" runs "$OUT/runs"
+echo
+echo "MLflow records: $OUT/runs/mlflow.db (UI: pip install 'biasbench[ui]'; mlflow ui --backend-store-uri sqlite:///$OUT/runs/mlflow.db)"

@@ -23,10 +23,10 @@ class MlflowTracker(Tracker):
 
     def __init__(self, out_dir: str):
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # no schema-migration chatter on a new store
         import logging
 
-        for name in ("mlflow", "alembic"):  # schema-migration chatter on a new store
-            logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
         try:
             import mlflow  # noqa: F401
             from mlflow.tracking import MlflowClient
