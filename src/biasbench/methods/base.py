@@ -7,6 +7,7 @@ everything needed for an exact resume (modules, optimizers, method state such as
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -42,7 +43,7 @@ class TrainInfo:
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
-class Method:
+class Method(ABC):
     """Base class. Subclasses set ``name``, ``uses_bias_labels``, ``default_hparams`` and implement
     ``update``; multi-model methods also override ``modules``/``optimizers``."""
 
@@ -71,8 +72,9 @@ class Method:
         """Sample order for an epoch; ``None`` = the trainer's seeded shuffle."""
         return None
 
+    @abstractmethod
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """One optimisation step on ``batch``; returns detached scalar tensors, at least ``loss``."""
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
