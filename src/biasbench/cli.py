@@ -37,6 +37,9 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--n-train", type=int, default=50_000, help="train images (default 50000)")
     gen.add_argument("--n-val", type=int, default=10_000, help="val / balanced_val images (default 10000)")
     gen.add_argument("--n-test", type=int, default=10_000, help="test images (default 10000, max 10000)")
+    gen.add_argument("--fixed", default="", metavar="NAME=INDEX,...",
+                     help="hold factors at one value index in every image (not in the paper; for controlled "
+                          "experiments), e.g. texture=0,distractor_shape=3")
     gen.add_argument("--mnist", default=None, metavar="DIR", help="folder with the four MNIST IDX files")
     gen.add_argument("--no-download", action="store_true", help="never download MNIST")
     gen.set_defaults(func=cmd_data_generate)
@@ -72,7 +75,7 @@ def cmd_data_generate(args: argparse.Namespace) -> int:
     from .data.biased_mnist import generate
 
     settings = DatasetSettings(p_bias=args.p_bias, seed=args.seed, cell_size=args.cell_size, mode=args.mode,
-                               n_train=args.n_train, n_val=args.n_val, n_test=args.n_test)
+                               n_train=args.n_train, n_val=args.n_val, n_test=args.n_test, fixed=args.fixed)
     manifest = generate(args.out, settings, args.mnist, download=not args.no_download)
     sizes = ", ".join(f"{k} {v}" for k, v in manifest["splits"].items())
     print(f"dataset in {args.out}: {sizes}; images {settings.image_size}x{settings.image_size}; "
@@ -128,7 +131,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     tr.add_argument("--data", required=True, help="dataset folder (biasbench data generate)")
     tr.add_argument("--out", required=True, metavar="RUNS", help="folder holding the runs")
-    tr.add_argument("--method", default="stdm", help="training method (default stdm)")
+    tr.add_argument("--method", default="stdm",
+                    help="training method: stdm, upweight, group_dro, rubi, lnl, irm, lff, sd (default stdm)")
+    tr.add_argument("--explicit", default="distractor_shape", metavar="FACTOR,...",
+                    help="bias factors whose labels the method sees (methods with bias labels only; "
+                         "default distractor_shape, the paper's)")
+    tr.add_argument("--grouping", default="unique", choices=("unique", "majority_minority"),
+                    help="bias groups from exact values (default) or the majority/minority pattern")
+    tr.add_argument("--hparam", action="append", default=[], metavar="KEY=VALUE",
+                    help="method hyperparameter, repeatable (e.g. --hparam step_size=0.01); see docs/methods.md")
     tr.add_argument("--model", default="paper_cnn", help="model (paper_cnn, resnet18; default paper_cnn)")
     tr.add_argument("--small-stem", action="store_true", help="resnet18: 3x3 stride-1 stem, no max-pool")
     tr.add_argument("--epochs", type=int, default=30)
@@ -172,6 +183,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         except ValueError:
             raise BiasbenchError(f"--eval-epochs must be comma-separated integers, got {args.eval_epochs!r}") from None
     cfg = TrainConfig(data=args.data, method=args.method, model=args.model,
+                      explicit=args.explicit, grouping=args.grouping, method_hparams=parse_hparams(args.hparam),
                       model_kwargs={"small_stem": True} if args.small_stem else {},
                       optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum,
                       batch_size=args.batch_size, epochs=args.epochs, eval_epochs=eval_epochs, seed=args.seed,
@@ -185,6 +197,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         print(format_run_summary(result))
     return 0
+
+
+def parse_hparams(items: list[str]) -> dict:
+    """``KEY=VALUE`` strings -> dict; values parsed as JSON where possible (numbers, true/false)."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise BiasbenchError(f"bad --hparam {item!r}; expected KEY=VALUE, e.g. step_size=0.01")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+    return out
 
 
 def cmd_runs(args: argparse.Namespace) -> int:

@@ -51,6 +51,26 @@ def parse_p_bias(value: Any) -> dict[str, float]:
     return {f: p for f in FACTORS}
 
 
+def parse_fixed(value: Any) -> dict[str, int]:
+    """``{factor: value index}`` or ``"texture=0,background_color=3"``; checked against the value tables."""
+    from .data.factors import FACTOR_TABLE
+
+    if isinstance(value, str):
+        items = [i for i in value.split(",") if i.strip()]
+        value = {}
+        for item in items:
+            if "=" not in item:
+                raise BiasbenchError(f"bad fixed item {item!r}; expected NAME=INDEX, e.g. texture=0")
+            k, v = item.split("=", 1)
+            value[k.strip()] = v.strip()
+    out = {}
+    for k, v in dict(value or {}).items():
+        if k not in FACTORS:
+            raise BiasbenchError(f"unknown factor {k!r} in fixed; expected one of: {', '.join(FACTORS)}")
+        out[k] = _check_int(v, f"fixed value of {k}", 0, FACTOR_TABLE[k].num_values - 1)
+    return {k: out[k] for k in FACTORS if k in out}
+
+
 def _check_int(value: Any, what: str, lo: int, hi: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         try:
@@ -70,6 +90,9 @@ def _check_int(value: Any, what: str, lo: int, hi: int | None = None) -> int:
 class DatasetSettings:
     """Everything that determines a Biased MNIST dataset (with the MNIST bytes and the renderer version).
 
+    ``fixed``: factors held at one value index in every image of every split (not part of the paper;
+    for controlled experiments such as a dataset where only the digit and one factor vary).
+
     ``p_bias``: per-factor probability of the class-aligned value for ``train`` and ``val``;
     ``balanced_val`` and ``test`` use :data:`UNBIASED_P`. Sizes: ``n_train + n_val <= 60,000`` (one
     seeded permutation of MNIST-train, train first), ``n_test <= 10,000`` (the first MNIST-test digits).
@@ -82,9 +105,11 @@ class DatasetSettings:
     n_train: int = 50_000
     n_val: int = 10_000
     n_test: int = 10_000
+    fixed: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "p_bias", parse_p_bias(self.p_bias))
+        object.__setattr__(self, "fixed", parse_fixed(self.fixed))
         object.__setattr__(self, "seed", _check_int(self.seed, "seed", 0, 2**63 - 1))
         object.__setattr__(self, "cell_size", check_cell_size(_check_int(self.cell_size, "cell size", 0)))
         check_mode(self.mode)
@@ -106,7 +131,7 @@ class DatasetSettings:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "DatasetSettings":
-        known = {"p_bias", "seed", "cell_size", "mode", "n_train", "n_val", "n_test"}
+        known = {"p_bias", "seed", "cell_size", "mode", "n_train", "n_val", "n_test", "fixed"}
         unknown = set(d) - known
         if unknown:
             raise BiasbenchError(f"unknown dataset setting(s): {', '.join(sorted(unknown))}")
@@ -167,14 +192,36 @@ class TrainConfig:
     seed: int = 0
     precision: str = "auto"
     channels_last: str = "auto"
+    explicit: tuple = ("distractor_shape",)
+    grouping: str = "unique"
 
     def __post_init__(self) -> None:
         from .methods import get_method_class
+        from .methods.groups import GROUPINGS
         from .models import list_models
 
         if self.model not in list_models():
             raise BiasbenchError(f"unknown model {self.model!r}; expected one of: {', '.join(list_models())}")
-        get_method_class(self.method)  # raises a clear error for unknown methods
+        method_cls = get_method_class(self.method)  # raises a clear error for unknown methods
+        explicit = self.explicit
+        if isinstance(explicit, str):
+            explicit = tuple(e.strip() for e in explicit.split(",") if e.strip())
+        for name in explicit:
+            if name not in FACTORS:
+                raise BiasbenchError(f"unknown factor {name!r} in explicit; expected some of: {', '.join(FACTORS)}")
+        if len(set(explicit)) != len(explicit):
+            raise BiasbenchError(f"explicit factors repeat: {', '.join(explicit)}")
+        if self.grouping not in GROUPINGS:
+            raise BiasbenchError(f"unknown grouping {self.grouping!r}; expected one of: {', '.join(GROUPINGS)}")
+        if method_cls.uses_bias_labels:
+            if not explicit:
+                raise BiasbenchError(f"{self.method} needs at least one explicit bias factor (--explicit)")
+            explicit = tuple(f for f in FACTORS if f in explicit)  # canonical order: same set, same run
+        else:  # methods without bias labels ignore them: same run whatever --explicit says
+            object.__setattr__(self, "grouping", "unique")
+            explicit = ()
+        object.__setattr__(self, "explicit", explicit)
+        object.__setattr__(self, "method_hparams", method_cls.check_hparams(self.method_hparams))
         if self.optimizer not in OPTIMIZERS:
             raise BiasbenchError(f"unknown optimizer {self.optimizer!r}; expected one of: {', '.join(OPTIMIZERS)}")
         if self.precision not in PRECISIONS:
@@ -199,6 +246,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["eval_epochs"] = list(self.eval_epochs)
+        d["explicit"] = list(self.explicit)
         return d
 
     @classmethod
@@ -206,4 +254,6 @@ class TrainConfig:
         d = dict(d)
         if d.get("eval_epochs") is not None:
             d["eval_epochs"] = tuple(d["eval_epochs"])
+        if d.get("explicit") is not None:
+            d["explicit"] = tuple(d["explicit"])
         return cls(**d)

@@ -77,6 +77,8 @@ def build_recipe(settings: DatasetSettings, mnist_labels: dict[str, np.ndarray])
         labels = mnist_labels[SPLIT_SOURCE[split]][mi].astype(np.uint8)
         p = p_train if split in ("train", "val") else p_unbiased
         factors = sample_factors(labels, p, np.random.default_rng(stream), settings.mode)
+        for name, value in settings.fixed.items():
+            factors[:, FACTORS.index(name)] = value
         out[split] = SplitRecipe(split, mi, labels, factors)
     return out
 

@@ -38,6 +38,9 @@ class TrainInfo:
     labels: torch.Tensor
     factors: torch.Tensor
     mode: str
+    explicit: tuple = ()
+    grouping: str = "unique"
+    batch_size: int = 128
 
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -51,16 +54,52 @@ class Method(ABC):
     uses_bias_labels = False
     default_hparams: dict[str, Any] = {}
 
+    group_with_label = False
+    """Bias-label methods: whether groups are (bias value(s), class) rather than bias value(s) alone."""
+
     def __init__(self, model: nn.Module, make_optimizer: OptimizerFactory, info: TrainInfo,
                  hparams: dict[str, Any] | None = None):
-        unknown = set(hparams or {}) - set(self.default_hparams)
-        if unknown:
-            raise BiasbenchError(f"unknown hyperparameter(s) for {self.name}: {', '.join(sorted(unknown))}; "
-                                 f"expected: {', '.join(sorted(self.default_hparams)) or 'none'}")
-        self.hparams = {**self.default_hparams, **(hparams or {})}
+        self.hparams = self.check_hparams(hparams)
         self.model = model
         self.info = info
+        self.device = info.labels.device
+        self.make_optimizer = make_optimizer
         self.optimizer = make_optimizer(model.parameters())
+        if self.uses_bias_labels:
+            from .groups import group_ids
+
+            ids, self.num_groups = group_ids(info.labels, info.factors, info.explicit, info.grouping, info.mode,
+                                             self.group_with_label)
+            self.groups = ids.to(self.device)  # (N,) group id of each training sample
+
+    @classmethod
+    def check_hparams(cls, hparams: dict[str, Any] | None) -> dict[str, Any]:
+        """Merge with the defaults; unknown names and values of the wrong type are errors."""
+        hparams = dict(hparams or {})
+        unknown = set(hparams) - set(cls.default_hparams)
+        if unknown:
+            raise BiasbenchError(f"unknown hyperparameter(s) for {cls.name}: {', '.join(sorted(unknown))}; "
+                                 f"expected: {', '.join(sorted(cls.default_hparams)) or 'none'}")
+        out = dict(cls.default_hparams)
+        for k, v in hparams.items():
+            d = cls.default_hparams[k]
+            if isinstance(d, bool) and not isinstance(v, bool):
+                raise BiasbenchError(f"hyperparameter {k} of {cls.name} must be true or false, got {v!r}")
+            if isinstance(d, (int, float)) and not isinstance(d, bool):
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise BiasbenchError(f"hyperparameter {k} of {cls.name} must be a number, got {v!r}")
+                if isinstance(d, int) and not float(v).is_integer():
+                    raise BiasbenchError(f"hyperparameter {k} of {cls.name} must be an integer, got {v!r}")
+                v = type(d)(v)
+            if isinstance(d, str):
+                choices = cls.hparam_choices.get(k)
+                if choices and v not in choices:
+                    raise BiasbenchError(f"hyperparameter {k} of {cls.name} must be one of "
+                                         f"{', '.join(choices)}, got {v!r}")
+            out[k] = v
+        return out
+
+    hparam_choices: dict[str, tuple[str, ...]] = {}
 
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.model}
@@ -105,5 +144,11 @@ class Method(ABC):
         self.load_extra_state(state.get("extra", {}))
 
     def describe(self) -> dict[str, Any]:
-        """What goes into the run config: hyperparameters and whether bias labels are used."""
-        return {"name": self.name, "uses_bias_labels": self.uses_bias_labels, "hparams": dict(self.hparams)}
+        """What goes into the run config: hyperparameters and the bias labels used (if any)."""
+        d = {"name": self.name, "uses_bias_labels": self.uses_bias_labels, "hparams": dict(self.hparams)}
+        if self.uses_bias_labels:
+            d.update(explicit=list(self.info.explicit), grouping=self.info.grouping,
+                     groups_include_class=self.group_with_label, num_groups=self.num_groups)
+        else:
+            d["explicit"] = f"ignored: {self.name} uses no bias labels"
+        return d

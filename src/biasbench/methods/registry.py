@@ -12,7 +12,7 @@ def register_method(cls):
 
 
 def _ensure_loaded() -> None:
-    from . import stdm  # noqa: F401  (registration side effects)
+    from . import group_dro, irm, lff, lnl, rubi, sd, stdm, upweight  # noqa: F401  (registration)
 
 
 def list_methods() -> list[str]:

@@ -92,6 +92,10 @@ class Trainer:
         self.cfg = cfg
         self.manifest = read_manifest(cfg.data)
         self.settings = self.manifest["settings"]
+        missing = [f for f in cfg.explicit if f not in self.manifest.get("factors", [])]
+        if missing:
+            raise BiasbenchError(f"dataset {cfg.data} has no factor(s) {', '.join(missing)} for --explicit; "
+                                 f"it has: {', '.join(self.manifest.get('factors', []))}")
         self.run_id = run_identity(cfg, self.manifest)
         self.out = Path(out)
         self.run_dir = self.out / self.run_id
@@ -149,7 +153,8 @@ class Trainer:
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         info = TrainInfo(num_train=len(train.labels), num_classes=10, labels=train.labels, factors=train.factors,
-                         mode=self.settings["mode"])
+                         mode=self.settings["mode"], explicit=cfg.explicit, grouping=cfg.grouping,
+                         batch_size=cfg.batch_size)
         method = get_method_class(cfg.method)(model, optimizer_factory(cfg, dev), info, cfg.method_hparams)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.run_dir / "config.json", self._config_record(count_parameters(model), method.describe()))

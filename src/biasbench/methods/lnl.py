@@ -1,0 +1,73 @@
+"""LNL: Learning Not to Learn (Kim et al., CVPR 2019), the reference's ``LNLTrainer``.
+
+A bias predictor h = MLP2 on an intermediate feature (default ``pooled2``, the 32-d pooled output of the
+paper CNN's second conv; hidden 32) predicts the bias group (explicit bias value(s), no class). Two
+passes per batch:
+
+(a) loss = CE(z, y) + lambda_ent * mean_i sum_k p_ik log p_ik, p = softmax(h(feat)) + 1e-8: the main
+    model is pushed to make h maximally uncertain; only the main model steps;
+(b) a fresh forward; feat goes through a gradient multiplier (identity forward, x rho backward);
+    loss = CE(h(feat), bias label); main model and predictor both step, so the main model receives the
+    predictor's gradient with its sign reversed (rho = -0.1) and makes two optimizer steps per batch.
+
+lambda_ent = 0.01, rho = -0.1; h has its own Adam with the run's lr and weight decay. Reference quirk: the
+Biased-MNIST config at HEAD never set the predictor (the script fails); these are the March-2021 values.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import BiasbenchError
+from .base import Batch, Method
+from .modules import grad_multiply, mlp2
+from .registry import register_method
+
+
+@register_method
+class LNL(Method):
+    name = "lnl"
+    uses_bias_labels = True
+    group_with_label = False
+    default_hparams = {"entropy_weight": 0.01, "grad_mult": -0.1, "feature": "pooled2", "hidden": 32}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        dims = getattr(self.model, "feature_dims", {})
+        feat = self.hparams["feature"]
+        if feat not in dims:
+            raise BiasbenchError(f"lnl: model has no feature {feat!r}; it has: {', '.join(sorted(dims)) or 'none'}")
+        self.predictor = mlp2(dims[feat], self.hparams["hidden"], self.num_groups).to(self.device)
+        self.predictor_optimizer = self.make_optimizer(self.predictor.parameters())
+
+    def modules(self):
+        return {"model": self.model, "predictor": self.predictor}
+
+    def optimizers(self):
+        return {"optimizer": self.optimizer, "predictor_optimizer": self.predictor_optimizer}
+
+    def _feature(self, x):
+        logits, feats = self.model.forward_features(x, (self.hparams["feature"],))
+        return logits.float(), feats[self.hparams["feature"]]
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        bias = self.groups[batch.index]
+        # (a) classification + entropy of the bias predictor; the main model steps
+        logits, feat = self._feature(batch.x)
+        p = F.softmax(self.predictor(feat).float(), dim=1) + 1e-8
+        neg_entropy = (p * p.log()).sum(dim=1).mean()
+        ce = F.cross_entropy(logits, batch.y)
+        loss_a = ce + self.hparams["entropy_weight"] * neg_entropy
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_a.backward()
+        self.optimizer.step()
+        # (b) the predictor learns the bias; the main model gets the reversed, scaled gradient
+        _, feat = self._feature(batch.x)
+        bias_logits = self.predictor(grad_multiply(feat, self.hparams["grad_mult"])).float()
+        loss_b = F.cross_entropy(bias_logits, bias)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.predictor_optimizer.zero_grad(set_to_none=True)
+        loss_b.backward()
+        self.optimizer.step()
+        self.predictor_optimizer.step()
+        return {"loss": ce.detach(), "neg_entropy": neg_entropy.detach(), "bias_loss": loss_b.detach()}

@@ -1,0 +1,254 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from biasbench.cli import main
+from biasbench.config import DatasetSettings, TrainConfig
+from biasbench.data.biased_mnist import generate
+from biasbench.data.factors import FACTORS
+from biasbench.errors import BiasbenchError
+from biasbench.methods import Batch, TrainInfo, get_method_class, list_methods
+from biasbench.methods.irm import irm_penalty
+from biasbench.methods.lff import gce_loss
+from biasbench.methods.modules import grad_multiply
+from biasbench.methods.sd import sd_penalty
+from biasbench.models import create_model
+from biasbench.train.loop import Trainer, load_splits
+from biasbench.train.optim import optimizer_factory
+
+ALL = ["stdm", "upweight", "group_dro", "rubi", "lnl", "irm", "lff", "sd"]
+DS = FACTORS.index("distractor_shape")
+
+
+def test_registry_has_the_eight_trainers():
+    assert set(ALL) <= set(list_methods())
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_every_method_trains_two_epochs_and_loss_falls(tiny_root, tmp_path, method):
+    cfg = TrainConfig(data=str(tiny_root), method=method, epochs=2, eval_epochs=(2,), batch_size=64)
+    res = Trainer(cfg, tmp_path, tracker="none", progress=False).run()
+    hist = json.loads((Path(res["run_dir"]) / "metrics.json").read_text())["history"]
+    losses = [h["loss"] for h in hist if h["split"] == "train_loss"]
+    assert losses[1] < losses[0]
+    rec = json.loads((Path(res["run_dir"]) / "config.json").read_text())
+    if get_method_class(method).uses_bias_labels:
+        assert rec["method"]["explicit"] == ["distractor_shape"]
+    else:
+        assert "ignored" in rec["method"]["explicit"] and rec["config"]["explicit"] == []
+
+
+def _method(name, tiny_root, hparams=None, explicit=("distractor_shape",), batch_size=128):
+    data = load_splits(str(tiny_root), torch.device("cpu"))["train"]
+    info = TrainInfo(len(data.labels), 10, data.labels, data.factors, "paper", tuple(explicit), "unique", batch_size)
+    cfg = TrainConfig(data=str(tiny_root))
+    torch.manual_seed(0)
+    return get_method_class(name)(create_model("paper_cnn"), optimizer_factory(cfg, torch.device("cpu")), info,
+                                  hparams or {}), data
+
+
+def _batch(data, idx):
+    idx = torch.as_tensor(idx)
+    return Batch(data.images[idx].float(), data.labels[idx], data.factors[idx], idx)
+
+
+def test_upweight_weights_are_n_over_group_count(tiny_root):
+    m, data = _method("upweight", tiny_root)
+    y, f = data.labels_np, data.factors_np[:, DS]
+    keys = f * 10 + y
+    n = len(y)
+    for i in range(0, n, 97):
+        expected = n / (keys == keys[i]).sum()
+        assert m.group_weights[m.groups[i]].item() == pytest.approx(expected)
+    assert m.num_groups == len(np.unique(keys))
+    norm, _ = _method("upweight", tiny_root, {"normalize": True})
+    w = norm.group_weights[norm.groups]
+    assert w.mean().item() == pytest.approx(1.0, rel=1e-5)
+
+
+def _synthetic_info(n=20_000, p=0.7, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, n)
+    from biasbench.data.factors import sample_factors
+    fac = sample_factors(y, np.full(7, p), rng)
+    return TrainInfo(n, 10, torch.from_numpy(y), torch.from_numpy(fac.astype(np.int64)), "paper",
+                     ("distractor_shape",), "unique", 128)
+
+
+def test_group_dro_sampler_is_balanced_and_the_reference_bug_is_not():
+    info = _synthetic_info()
+    cfg = TrainConfig(data="unused")
+    make = optimizer_factory(cfg, torch.device("cpu"))
+    cls = get_method_class("group_dro")
+    good = cls(create_model("paper_cnn"), make, info, {})
+    idx = good.epoch_indices(1, torch.Generator().manual_seed(0))
+    assert len(idx) == info.num_train
+    counts = torch.bincount(good.groups[idx], minlength=good.num_groups).numpy()
+    expected = info.num_train / good.num_groups
+    assert counts.min() > 0.6 * expected and counts.max() < 1.4 * expected
+    bug = cls(create_model("paper_cnn"), make, info, {"sampler": "reference_bug"})
+    counts_bug = torch.bincount(bug.groups[bug.epoch_indices(1, torch.Generator().manual_seed(0))],
+                                minlength=bug.num_groups).numpy()
+    assert counts_bug.max() > 5 * max(1, counts_bug.min())  # majority groups dominate: not balanced
+
+
+def test_group_dro_weights_move_toward_the_worst_group(tiny_root):
+    m, data = _method("group_dro", tiny_root)
+    batch = _batch(data, np.arange(256))
+    with torch.no_grad():
+        ce = F.cross_entropy(m.model(batch.x), batch.y, reduction="none")
+        lg = m.group_losses(ce, m.groups[batch.index])
+    q0 = m.q.clone()
+    m.update(batch)
+    expected = q0 * torch.exp(1e-3 * lg)
+    torch.testing.assert_close(m.q, expected / expected.sum(), rtol=1e-4, atol=1e-7)
+    assert m.q.argmax() == lg.argmax()
+    assert m.q[lg.argmax()] > q0[lg.argmax()]
+
+
+def test_irm_penalty_zero_at_the_optimal_scale_and_positive_otherwise():
+    torch.manual_seed(0)
+    half = torch.randn(4, 3)
+    y_half = torch.tensor([0, 1, 2, 0])
+    # find the scale w* minimising CE(w * half); logits = w* x half have their optimum at w = 1
+    w = torch.linspace(0.01, 5, 20001)
+    ce = torch.stack([F.cross_entropy(s * half, y_half) for s in w])
+    w_star = w[ce.argmin()]
+    chunk = torch.cat([w_star * half, w_star * half])  # both halves identical: optimum 1 for each
+    logits = torch.cat([chunk, chunk])  # two environments of 8
+    y = torch.cat([y_half, y_half, y_half, y_half])
+    assert irm_penalty(logits, y, 8).item() == pytest.approx(0.0, abs=1e-6)
+    assert irm_penalty(3 * logits, y, 8).item() > 1e-3  # optimum at 1/3: both gradients positive
+    # by hand for one chunk: (dCE/dw)^2 at w = 1 for identical halves
+    z = (3 * chunk[:4]).clone().requires_grad_(False)
+    s = torch.ones((), requires_grad=True)
+    g = torch.autograd.grad(F.cross_entropy(s * z, y_half), s)[0]
+    assert irm_penalty(3 * chunk, torch.cat([y_half, y_half]), 8).item() == pytest.approx(g.item() ** 2, rel=1e-5)
+
+
+def test_irm_batches_are_environment_chunks(tiny_root):
+    m, data = _method("irm", tiny_root)
+    idx = m.epoch_indices(1, torch.Generator().manual_seed(0))
+    assert len(idx) == (len(data.labels) // 128 + 1) * 128
+    envs = m.groups[idx].view(-1, 8)
+    assert (envs == envs[:, :1]).all()  # each chunk of 8 comes from one environment
+
+
+def test_lff_weights_favour_samples_the_biased_model_finds_hard(tiny_root):
+    m, data = _method("lff", tiny_root)
+    same = np.nonzero(data.labels_np == data.labels_np[0])[0][:2]  # two samples of one class
+    idx = torch.as_tensor(same)
+    y = data.labels[idx]
+    w = m.sample_weights(idx, y, ce_main=torch.tensor([1.0, 1.0]), ce_biased=torch.tensor([3.0, 0.1]))
+    assert w[0] > w[1]
+    # normalised by the class-wise maximum: e_g = (1, 0.1/3), e_f = (1, 1)
+    torch.testing.assert_close(w, torch.tensor([1 / 2, (0.1 / 3) / (0.1 / 3 + 1)]), rtol=1e-5, atol=1e-7)
+    assert m.ema_biased[idx[0]].item() == pytest.approx(3.0)  # first visit stores the loss
+    m.sample_weights(idx, y, ce_main=torch.tensor([1.0, 1.0]), ce_biased=torch.tensor([1.0, 0.1]))
+    assert m.ema_biased[idx[0]].item() == pytest.approx(0.7 * 3.0 + 0.3 * 1.0)
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    yy = torch.tensor([0, 0])
+    p = F.softmax(logits, 1)[:, 0]
+    torch.testing.assert_close(gce_loss(logits, yy, 0.5),
+                               0.5 * p.pow(0.5) * F.cross_entropy(logits, yy, reduction="none"))
+
+
+def test_sd_penalty_matches_its_formula():
+    z = torch.tensor([[1.0, 2.0, -1.0], [0.5, 0.0, 3.0]])
+    y = torch.tensor([1, 2])
+    lam, gam = 0.2, 0.5
+    assert sd_penalty(z, y, lam, gam, "true_class").item() == pytest.approx(0.5 * lam * ((2 - gam) ** 2 + (3 - gam) ** 2) / 2)
+    allv = ((z - gam) ** 2).sum(1).mean().item()
+    assert sd_penalty(z, y, lam, gam, "all_logits").item() == pytest.approx(0.5 * lam * allv)
+
+
+def test_rubi_mask_comes_from_the_bias_branch_and_prediction_ignores_it(tiny_root):
+    m, data = _method("rubi", tiny_root)
+    batch = _batch(data, np.arange(64))
+    z = m.model(batch.x)
+    b = m.bias_logits(batch.index)
+    expected = F.cross_entropy(z * torch.sigmoid(b), batch.y) + F.cross_entropy(b, batch.y)
+    stats = m.update(batch)
+    assert stats["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    # the bias branch sees only the bias label: samples of one group get the same bias logits
+    g = m.groups[batch.index]
+    same = (g == g[0]).nonzero().flatten()
+    bl = m.bias_logits(batch.index)
+    assert torch.allclose(bl[same], bl[same[0]].expand_as(bl[same]))
+    x = batch.x[:8]
+    before = m.predict(x)
+    with torch.no_grad():
+        for p in m.bias_branch.parameters():
+            p.add_(torch.randn_like(p))
+    torch.testing.assert_close(m.predict(x), before)
+
+
+def test_lnl_reversed_gradient_reaches_the_main_network_with_opposite_sign(tiny_root):
+    m, data = _method("lnl", tiny_root)
+    batch = _batch(data, np.arange(64))
+    bias = m.groups[batch.index]
+
+    def conv1_grad(factor):
+        m.model.zero_grad()
+        _, feat = m._feature(batch.x)
+        F.cross_entropy(m.predictor(grad_multiply(feat, factor)), bias).backward()
+        return m.model.conv1.weight.grad.clone()
+
+    plain, reversed_ = conv1_grad(1.0), conv1_grad(-0.1)
+    torch.testing.assert_close(reversed_, -0.1 * plain, rtol=1e-4, atol=1e-8)
+    assert m.predictor[0].in_features == 32  # the 32-d pooled feature after the second conv
+
+
+def test_upweight_and_gdro_raise_minority_accuracy_over_stdm(tmp_path):
+    """Two-factor data: the digit and background colour (p 0.9), every other factor fixed."""
+    fac = "background_color"
+    fixed = {f: 0 for f in FACTORS if f != fac}
+    root = tmp_path / "two"
+    generate(root, DatasetSettings(p_bias=f"{fac}=0.9", fixed=fixed, cell_size=8, n_train=3000, n_val=200,
+                                   n_test=1000, seed=1))
+    minority = {}
+    for method in ("stdm", "upweight", "group_dro"):
+        cfg = TrainConfig(data=str(root), method=method, epochs=6, eval_epochs=(6,), batch_size=64, explicit=(fac,))
+        res = Trainer(cfg, tmp_path / "runs", tracker="none", progress=False).run()
+        minority[method] = res["final"]["test"]["factors"][fac]["minority"]
+    assert minority["upweight"] > minority["stdm"] + 10, minority
+    assert minority["group_dro"] > minority["stdm"] + 10, minority
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--method", "upweight", "--explicit", "shape"], "unknown factor 'shape' in explicit"),
+    (["--method", "group_dro", "--explicit", ""], "needs at least one explicit bias factor"),
+    (["--method", "group_dro", "--hparam", "sampler=wrong"], "sampler of group_dro must be one of"),
+    (["--method", "sd", "--hparam", "lambda=big"], "lambda of sd must be a number"),
+    (["--method", "lff", "--hparam", "alpha=0.1"], "unknown hyperparameter(s) for lff: alpha"),
+    (["--method", "irm", "--batch-size", "100"], "must be a multiple of samples_per_env"),
+])
+def test_method_bad_input(tiny_root, tmp_path, capsys, extra, message):
+    code = main(["train", "--data", str(tiny_root), "--out", str(tmp_path / "runs"), "--epochs", "1",
+                 "--tracker", "none", "--no-progress", *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_explicit_factor_missing_from_dataset(tiny_root, tmp_path, capsys):
+    import shutil
+    d = tmp_path / "ds"
+    shutil.copytree(tiny_root, d)
+    man = json.loads((d / "manifest.json").read_text())
+    man["factors"] = [f for f in man["factors"] if f != "texture"]  # a dataset without a texture factor
+    (d / "manifest.json").write_text(json.dumps(man))
+    code = main(["train", "--data", str(d), "--out", str(tmp_path / "r"), "--method", "rubi", "--explicit",
+                 "texture", "--tracker", "none"])
+    assert code == 2 and "has no factor(s) texture" in capsys.readouterr().err
+
+
+def test_implicit_methods_ignore_explicit_in_their_identity(tiny_root):
+    a = TrainConfig(data=str(tiny_root), method="lff", explicit=("texture",))
+    b = TrainConfig(data=str(tiny_root), method="lff")
+    assert a == b and a.explicit == ()
+    c = TrainConfig(data=str(tiny_root), method="upweight", explicit=("texture", "digit_color"))
+    assert c.explicit == ("digit_color", "texture")
