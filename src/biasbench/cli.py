@@ -199,6 +199,42 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_audit(sub: argparse._SubParsersAction) -> None:
+    au = sub.add_parser(
+        "audit", help="counterfactual audit: how sensitive a trained model is to each factor",
+        description="For each image and each of the seven factors, re-render the image with only that factor "
+                    "changed (to every other value, or --values K of them), run the run's model, and report per "
+                    "factor the prediction flip rate, the accuracy with the factor forced to the class-aligned vs "
+                    "conflicting values, and the value x predicted-class matrix. Writes audit.json and two PNGs "
+                    "to RUN/audit (or --out).",
+    )
+    au.add_argument("run", metavar="RUN", help="a run folder (RUNS/<run_id>)")
+    au.add_argument("--data", required=True, help="the dataset the run was trained on")
+    au.add_argument("--split", default="test", help="split to audit (default test)")
+    au.add_argument("--samples", type=int, default=None, help="audit N random images (default: all)")
+    au.add_argument("--values", type=int, default=None, metavar="K",
+                    help="K random alternative values per image and factor (default: all)")
+    au.add_argument("--seed", type=int, default=0, help="seed for --samples and --values (default 0)")
+    au.add_argument("--device", default="auto")
+    au.add_argument("--out", default=None, help="output folder (default RUN/audit)")
+    au.add_argument("--json", action="store_true", help="print the result as JSON")
+    au.add_argument("--no-progress", action="store_true")
+    au.set_defaults(func=cmd_audit)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from .eval.audit import audit_run, format_audit
+
+    result = audit_run(args.run, args.data, args.split, args.samples, args.values, args.seed, args.device,
+                       args.out, progress=False if args.no_progress else None)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_audit(result))
+        print("wrote " + ", ".join(result["files"]))
+    return 0
+
+
 def parse_hparams(items: list[str]) -> dict:
     """``KEY=VALUE`` strings -> dict; values parsed as JSON where possible (numbers, true/false)."""
     out = {}
@@ -230,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_data(sub)
     _add_train(sub)
+    _add_audit(sub)
     return parser
 
 

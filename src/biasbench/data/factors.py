@@ -157,6 +157,18 @@ def sample_factors(labels: np.ndarray, p_bias: np.ndarray, rng: np.random.Genera
     return out
 
 
+def factor_majority(name: str, labels: np.ndarray, values: np.ndarray, mode: str = "paper") -> np.ndarray:
+    """Bool (N,): factor ``name`` at ``values`` counts as majority for ``labels`` (see :func:`majority_mask`)."""
+    fac = FACTOR_TABLE[name]
+    labels = np.asarray(labels, dtype=np.int64)
+    values = np.asarray(values, dtype=np.int64)
+    if mode == "paper":
+        value_to_class = np.empty(fac.num_values, dtype=np.int64)
+        value_to_class[fac.aligned] = np.arange(len(fac.aligned))  # later entries overwrite
+        return value_to_class[values] == labels
+    return fac.aligned[labels] == values
+
+
 def majority_mask(labels: np.ndarray, factors: np.ndarray, mode: str = "paper") -> np.ndarray:
     """Boolean (N, 7): True where the factor value counts as *majority* (class-aligned).
 
@@ -165,18 +177,8 @@ def majority_mask(labels: np.ndarray, factors: np.ndarray, mode: str = "paper") 
     class's aligned value.
     """
     check_mode(mode)
-    labels = np.asarray(labels, dtype=np.int64)
     factors = np.asarray(factors)
-    out = np.empty(factors.shape, dtype=bool)
-    for f, name in enumerate(FACTORS):
-        fac = FACTOR_TABLE[name]
-        if mode == "paper":
-            value_to_class = np.empty(fac.num_values, dtype=np.int64)
-            value_to_class[fac.aligned] = np.arange(len(fac.aligned))  # later entries overwrite
-            out[:, f] = value_to_class[factors[:, f]] == labels
-        else:
-            out[:, f] = fac.aligned[labels] == factors[:, f]
-    return out
+    return np.stack([factor_majority(name, labels, factors[:, f], mode) for f, name in enumerate(FACTORS)], axis=1)
 
 
 def aligned_mask(labels: np.ndarray, factors: np.ndarray) -> np.ndarray:

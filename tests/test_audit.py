@@ -1,0 +1,108 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from biasbench.cli import main
+from biasbench.config import DatasetSettings, TrainConfig
+from biasbench.data.biased_mnist import BiasedMNIST, generate
+from biasbench.data.factors import DIGIT_COLORS, FACTORS
+from biasbench.data.stamps import texture_canvases
+from biasbench.eval.audit import counterfactual_audit
+from biasbench.train.loop import Trainer
+
+
+class DigitColourReader(torch.nn.Module):
+    """Hand-built: counts pixels of each digit colour outside every distractor patch and every texture
+    glyph position. Only digit pixels can be there, so the model reads the digit colour and nothing else."""
+
+    def __init__(self, cell: int):
+        super().__init__()
+        size = 3 * cell
+        mask = ~texture_canvases(cell).any(axis=0)
+        s, off = cell // 2, (cell - cell // 2) // 2
+        for g in range(9):
+            r, c = divmod(g, 3)
+            mask[r * cell + off: r * cell + off + s, c * cell + off: c * cell + off + s] = False
+        self.register_buffer("mask", torch.from_numpy(mask).view(1, 1, size, size))
+        self.register_buffer("colours", torch.tensor(DIGIT_COLORS, dtype=torch.float32).view(10, 3, 1, 1))
+
+    def forward(self, x):
+        hits = (x[:, None] == self.colours[None]).all(dim=2) & self.mask  # (N, 10, H, W)
+        return hits.flatten(2).sum(-1).float()
+
+
+class Constant(torch.nn.Module):
+    def forward(self, x):
+        out = torch.zeros(len(x), 10)
+        out[:, 3] = 1
+        return out
+
+
+@pytest.fixture(scope="module")
+def audit_ds(tmp_path_factory):
+    root = tmp_path_factory.mktemp("audit") / "ds"
+    generate(root, DatasetSettings(cell_size=16, n_train=200, n_val=50, n_test=300, seed=4))
+    return BiasedMNIST(root, split="test")
+
+
+def test_digit_colour_model_flips_only_on_digit_colour(audit_ds):
+    res = counterfactual_audit(DigitColourReader(16), audit_ds, torch.device("cpu"), samples=150)
+    f = res["factors"]
+    assert f["digit_color"]["flip_rate"] > 0.9
+    for name in FACTORS:
+        if name != "digit_color":
+            assert f[name]["flip_rate"] == 0.0, name
+    m = np.array(f["digit_color"]["value_class_matrix"])
+    assert np.all(np.diag(m) > 0.9)  # forcing colour k makes the model say k
+    assert f["digit_color"]["forced_majority_accuracy"] > 90
+    assert f["digit_color"]["gap"] > 80
+
+
+def test_constant_model_shows_no_sensitivity(audit_ds):
+    res = counterfactual_audit(Constant(), audit_ds, torch.device("cpu"), samples=100, values=3)
+    for name, r in res["factors"].items():
+        assert r["flip_rate"] == 0.0
+        assert np.array(r["value_class_matrix"])[:, 3].min() == 1.0
+        assert r["n_pairs"] == 100 * 3
+
+
+def test_audit_is_deterministic_for_a_seed(audit_ds):
+    model = DigitColourReader(16)
+    a = counterfactual_audit(model, audit_ds, torch.device("cpu"), samples=60, values=2, seed=7)
+    b = counterfactual_audit(model, audit_ds, torch.device("cpu"), samples=60, values=2, seed=7)
+    c = counterfactual_audit(model, audit_ds, torch.device("cpu"), samples=60, values=2, seed=8)
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    assert json.dumps(a, sort_keys=True) != json.dumps(c, sort_keys=True)
+
+
+def test_cli_audit_writes_json_and_figures_and_rejects_bad_input(tiny_root, tmp_path, capsys):
+    res = Trainer(TrainConfig(data=str(tiny_root), epochs=1, batch_size=256), tmp_path / "runs",
+                  tracker="none", progress=False).run()
+    run = res["run_dir"]
+    code = main(["audit", run, "--data", str(tiny_root), "--samples", "40", "--values", "2", "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0 and "flip rate" in out and "texture_color" in out
+    result = json.loads((tmp_path / "runs" / res["run_id"] / "audit" / "audit.json").read_text())
+    assert result["n_images"] == 40 and set(result["factors"]) == set(FACTORS)
+    for png in ("flip_rates.png", "value_class.png"):
+        assert (tmp_path / "runs" / res["run_id"] / "audit" / png).stat().st_size > 10_000
+    # another dataset than the run's
+    other = tmp_path / "other"
+    generate(other, DatasetSettings(cell_size=8, n_train=100, n_val=20, n_test=50, seed=9))
+    code = main(["audit", run, "--data", str(other), "--samples", "5"])
+    err = capsys.readouterr().err
+    assert code == 2 and "is not the dataset run" in err and "seed" in err
+    # bad ranges
+    assert main(["audit", run, "--data", str(tiny_root), "--values", "9"]) == 2
+    assert "--values must be in [1, 8]" in capsys.readouterr().err
+    assert main(["audit", run, "--data", str(tiny_root), "--samples", "0"]) == 2
+    capsys.readouterr()
+    # a run without a checkpoint
+    bare = tmp_path / "bare"
+    shutil.copytree(run, bare)
+    (bare / "checkpoint.pt").unlink()
+    code = main(["audit", str(bare), "--data", str(tiny_root)])
+    assert code == 2 and "has no checkpoint" in capsys.readouterr().err
