@@ -155,7 +155,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--precision", default="auto", choices=PRECISIONS,
                     help="auto = bf16 autocast on CUDA, fp32 on the CPU")
     tr.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"))
-    tr.add_argument("--tracker", default="mlflow", help="mlflow (SQLite store in RUNS/mlflow.db) or none")
+    tr.add_argument("--tracker", default="mlflow",
+                    help="mlflow (SQLite store RUNS/mlflow.db), tensorboard (RUNS/tensorboard), aim (RUNS/.aim), "
+                         "none, or a comma-separated combination, e.g. mlflow,tensorboard (default mlflow)")
     tr.add_argument("--json", action="store_true", help="print the final metrics as JSON")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
     tr.set_defaults(func=cmd_train)
@@ -171,11 +173,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import TrainConfig
     from .report.summary import format_run_summary
-    from .track import TRACKERS
+    from .track import parse_tracker_names
     from .train.loop import Trainer
 
-    if args.tracker not in TRACKERS:
-        raise BiasbenchError(f"unknown tracker {args.tracker!r}; expected one of: {', '.join(TRACKERS)}")
+    parse_tracker_names(args.tracker)  # unknown names fail before anything is written
     eval_epochs = None
     if args.eval_epochs:
         try:
@@ -235,6 +236,21 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_ui(sub: argparse._SubParsersAction) -> None:
+    ui = sub.add_parser("ui", help="start a tracker's web UI for a runs folder (127.0.0.1)",
+                        description="Start the MLflow, TensorBoard or Aim UI on 127.0.0.1 for RUNS and print its URL.")
+    ui.add_argument("runs", metavar="RUNS", help="the folder given as --out to train")
+    ui.add_argument("--tracker", default="mlflow", choices=("mlflow", "tensorboard", "aim"))
+    ui.add_argument("--port", type=int, default=None, help="default: mlflow 5000, tensorboard 6006, aim 43800")
+    ui.set_defaults(func=cmd_ui)
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from .track.ui import serve
+
+    return serve(args.tracker, args.runs, args.port)
+
+
 def parse_hparams(items: list[str]) -> dict:
     """``KEY=VALUE`` strings -> dict; values parsed as JSON where possible (numbers, true/false)."""
     out = {}
@@ -267,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(sub)
     _add_train(sub)
     _add_audit(sub)
+    _add_ui(sub)
     return parser
 
 

@@ -251,21 +251,23 @@ def audit_run(run_dir: str | os.PathLike, data: str | os.PathLike, split: str = 
 
 
 def _log_to_tracker(run_dir: Path, result: dict, figures: list[Path]) -> None:
+    """Log the audit into the run's own tracker records (every backend the run used), if any."""
     try:
         tracker_rec = json.loads((run_dir / "tracker.json").read_text())
     except (OSError, json.JSONDecodeError):
         return
-    if "mlflow" not in tracker_rec or not (run_dir.parent / "mlflow.db").exists():
-        return
-    from ..track import make_tracker
+    from ..track import BACKENDS, make_tracker
 
-    tracker = make_tracker("mlflow", str(run_dir.parent))
-    tracker.start("audit", resume_id=tracker_rec["mlflow"])
+    names = [n for n in tracker_rec if n in BACKENDS and n != "none"]
+    if not names:
+        return
+    tracker = make_tracker(",".join(names), str(run_dir.parent))
+    tracker.start("audit", resume_ids=tracker_rec)
     split = result["split"]
     metrics = {}
     for name, r in result["factors"].items():
-        metrics[f"audit/{split}/{name}/flip_rate"] = r["flip_rate"]
-        metrics[f"audit/{split}/{name}/gap"] = r["gap"]
+        metrics[f"audit_{split}/{name}/flip_rate"] = r["flip_rate"]
+        metrics[f"audit_{split}/{name}/gap"] = r["gap"]
     tracker.log_metrics(metrics, step=int(result["checkpoint_epoch"]))
     for path in [Path(result["files"][0]), *figures]:
         tracker.log_artifact(str(path))

@@ -1,4 +1,4 @@
-"""Experiment tracking behind one interface (``Tracker``): MLflow (default) or none."""
-from .base import TRACKERS, Tracker, flatten, make_tracker
+"""Experiment tracking behind one interface (``Tracker``): MLflow (default), TensorBoard, Aim, none."""
+from .base import BACKENDS, TRACKERS, MultiTracker, Tracker, flatten, make_tracker, parse_tracker_names
 
-__all__ = ["TRACKERS", "Tracker", "flatten", "make_tracker"]
+__all__ = ["BACKENDS", "TRACKERS", "MultiTracker", "Tracker", "flatten", "make_tracker", "parse_tracker_names"]

@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..errors import BiasbenchError
-from .base import Tracker
+from .base import Tracker, check_writable, missing_extra
 
 EXPERIMENT = "biasbench"
 _MAX_BATCH = 1000  # MLflow's log_batch limit on metrics per call
@@ -29,18 +28,12 @@ class MlflowTracker(Tracker):
         logging.getLogger("alembic").setLevel(logging.WARNING)
         try:
             import mlflow  # noqa: F401
+            import sqlalchemy  # noqa: F401
             from mlflow.tracking import MlflowClient
         except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise BiasbenchError(f"the mlflow tracker needs mlflow-skinny, sqlalchemy and alembic "
-                                 f"(pip install biasbench): {exc}") from None
+            raise missing_extra("mlflow", exc) from None
         out = Path(out_dir).resolve()
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            probe = out / ".write-test"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as exc:
-            raise BiasbenchError(f"cannot write the MLflow store in {out}: {exc}") from None
+        check_writable(out)
         self.tracking_uri = f"sqlite:///{out / 'mlflow.db'}"
         self.artifact_root = (out / "mlartifacts").as_uri()
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
@@ -53,18 +46,19 @@ class MlflowTracker(Tracker):
             return exp.experiment_id
         return self.client.create_experiment(EXPERIMENT, artifact_location=self.artifact_root)
 
-    def start(self, run_name: str, resume_id: str | None = None) -> str:
+    def start(self, run_name: str, resume_ids=None) -> dict[str, str]:
+        resume_id = (resume_ids or {}).get(self.name)
         if resume_id:
             try:
                 self.client.get_run(resume_id)
                 self.run_id = resume_id
                 self.client.update_run(resume_id, status="RUNNING")
-                return resume_id
+                return {self.name: resume_id}
             except Exception:
                 pass  # the store was deleted or moved: start a new tracker run
         run = self.client.create_run(self._experiment_id(), run_name=run_name)
         self.run_id = run.info.run_id
-        return self.run_id
+        return {self.name: self.run_id}
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param

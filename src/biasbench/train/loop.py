@@ -174,15 +174,20 @@ class Trainer:
         atomic_write_json(self.run_dir / "status.json", {"state": "running", "epoch": start_epoch})
 
         tracker_rec = _read_json(self.run_dir / "tracker.json", {})
-        tid = self.tracker.start(f"{cfg.method}-{cfg.model}-s{cfg.seed}-{self.run_id}",
-                                 resume_id=tracker_rec.get(self.tracker.name))
-        if tid:
-            atomic_write_json(self.run_dir / "tracker.json", {**tracker_rec, self.tracker.name: tid})
+        ids = self.tracker.start(f"{cfg.method}-{cfg.model}-s{cfg.seed}-{self.run_id}", resume_ids=tracker_rec)
+        if ids:
+            atomic_write_json(self.run_dir / "tracker.json", {**tracker_rec, **ids})
         if start_epoch == 0:
             self.tracker.log_params(flatten({"config": {k: v for k, v in cfg.to_dict().items()},
                                              "method": method.describe(), "dataset": self.settings}))
             self.tracker.set_tags({"biasbench.version": __version__, "device": str(dev), "run_id": self.run_id,
-                                   "git_commit": _git_commit()})
+                                   "git_commit": _git_commit(), "torch": torch.__version__})
+            if self.tracker.name != "none":  # the dataset's sample grid, for the tracker's UI
+                from ..data.export import sample_grid, save_png
+
+                grid = self.run_dir / "samples.png"
+                save_png(sample_grid(BiasedMNIST(cfg.data, split="train", download=False), per_side=3), grid)
+                self.tracker.log_artifact(str(grid))
 
         maj_train = majority_mask(train.labels_np, train.factors_np, self.settings["mode"])
         p_train = pattern_distribution(maj_train)
