@@ -251,6 +251,83 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return serve(args.tracker, args.runs, args.port)
 
 
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    from .sweep.spec import SCALES, presets
+
+    sw = sub.add_parser(
+        "sweep", help="run a grid of trials (a preset or a YAML sweep file) locally or on Ray",
+        description="Expand a sweep (preset or YAML file) into trials and run them. Finished trials are skipped, "
+                    "interrupted ones resume from their checkpoints. Records: SWEEP/runs/<run_id>/, SWEEP/sweep.json.",
+        epilog="Presets: " + "; ".join(f"{k}: {v['description']}" for k, v in presets().items()),
+    )
+    sw.add_argument("sweep", metavar="PRESET|FILE", help=f"one of {', '.join(presets())}, or a YAML file")
+    sw.add_argument("--data", required=True, metavar="DIR",
+                    help="datasets root: DIR itself if it holds the sweep's dataset, else DIR/bmnist-<hash> "
+                         "(generated on demand)")
+    sw.add_argument("--out", required=True, metavar="SWEEP", help="sweep folder")
+    sw.add_argument("--scale", default=None, choices=tuple(SCALES),
+                    help="tiny (24 px, 1000 images, 2 epochs: seconds on a CPU), small (48 px, 10000, 10 epochs), "
+                         "full (the paper's: 96 px, 50000, 30 epochs; default)")
+    sw.add_argument("--seeds", default=None, metavar="S,S", help="override the seeds axis, e.g. 0,1,2")
+    sw.add_argument("--runner", default="local", choices=("local", "ray"))
+    sw.add_argument("--workers", type=int, default=1, help="trials at a time (processes or Ray slots; default 1)")
+    sw.add_argument("--ray-address", default=None, metavar="ADDR", help="join a Ray cluster (e.g. auto)")
+    sw.add_argument("--gpus-per-trial", type=float, default=0.0, help="Ray: GPU share per trial, e.g. 0.25")
+    sw.add_argument("--tracker", default="none", help="tracker(s) for every trial (default none; e.g. mlflow)")
+    sw.add_argument("--device", default="auto")
+    sw.add_argument("--dry-run", action="store_true", help="list the trials and stop")
+    sw.set_defaults(func=cmd_sweep)
+
+    rp = sub.add_parser("report", help="tables, figures and index.html from a sweep's records",
+                        description="Write Table 1 (md, csv, tex), Fig. 3a/3b, Fig. 5, tuning-distribution "
+                                    "sensitivity, IOSM and index.html for a (possibly partial) sweep.")
+    rp.add_argument("sweep", metavar="SWEEP", help="a sweep folder")
+    rp.add_argument("--out", required=True, help="report folder")
+    rp.add_argument("--select", default="final", metavar="RULE",
+                    help="final (the paper's: last epoch; default) or alpha=A (epoch and hyperparameters by "
+                         "accuracy under tuning distribution A, e.g. alpha=0)")
+    rp.set_defaults(func=cmd_report)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep.runners import run_sweep
+    from .sweep.spec import expand, load_spec
+
+    spec = load_spec(args.sweep)
+    seeds = None
+    if args.seeds:
+        try:
+            seeds = [int(s) for s in args.seeds.split(",")]
+        except ValueError:
+            raise BiasbenchError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    scale = args.scale or spec.get("scale") or "full"
+    trials = expand(spec, scale, seeds)
+    if args.dry_run:
+        for t in trials:
+            c = t.config
+            print(f"{t.trial_id}  {c['method']:10s} explicit={','.join(c['explicit']) or '-':40s} seed={c['seed']} "
+                  f"p_bias={sorted(set(t.dataset.p_bias.values()))}")
+        print(f"{len(trials)} trials")
+        return 0
+    results = run_sweep(trials, spec.get("name", "sweep"), scale, args.data, args.out, args.runner, args.tracker,
+                        args.device, args.workers, args.ray_address, args.gpus_per_trial)
+    done = sum(r["status"] == "finished" for r in results)
+    print(f"{len(results)} trials: {done} trained, {len(results) - done} already finished; "
+          f"report with: biasbench report {args.out} --out {args.out}/report")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report.build import build_report
+    from .report.tables import table1_markdown
+
+    summary = build_report(args.sweep, args.out, args.select)
+    print(table1_markdown(summary["table1"]))
+    print(f"\n{summary['runs_with_records']} of {summary['trials']} trials have records; wrote "
+          f"{', '.join(summary['files'])} to {args.out}")
+    return 0
+
+
 def parse_hparams(items: list[str]) -> dict:
     """``KEY=VALUE`` strings -> dict; values parsed as JSON where possible (numbers, true/false)."""
     out = {}
@@ -284,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_audit(sub)
     _add_ui(sub)
+    _add_sweep(sub)
     return parser
 
 
@@ -293,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except BiasbenchError as exc:
-        print(f"biasbench: error: {exc}", file=sys.stderr)
+        print("biasbench: error: " + " ".join(str(exc).split()), file=sys.stderr)  # always one line
         return 2
     except KeyboardInterrupt:
         print("biasbench: interrupted", file=sys.stderr)

@@ -35,6 +35,11 @@ class AimTracker(Tracker):
         self.run = None
         self._buffer: list[tuple[str, float, int]] = []
 
+    def prepare(self) -> None:
+        import aim
+
+        aim.Repo.from_path(self.repo_path, init=True)
+
     def start(self, run_name: str, resume_ids=None) -> dict[str, str]:
         import aim
 

@@ -28,6 +28,9 @@ class Tracker:
 
     name = "none"
 
+    def prepare(self) -> None:
+        """Create the store now (one process), so that parallel trials only open it."""
+
     def start(self, run_name: str, resume_ids: Mapping[str, str] | None = None) -> dict[str, str]:
         return {}
 
@@ -57,6 +60,10 @@ class MultiTracker(Tracker):
 
     def __init__(self, trackers: list[Tracker]):
         self.trackers = trackers
+
+    def prepare(self):
+        for t in self.trackers:
+            t.prepare()
 
     def start(self, run_name, resume_ids=None):
         ids: dict[str, str] = {}

@@ -40,6 +40,9 @@ class MlflowTracker(Tracker):
         self.run_id: str | None = None
         self._buffer: list = []
 
+    def prepare(self) -> None:
+        self._experiment_id()  # creates the SQLite schema (alembic migrations) and the experiment
+
     def _experiment_id(self) -> str:
         exp = self.client.get_experiment_by_name(EXPERIMENT)
         if exp is not None:

@@ -1,0 +1,134 @@
+"""Report figures (matplotlib, PNG): Fig. 3a/3b (MMD, explicit vs implicit), Fig. 5 (scalability),
+tuning-distribution sensitivity, p_bias curve. Each function returns the written path or None when the
+sweep holds no data for the figure."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..data.factors import FACTORS
+from ..utils import atomic_write
+from .tables import METHOD_NAMES, METHOD_ORDER
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    _plt().close(fig)
+    return path
+
+
+COLORS = {"explicit": "#dd8452", "implicit": "#4c72b0"}
+
+
+def _paired_boxes(ax, groups: list[str], points: list[dict], key: str) -> None:
+    for i, g in enumerate(groups):
+        for j, kind in enumerate(("explicit", "implicit")):
+            vals = [p["mmd"] for p in points if p[key] == g and p["kind"] == kind]
+            if not vals:
+                continue
+            pos = i + (j - 0.5) * 0.36
+            bp = ax.boxplot(vals, positions=[pos], widths=0.3, patch_artist=True, showfliers=True)
+            for patch in bp["boxes"]:
+                patch.set_facecolor(COLORS[kind])
+    ax.set_xticks(range(len(groups)))
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_ylabel("MMD (majority − minority test accuracy, points)")
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(color=COLORS[k], label=k) for k in COLORS], loc="upper right", fontsize=8)
+
+
+def fig3a(points: list[dict], path: Path) -> Path | None:
+    if not points:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(9, 4))
+    _paired_boxes(ax, list(FACTORS), points, "factor")
+    ax.set_xticklabels([f.replace("_", "\n") for f in FACTORS], fontsize=8)
+    ax.set_title("Fig. 3a: bias exploitation per factor, explicit vs implicit (all methods)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def fig3b(points: list[dict], path: Path) -> Path | None:
+    methods = [m for m in METHOD_ORDER if any(p["method"] == m for p in points)]
+    if not methods:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(9, 4))
+    _paired_boxes(ax, methods, points, "method")
+    ax.set_xticklabels([METHOD_NAMES[m] for m in methods], fontsize=9)
+    ax.set_title("Fig. 3b: bias exploitation per method, explicit vs implicit factors", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def fig5(data: dict, path: Path) -> Path | None:
+    if not any(k > 0 for d in data.values() for k in d):
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ks = list(range(1, 8))
+    for m in METHOD_ORDER:
+        if m not in data:
+            continue
+        d = data[m]
+        if 0 in d:  # implicit method: a flat reference line
+            ax.plot(ks, [d[0]] * len(ks), ls="--", label=METHOD_NAMES[m])
+        else:
+            xs = sorted(k for k in d if k > 0)
+            ax.plot(xs, [d[k] for k in xs], marker="o", label=METHOD_NAMES[m])
+    ax.set_xlabel("number of explicit bias variables (paper order: shape, texture, digit colour, background, "
+                  "texture colour, distractor colour, position)", fontsize=7)
+    ax.set_ylabel("unbiased test accuracy (%)")
+    ax.set_title("Fig. 5: scalability to multiple explicit biases", fontsize=10)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def tuning_figure(data: dict, path: Path) -> Path | None:
+    if not data:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    cmap = plt.get_cmap("tab10")
+    for i, m in enumerate(m for m in METHOD_ORDER if m in data):
+        alphas = sorted(data[m])
+        c = cmap(i)
+        ax.plot(alphas, [data[m][a]["majority"] for a in alphas], color=c, marker="o", label=f"{METHOD_NAMES[m]} majority")
+        ax.plot(alphas, [data[m][a]["minority"] for a in alphas], color=c, marker="s", ls="--",
+                label=f"{METHOD_NAMES[m]} minority")
+    ax.set_xlabel("tuning distribution alpha (−1 inverted, 0 balanced, 1 training, 2 more biased)")
+    ax.set_ylabel("test accuracy (%), mean over factors")
+    ax.set_title("Sensitivity to the tuning distribution (epoch/hyperparameters chosen under alpha)", fontsize=10)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def p_bias_figure(data: dict, path: Path) -> Path | None:
+    if not data:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in METHOD_ORDER:
+        if m in data:
+            ps = sorted(data[m])
+            ax.plot(ps, [data[m][p] for p in ps], marker="o", label=METHOD_NAMES[m])
+    ax.set_xlabel("p_bias (probability of the class-aligned value, every factor)")
+    ax.set_ylabel("unbiased test accuracy (%)")
+    ax.set_title("Unbiased accuracy against bias strength", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,195 @@
+"""Report tables computed from selected runs: Table 1, IOSM, tuning-distribution sensitivity, Fig. 5 data.
+
+Conventions (stated in the report): accuracies in percent on the unbiased (p = 0.1) test set;
+explicit methods are first averaged over their single-explicit-variable runs of one seed (as the paper's
+Table 1 averages its seven runs), then mean +- sample std over seeds; missing cells are "–".
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from statistics import mean, stdev
+
+import numpy as np
+
+from ..data.factors import FACTORS
+from ..sweep.spec import EXPLICIT_METHODS, IMPLICIT_METHODS, PAPER_ORDER
+from .records import RunRecord, select
+
+PAPER_TABLE1 = {"stdm": 42.0, "upweight": 30.1, "group_dro": 27.2, "rubi": 38.9, "lnl": 40.6, "irm": 38.7,
+                "lff": 56.6, "sd": 41.3}
+METHOD_NAMES = {"stdm": "StdM", "upweight": "UpWt", "group_dro": "GDRO", "rubi": "RUBi", "lnl": "LNL",
+                "irm": "IRMv1", "lff": "LfF", "sd": "SD"}
+METHOD_ORDER = ["stdm", "upweight", "group_dro", "rubi", "lnl", "irm", "lff", "sd"]
+MISSING = "–"
+
+
+def _ms(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    return mean(values), (stdev(values) if len(values) > 1 else 0.0)
+
+
+def test_metrics(run: RunRecord, epoch: int) -> dict:
+    return run.evals[epoch].get("test", {})
+
+
+def table1(selected: list[tuple[RunRecord, int]]) -> list[dict]:
+    """Rows: method, mean, std, seeds, runs per seed, paper value."""
+    per_method: dict = {}
+    for run, ep in selected:
+        if run.method in EXPLICIT_METHODS and len(run.explicit) != 1:
+            continue  # Table 1 averages single-explicit-variable runs
+        acc = test_metrics(run, ep).get("accuracy")
+        if acc is None:
+            continue
+        per_method.setdefault(run.method, {}).setdefault(run.seed, []).append(acc)
+    rows = []
+    for m in METHOD_ORDER + sorted(set(per_method) - set(METHOD_ORDER)):
+        seeds = per_method.get(m, {})
+        per_seed = [mean(v) for v in seeds.values()]
+        mu, sd = _ms(per_seed)
+        rows.append({"method": m, "name": METHOD_NAMES.get(m, m), "mean": mu, "std": sd, "seeds": len(per_seed),
+                     "runs_per_seed": max((len(v) for v in seeds.values()), default=0),
+                     "paper": PAPER_TABLE1.get(m, math.nan)})
+    return rows
+
+
+def _fmt(v: float, digits: int = 1) -> str:
+    return MISSING if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def table1_markdown(rows: list[dict]) -> str:
+    lines = ["| method | unbiased acc. (mean ± std) | seeds | runs averaged per seed | paper (Table 1) | difference |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        val = MISSING if math.isnan(r["mean"]) else f"{r['mean']:.1f} ± {r['std']:.1f}"
+        diff = MISSING if math.isnan(r["mean"]) or math.isnan(r["paper"]) else f"{r['mean'] - r['paper']:+.1f}"
+        lines.append(f"| {r['name']} | {val} | {r['seeds'] or MISSING} | {r['runs_per_seed'] or MISSING} | "
+                     f"{_fmt(r['paper'])} | {diff} |")
+    return "\n".join(lines)
+
+
+def table1_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["method", "mean", "std", "seeds", "runs_per_seed", "paper"])
+    for r in rows:
+        w.writerow([r["name"], _fmt(r["mean"], 2), _fmt(r["std"], 2), r["seeds"], r["runs_per_seed"],
+                    _fmt(r["paper"])])
+    return buf.getvalue()
+
+
+def table1_latex(rows: list[dict]) -> str:
+    lines = [r"\begin{tabular}{lrr}", r"\toprule", r"Method & Unbiased acc. (ours) & Paper \\", r"\midrule"]
+    for r in rows:
+        val = "--" if math.isnan(r["mean"]) else f"{r['mean']:.1f} $\\pm$ {r['std']:.1f}"
+        lines.append(f"{r['name']} & {val} & {_fmt(r['paper']).replace(MISSING, '--')} \\\\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines)
+
+
+def mmd_points(selected: list[tuple[RunRecord, int]]) -> list[dict]:
+    """One point per (run, factor): MMD on test, and whether the factor was explicit for that run."""
+    pts = []
+    for run, ep in selected:
+        fm = test_metrics(run, ep).get("factors", {})
+        for f in FACTORS:
+            if f in fm:
+                pts.append({"method": run.method, "factor": f, "mmd": fm[f]["mmd"],
+                            "kind": "explicit" if f in run.explicit else "implicit"})
+    return pts
+
+
+def majority_minority(run: RunRecord, epoch: int) -> tuple[float, float]:
+    """Mean over the seven factors of test majority and minority accuracy."""
+    fm = test_metrics(run, epoch).get("factors", {})
+    maj = [fm[f]["majority"] for f in FACTORS if f in fm and not math.isnan(fm[f]["majority"])]
+    mino = [fm[f]["minority"] for f in FACTORS if f in fm and not math.isnan(fm[f]["minority"])]
+    return (mean(maj) if maj else math.nan), (mean(mino) if mino else math.nan)
+
+
+def iosm(selected: list[tuple[RunRecord, int]]) -> list[dict]:
+    """Improvement over the standard model, per method: accuracy minus StdM's on the same seed and dataset,
+    overall and for the majority and minority groups (mean over the seven factors), in points."""
+    std = {(r.seed, str(r.dataset)): (r, ep) for r, ep in selected if r.method == "stdm"}
+    diffs: dict = {}
+    for run, ep in selected:
+        ref = std.get((run.seed, str(run.dataset)))
+        if ref is None or run.method == "stdm":
+            continue
+        maj, mino = majority_minority(run, ep)
+        rmaj, rmin = majority_minority(*ref)
+        acc = test_metrics(run, ep).get("accuracy", math.nan) - test_metrics(*ref).get("accuracy", math.nan)
+        diffs.setdefault(run.method, []).append((acc, maj - rmaj, mino - rmin))
+    rows = []
+    for m in METHOD_ORDER:
+        if m == "stdm":
+            continue
+        d = diffs.get(m, [])
+        col = list(zip(*d)) if d else [[], [], []]
+        rows.append({"method": m, "name": METHOD_NAMES[m], "runs": len(d),
+                     "overall": mean(col[0]) if d else math.nan,
+                     "majority": mean(col[1]) if d else math.nan, "minority": mean(col[2]) if d else math.nan})
+    return rows
+
+
+def iosm_markdown(rows: list[dict]) -> str:
+    lines = ["| method | IOSM overall | IOSM majority | IOSM minority | runs |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['name']} | {_fmt(r['overall'], 2)} | {_fmt(r['majority'], 2)} | {_fmt(r['minority'], 2)} "
+                     f"| {r['runs'] or MISSING} |")
+    return "\n".join(lines)
+
+
+ALPHAS = (-1.0, 0.0, 1.0, 2.0)
+
+
+def tuning_sensitivity(records: list[RunRecord]) -> dict:
+    """Per method and alpha: mean test majority / minority accuracy of the runs selected under alpha."""
+    out: dict = {}
+    for a in ALPHAS:
+        chosen = select(records, f"alpha={a}")
+        per: dict = {}
+        for run, ep in chosen:
+            maj, mino = majority_minority(run, ep)
+            per.setdefault(run.method, []).append((maj, mino, test_metrics(run, ep).get("accuracy", math.nan)))
+        for m, vals in per.items():
+            arr = np.array(vals, dtype=float)
+            out.setdefault(m, {})[a] = {"majority": float(np.nanmean(arr[:, 0])),
+                                        "minority": float(np.nanmean(arr[:, 1])),
+                                        "accuracy": float(np.nanmean(arr[:, 2]))}
+    return out
+
+
+def fig5_data(selected: list[tuple[RunRecord, int]]) -> dict:
+    """method -> {k: mean unbiased accuracy over seeds} for explicit sets = the first k of the paper's order;
+    implicit methods -> {0: accuracy} (drawn as flat lines)."""
+    prefixes = {tuple(sorted(PAPER_ORDER[:k])): k for k in range(1, len(PAPER_ORDER) + 1)}
+    acc: dict = {}
+    for run, ep in selected:
+        a = test_metrics(run, ep).get("accuracy")
+        if a is None:
+            continue
+        if run.method in IMPLICIT_METHODS:
+            acc.setdefault(run.method, {}).setdefault(0, []).append(a)
+            continue
+        k = prefixes.get(tuple(sorted(run.explicit)))
+        if k is not None:
+            acc.setdefault(run.method, {}).setdefault(k, []).append(a)
+    return {m: {k: mean(v) for k, v in d.items()} for m, d in acc.items()}
+
+
+def p_bias_data(selected: list[tuple[RunRecord, int]]) -> dict:
+    """method -> {p_bias: mean unbiased accuracy} when the sweep varies a single shared p_bias."""
+    out: dict = {}
+    for run, ep in selected:
+        ps = set((run.dataset.get("p_bias") or {}).values())
+        if len(ps) != 1:
+            continue
+        a = test_metrics(run, ep).get("accuracy")
+        if a is not None:
+            out.setdefault(run.method, {}).setdefault(ps.pop(), []).append(a)
+    data = {m: {p: mean(v) for p, v in d.items()} for m, d in out.items()}
+    return data if any(len(d) > 1 for d in data.values()) else {}

@@ -1,0 +1,1 @@
+"""Sweeps: grids of trials (spec), the trial function, and the local and Ray runners."""

@@ -1,0 +1,190 @@
+"""Sweep specifications: a grid over methods, explicit bias sets, seeds, hyperparameters and dataset
+settings, expanded into trials with stable ids.
+
+A sweep file (YAML)::
+
+    name: my-sweep
+    scale: tiny            # optional default scale: tiny | small | full (see SCALES)
+    base:                  # TrainConfig fields shared by every trial
+      epochs: 30
+    dataset:               # DatasetSettings shared by every trial (on top of the scale's)
+      p_bias: 0.7
+    grid:                  # axes; the trials are their cross product
+      method: [stdm, upweight]
+      seed: [0, 1]
+      explicit: [[distractor_shape], [texture]]
+      hparams.step_size: [0.01, 0.001]     # method hyperparameters: hparams.NAME
+      dataset.p_bias: [0.5, 0.7]           # dataset settings: dataset.NAME
+    include:               # optional extra trials (same keys as one grid point)
+      - {method: lff, seed: 0}
+
+A trial is (dataset settings, train configuration). Methods without bias labels drop their explicit set
+(:class:`TrainConfig` normalises it), so such duplicates collapse into one trial. ``trial_id`` is a stable
+hash of the trial; the run folder is keyed by the run id of its configuration and dataset.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import DatasetSettings, TrainConfig
+from ..data.factors import FACTORS
+from ..errors import BiasbenchError
+from ..utils import stable_hash
+
+SCALES: dict[str, dict[str, dict[str, Any]]] = {
+    "tiny": {"dataset": {"cell_size": 8, "n_train": 1000, "n_val": 200, "n_test": 300},
+             "train": {"epochs": 2, "eval_epochs": [1, 2]}},
+    "small": {"dataset": {"cell_size": 16, "n_train": 10_000, "n_val": 2000, "n_test": 2000},
+              "train": {"epochs": 10, "eval_epochs": [5, 10]}},
+    "full": {"dataset": {"cell_size": 32, "n_train": 50_000, "n_val": 10_000, "n_test": 10_000},
+             "train": {"epochs": 30, "eval_epochs": [15, 30]}},
+}
+"""``--scale``: the same preset in seconds on a CPU (tiny), minutes (small), or at the paper's size (full)."""
+
+TRAIN_KEYS = {"method", "model", "model_kwargs", "optimizer", "lr", "weight_decay", "momentum", "batch_size",
+              "epochs", "eval_epochs", "seed", "precision", "channels_last", "explicit", "grouping"}
+DATASET_KEYS = {"p_bias", "seed", "cell_size", "mode", "n_train", "n_val", "n_test", "fixed"}
+TOP_KEYS = {"name", "scale", "base", "dataset", "grid", "include", "description"}
+
+PAPER_ORDER = ("distractor_shape", "texture", "digit_color", "background_color", "texture_color",
+               "distractor_color", "digit_position")
+"""The paper's order for growing the explicit set (Fig. 5)."""
+EXPLICIT_METHODS = ("upweight", "group_dro", "rubi", "lnl", "irm")
+IMPLICIT_METHODS = ("stdm", "lff", "sd")
+
+
+@dataclass(frozen=True)
+class Trial:
+    trial_id: str
+    dataset: DatasetSettings
+    config: dict  # TrainConfig fields without ``data``
+
+    def train_config(self, data: str) -> TrainConfig:
+        return TrainConfig.from_dict({**self.config, "data": data})
+
+    def to_dict(self) -> dict:
+        return {"trial_id": self.trial_id, "dataset": self.dataset.to_dict(), "config": self.config}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Trial":
+        return cls(d["trial_id"], DatasetSettings.from_dict(d["dataset"]), d["config"])
+
+
+def presets() -> dict[str, dict]:
+    """Built-in sweep specifications (before scaling)."""
+    single = [[f] for f in FACTORS]
+    cumulative = [list(PAPER_ORDER[:k]) for k in range(1, len(PAPER_ORDER) + 1)]
+    return {
+        "paper-table1": {
+            "name": "paper-table1",
+            "description": "Table 1: StdM, LfF, SD once per seed; each explicit method once per single explicit "
+                           "factor (7 runs, averaged as the paper does).",
+            "grid": {"method": list(IMPLICIT_METHODS + EXPLICIT_METHODS), "explicit": single, "seed": [0]},
+        },
+        "paper-fig5": {
+            "name": "paper-fig5",
+            "description": "Fig. 5: explicit set grown cumulatively in the paper's order; implicit methods as "
+                           "flat references.",
+            "grid": {"method": list(IMPLICIT_METHODS + EXPLICIT_METHODS), "explicit": cumulative, "seed": [0]},
+        },
+        "p-bias": {
+            "name": "p-bias",
+            "description": "StdM and LfF as p_bias goes from 0.1 (unbiased) to 0.99.",
+            "grid": {"method": ["stdm", "lff"], "seed": [0],
+                     "dataset.p_bias": [0.1, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]},
+        },
+    }
+
+
+def load_spec(source: str) -> dict:
+    """A preset name or a YAML file."""
+    table = presets()
+    if source in table:
+        return table[source]
+    path = Path(source)
+    if not path.is_file():
+        raise BiasbenchError(f"{source!r} is neither a preset ({', '.join(table)}) nor a sweep file")
+    import yaml
+
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise BiasbenchError(f"sweep file {path} is not valid YAML{where}: "
+                             f"{getattr(exc, 'problem', None) or exc}") from None
+    if not isinstance(spec, dict):
+        raise BiasbenchError(f"sweep file {path} must be a mapping with a 'grid'")
+    spec.setdefault("name", path.stem)
+    return spec
+
+
+def _axis_values(name: str, values: Any) -> list:
+    if not isinstance(values, list) or not values:
+        raise BiasbenchError(f"grid axis {name!r} must be a non-empty list, got {values!r}")
+    return values
+
+
+def expand(spec: dict, scale: str | None = None, seeds: list[int] | None = None) -> list[Trial]:
+    """Expand a sweep specification into trials (deduplicated, in a stable order)."""
+    unknown = set(spec) - TOP_KEYS
+    if unknown:
+        raise BiasbenchError(f"unknown sweep key(s): {', '.join(sorted(unknown))}; expected: {', '.join(sorted(TOP_KEYS))}")
+    scale = scale or spec.get("scale") or "full"
+    if scale not in SCALES:
+        raise BiasbenchError(f"unknown scale {scale!r}; expected one of: {', '.join(SCALES)}")
+    grid = dict(spec.get("grid") or {})
+    if seeds is not None:
+        grid["seed"] = list(seeds)
+    for key in grid:
+        _check_axis(key)
+    axes = [(k, _axis_values(k, v)) for k, v in grid.items()]
+    points = [dict(zip([k for k, _ in axes], combo)) for combo in itertools.product(*[v for _, v in axes])]
+    points += [dict(p) for p in spec.get("include") or []]
+    if not points or (not axes and not spec.get("include")):
+        raise BiasbenchError("the sweep's grid is empty: give at least one axis with values")
+    base_train = {**SCALES[scale]["train"], **(spec.get("base") or {})}
+    base_data = {**SCALES[scale]["dataset"], **(spec.get("dataset") or {})}
+    for k in base_train:
+        if k not in TRAIN_KEYS:
+            raise BiasbenchError(f"unknown training setting {k!r} in base; expected: {', '.join(sorted(TRAIN_KEYS))}")
+    for k in base_data:
+        if k not in DATASET_KEYS:
+            raise BiasbenchError(f"unknown dataset setting {k!r}; expected: {', '.join(sorted(DATASET_KEYS))}")
+    trials: dict[str, Trial] = {}
+    for point in points:
+        train, data, hparams = dict(base_train), dict(base_data), {}
+        for key, value in point.items():
+            _check_axis(key)
+            if key.startswith("hparams."):
+                hparams[key.split(".", 1)[1]] = value
+            elif key.startswith("dataset."):
+                data[key.split(".", 1)[1]] = value
+            else:
+                train[key] = value
+        if hparams:
+            train["method_hparams"] = {**train.get("method_hparams", {}), **hparams}
+        settings = DatasetSettings(**data)
+        cfg = TrainConfig(data="", **{k: (tuple(v) if k in ("explicit", "eval_epochs") else v)
+                                      for k, v in train.items()})
+        config = cfg.to_dict()
+        config.pop("data")
+        tid = stable_hash({"dataset": settings.to_dict(), "config": config}, 12)
+        trials.setdefault(tid, Trial(tid, settings, config))
+    return list(trials.values())
+
+
+def _check_axis(key: str) -> None:
+    if key.startswith("hparams.") and len(key) > len("hparams."):
+        return
+    if key.startswith("dataset."):
+        if key.split(".", 1)[1] not in DATASET_KEYS:
+            raise BiasbenchError(f"unknown dataset axis {key!r}; expected dataset.NAME with NAME in: "
+                                 f"{', '.join(sorted(DATASET_KEYS))}")
+        return
+    if key not in TRAIN_KEYS:
+        raise BiasbenchError(f"unknown sweep axis {key!r}; expected one of: {', '.join(sorted(TRAIN_KEYS))}, "
+                             f"hparams.NAME or dataset.NAME")

@@ -1,0 +1,195 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from biasbench.cli import main
+from biasbench.errors import BiasbenchError
+from biasbench.report.build import build_report
+from biasbench.sweep.runners import run_sweep
+from biasbench.sweep.spec import expand, load_spec, presets
+
+MICRO = """
+name: micro
+scale: tiny
+base: {epochs: 1, eval_epochs: [1], batch_size: 128}
+dataset: {n_train: 300, n_val: 60, n_test: 100}
+grid:
+  method: [stdm, upweight]
+  seed: [0, 1]
+"""
+
+
+def _write(tmp_path, text, name="sweep.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+def test_presets_expand_to_the_papers_protocols():
+    t1 = expand(presets()["paper-table1"], "tiny")
+    methods = [t.config["method"] for t in t1]
+    assert len(t1) == 38  # StdM, LfF, SD once; five explicit methods x seven single factors
+    assert methods.count("lff") == 1 and methods.count("upweight") == 7
+    assert {tuple(t.config["explicit"]) for t in t1 if t.config["method"] == "irm"} == {
+        (f,) for f in ["digit_color", "background_color", "digit_position", "distractor_shape",
+                       "distractor_color", "texture", "texture_color"]}
+    f5 = expand(presets()["paper-fig5"], "tiny")
+    sizes = sorted(len(t.config["explicit"]) for t in f5 if t.config["method"] == "rubi")
+    assert sizes == [1, 2, 3, 4, 5, 6, 7]
+    pb = expand(presets()["p-bias"], "tiny")
+    assert sorted({next(iter(set(t.dataset.p_bias.values()))) for t in pb}) == [0.1, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
+    full = expand(presets()["paper-table1"], "full", seeds=[0, 1, 2])
+    assert len(full) == 3 * 38 and full[0].dataset.cell_size == 32 and full[0].config["epochs"] == 30
+
+
+def test_trial_ids_are_stable(tmp_path):
+    a = [t.trial_id for t in expand(load_spec(_write(tmp_path, MICRO)))]
+    reordered = MICRO.replace("  method: [stdm, upweight]\n  seed: [0, 1]", "  seed: [0, 1]\n  method: [stdm, upweight]")
+    b = [t.trial_id for t in expand(load_spec(_write(tmp_path, reordered, "b.yaml")))]
+    assert len(a) == 4 and sorted(a) == sorted(b)
+    assert a == [t.trial_id for t in expand(load_spec(_write(tmp_path, MICRO, "c.yaml")))]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("grid: {method: [stdm], colour: [1]}", "unknown sweep axis 'colour'"),
+    ("grid: {method: [magic]}", "unknown method 'magic'"),
+    ("grid: {method: [rubi], explicit: [[shape]]}", "unknown factor 'shape' in explicit"),
+    ("grid: {}", "the sweep's grid is empty"),
+    ("grid: {method: []}", "must be a non-empty list"),
+    ("grid: {dataset.colour: [1]}", "unknown dataset axis"),
+    ("grids: {method: [stdm]}", "unknown sweep key(s): grids"),
+    ("grid: [unclosed", "not valid YAML"),
+])
+def test_bad_sweep_files(tmp_path, capsys, text, message):
+    path = _write(tmp_path, text)
+    code = main(["sweep", path, "--data", str(tmp_path / "d"), "--out", str(tmp_path / "s"), "--dry-run"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_rerun_skips_finished_trials_and_report_renders(tmp_path, capsys):
+    path = _write(tmp_path, MICRO)
+    trials = expand(load_spec(path))
+    first = run_sweep(trials, "micro", "tiny", str(tmp_path / "data"), str(tmp_path / "sw"), log=lambda s: None)
+    assert [r["status"] for r in first] == ["finished"] * 4
+    again = run_sweep(trials, "micro", "tiny", str(tmp_path / "data"), str(tmp_path / "sw"), log=lambda s: None)
+    assert [r["status"] for r in again] == ["skipped"] * 4
+    assert len(list((tmp_path / "sw" / "runs").glob("*/config.json"))) == 4
+    assert len(list((tmp_path / "data").glob("bmnist-*"))) == 1  # one dataset for the whole sweep
+    code = main(["report", str(tmp_path / "sw"), "--out", str(tmp_path / "rep")])
+    out = capsys.readouterr().out
+    assert code == 0 and "| StdM |" in out and "| LfF | –" in out  # LfF not in this sweep: missing cell
+    html = (tmp_path / "rep" / "index.html").read_text()
+    assert "Table 1" in html and "fig3a_mmd_per_factor.png" in html
+    assert (tmp_path / "rep" / "fig3a_mmd_per_factor.png").stat().st_size > 5000
+
+
+def test_sweep_kill_and_resume(tmp_path):
+    path = _write(tmp_path, MICRO.replace("epochs: 1, eval_epochs: [1]", "epochs: 3, eval_epochs: [3]"))
+    ref = tmp_path / "ref"
+    cmd = [sys.executable, "-m", "biasbench.cli", "sweep", path, "--data", str(tmp_path / "data")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    assert subprocess.run(cmd + ["--out", str(ref)], capture_output=True, env=env).returncode == 0
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(cmd + ["--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill once the first trial finished and the second is training
+        states = [json.loads(p.read_text())["state"] for p in (out / "runs").glob("*/status.json")
+                  if p.stat().st_size]
+        if states.count("finished") >= 1 and len(states) >= 2:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    states = [json.loads(p.read_text())["state"] for p in (out / "runs").glob("*/status.json")]
+    assert "running" in states or len(states) < 4
+    assert subprocess.run(cmd + ["--out", str(out)], capture_output=True, env=env).returncode == 0
+    runs = sorted(p.parent.name for p in (out / "runs").glob("*/config.json"))
+    assert runs == sorted(p.parent.name for p in (ref / "runs").glob("*/config.json")) and len(runs) == 4
+    for run in runs:
+        a = json.loads((ref / "runs" / run / "metrics.json").read_text())["history"]
+        b = json.loads((out / "runs" / run / "metrics.json").read_text())["history"]
+        assert [h.get("metrics") for h in a] == [h.get("metrics") for h in b]
+
+
+def _fake_sweep(root: Path, runs: list[dict]) -> None:
+    """A sweep folder written by hand: one record per run with a chosen test accuracy and MMDs."""
+    from biasbench.data.factors import FACTORS
+
+    trials = []
+    for i, r in enumerate(runs):
+        run_id = f"run{i:03d}"
+        cfg = {"method": r["method"], "explicit": r.get("explicit", []), "seed": r["seed"], "method_hparams": {}}
+        trials.append({"trial_id": f"t{i}", "dataset": {"p_bias": {f: 0.7 for f in FACTORS}}, "config": cfg,
+                       "run_id": run_id})
+        factors = {f: {"majority": r["acc"] + 20, "minority": r["acc"], "mmd": 20.0} for f in FACTORS}
+        test = {"accuracy": r["acc"], "factors": factors}
+        hist = [{"epoch": 2, "split": "test", "metrics": test},
+                {"epoch": 2, "split": "val", "metrics": {"accuracy": 90.0}},
+                {"epoch": 2, "split": "tuning", "metrics": {"alpha": {"-1.0": 1.0, "0.0": 2.0, "1.0": 3.0, "2.0": 4.0}}}]
+        (root / "runs" / run_id).mkdir(parents=True)
+        (root / "runs" / run_id / "metrics.json").write_text(json.dumps({"history": hist}))
+    (root / "sweep.json").write_text(json.dumps({"name": "fake", "scale": "full", "trials": trials}))
+
+
+def test_report_table_values_are_exact(tmp_path):
+    singles = ["digit_color", "background_color", "digit_position", "distractor_shape", "distractor_color",
+               "texture", "texture_color"]
+    runs = [{"method": "stdm", "seed": 0, "acc": 40.0}, {"method": "stdm", "seed": 1, "acc": 44.0}]
+    runs += [{"method": "upweight", "seed": 0, "explicit": [f], "acc": 10.0 * (k + 1)} for k, f in enumerate(singles)]
+    runs += [{"method": "upweight", "seed": 1, "explicit": [f], "acc": 20.0} for f in singles]
+    runs += [{"method": "upweight", "seed": 0, "explicit": singles[:2], "acc": 99.0}]  # Fig. 5 only, not Table 1
+    _fake_sweep(tmp_path / "sw", runs)
+    rep = build_report(tmp_path / "sw", tmp_path / "rep")
+    rows = {r["method"]: r for r in rep["table1"]}
+    assert rows["stdm"]["mean"] == pytest.approx(42.0) and rows["stdm"]["std"] == pytest.approx(2 ** 0.5 * 2)
+    assert rows["upweight"]["mean"] == pytest.approx((40.0 + 20.0) / 2)  # seed means 40 and 20
+    assert rows["upweight"]["runs_per_seed"] == 7 and rows["upweight"]["seeds"] == 2
+    assert rows["lff"]["seeds"] == 0
+    md = (tmp_path / "rep" / "table1.md").read_text()
+    assert "| StdM | 42.0 ± 2.8 | 2 | 1 | 42.0 | +0.0 |" in md and "| LfF | – |" in md
+    csv = (tmp_path / "rep" / "table1.csv").read_text()
+    assert "UpWt,30.00,14.14,2,7,30.1" in csv
+    assert "\\begin{tabular}" in (tmp_path / "rep" / "table1.tex").read_text()
+    iosm = {r["method"]: r for r in rep["iosm"]}
+    # upweight seed 0 runs vs StdM seed 0 (40): mean over 8 runs of (acc - 40); seed 1: (20 - 44) x 7
+    diffs = [10.0 * (k + 1) - 40 for k in range(7)] + [99.0 - 40] + [20.0 - 44] * 7
+    assert iosm["upweight"]["overall"] == pytest.approx(sum(diffs) / len(diffs))
+    assert iosm["upweight"]["minority"] == pytest.approx(sum(diffs) / len(diffs))
+    assert rep["figures"]["fig5"] == "fig5_scalability.png"
+
+
+def test_selection_rules(tmp_path):
+    from biasbench.report.records import RunRecord, select
+
+    evals = {15: {"val": {"accuracy": 80.0}, "tuning": {"alpha": {"0.0": 50.0}}, "test": {"accuracy": 1}},
+             30: {"val": {"accuracy": 70.0}, "tuning": {"alpha": {"0.0": 40.0}}, "test": {"accuracy": 2}}}
+    a = RunRecord("a", "t", "group_dro", ("texture",), 0, {"step_size": 0.01}, {}, evals)
+    b = RunRecord("b", "t", "group_dro", ("texture",), 0, {"step_size": 0.1},
+                  {}, {15: {"val": {"accuracy": 60.0}, "tuning": {"alpha": {"0.0": 55.0}}},
+                       30: {"val": {"accuracy": 75.0}, "tuning": {"alpha": {"0.0": 30.0}}}})
+    assert select([a, b], "final") == [(b, 30)]  # last epoch; variant by val accuracy there (75 > 70)
+    assert select([a, b], "alpha=0") == [(b, 15)]  # best alpha-0 score over all epochs and variants
+    with pytest.raises(BiasbenchError, match="unknown selection rule"):
+        select([a], "best")
+
+
+def test_ray_runner_matches_local(tmp_path):
+    pytest.importorskip("ray", reason="the [ray] extra is not installed")
+    path = _write(tmp_path, MICRO.replace("method: [stdm, upweight]", "method: [stdm]"))
+    trials = expand(load_spec(path))
+    run_sweep(trials, "micro", "tiny", str(tmp_path / "data"), str(tmp_path / "local"), log=lambda s: None)
+    res = run_sweep(trials, "micro", "tiny", str(tmp_path / "data"), str(tmp_path / "ray"), runner="ray",
+                    workers=2, log=lambda s: None)
+    assert sorted(r["status"] for r in res) == ["finished", "finished"]
+    for cfg in (tmp_path / "local" / "runs").glob("*/config.json"):
+        run = cfg.parent.name
+        a = json.loads((tmp_path / "local" / "runs" / run / "metrics.json").read_text())["history"]
+        b = json.loads((tmp_path / "ray" / "runs" / run / "metrics.json").read_text())["history"]
+        assert [h.get("metrics") for h in a] == [h.get("metrics") for h in b]
