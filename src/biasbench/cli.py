@@ -323,6 +323,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     summary = build_report(args.sweep, args.out, args.select)
     print(table1_markdown(summary["table1"]))
+    if summary.get("scale_note"):
+        print(summary["scale_note"])
     print(f"\n{summary['runs_with_records']} of {summary['trials']} trials have records; wrote "
           f"{', '.join(summary['files'])} to {args.out}")
     return 0

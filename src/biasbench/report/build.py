@@ -53,9 +53,13 @@ def build_report(sweep_dir: str | os.PathLike, out: str | os.PathLike, rule: str
                "table1": t1, "iosm": io_rows, "tuning": {m: {str(a): v for a, v in d.items()} for m, d in tuning.items()},
                "figures": {k: (p.name if p else None) for k, p in figs.items()}}
     atomic_write_json(out / "report.json", summary)
+    scale_note = ("" if sweep.get("scale") == "full" else
+                  f" This sweep ran at scale '{sweep.get('scale')}' (smaller images, fewer samples and epochs than "
+                  f"the paper): its numbers are not comparable to the paper's column.")
+    summary["scale_note"] = scale_note.strip()
     sections = [
         ("Table 1: unbiased accuracy", table1_markdown(t1), None),
-        ("", NOTES["table1"], None),
+        ("", NOTES["table1"] + scale_note, None),
         ("Fig. 3a: MMD per factor", None if figs["fig3a"] else "no data", figs["fig3a"] and figs["fig3a"].name),
         ("Fig. 3b: MMD per method", None if figs["fig3b"] else "no data", figs["fig3b"] and figs["fig3b"].name),
         ("Fig. 5: accuracy against the number of explicit variables",
