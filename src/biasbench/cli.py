@@ -142,6 +142,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                     help="method hyperparameter, repeatable (e.g. --hparam step_size=0.01); see docs/methods.md")
     tr.add_argument("--model", default="paper_cnn", help="model (paper_cnn, resnet18; default paper_cnn)")
     tr.add_argument("--small-stem", action="store_true", help="resnet18: 3x3 stride-1 stem, no max-pool")
+    tr.add_argument("--model-kwarg", action="append", default=[], metavar="KEY=VALUE",
+                    help="model option, repeatable (EfficientNetV2: channel_multiplier, depth_multiplier, "
+                         "drop_rate, drop_path_rate, output_stride)")
+    tr.add_argument("--progressive", default=None, metavar="PRESET",
+                    help="progressive learning with adaptive regularization: effnetv2-s, effnetv2-m, effnetv2-l "
+                         "(docs/models.md); off by default")
+    tr.add_argument("--compile", action="store_true", help="torch.compile the model (static shapes per stage)")
     tr.add_argument("--epochs", type=int, default=30)
     tr.add_argument("--batch-size", type=int, default=128)
     tr.add_argument("--lr", type=float, default=1e-3)
@@ -185,13 +192,15 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise BiasbenchError(f"--eval-epochs must be comma-separated integers, got {args.eval_epochs!r}") from None
     cfg = TrainConfig(data=args.data, method=args.method, model=args.model,
                       explicit=args.explicit, grouping=args.grouping, method_hparams=parse_hparams(args.hparam),
-                      model_kwargs={"small_stem": True} if args.small_stem else {},
+                      model_kwargs={**parse_hparams(args.model_kwarg, "--model-kwarg"),
+                                    **({"small_stem": True} if args.small_stem else {})},
+                      progressive=args.progressive,
                       optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum,
                       batch_size=args.batch_size, epochs=args.epochs, eval_epochs=eval_epochs, seed=args.seed,
                       precision=args.precision, channels_last=args.channels_last)
     log = (lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr))
     trainer = Trainer(cfg, args.out, tracker=args.tracker, device=args.device,
-                      progress=False if args.no_progress else None, log=log)
+                      progress=False if args.no_progress else None, log=log, compile_model=args.compile)
     result = trainer.run()
     if args.json:
         print(json.dumps(result, indent=2))
@@ -305,8 +314,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         for t in trials:
             c = t.config
+            prog = (c.get("progressive") or {}).get("preset", "custom") if c.get("progressive") else "-"
             print(f"{t.trial_id}  {c['method']:10s} explicit={','.join(c['explicit']) or '-':40s} seed={c['seed']} "
-                  f"p_bias={sorted(set(t.dataset.p_bias.values()))}")
+                  f"p_bias={sorted(set(t.dataset.p_bias.values()))} model={c['model']} opt={c['optimizer']} "
+                  f"progressive={prog}")
         print(f"{len(trials)} trials")
         return 0
     results = run_sweep(trials, spec.get("name", "sweep"), scale, args.data, args.out, args.runner, args.tracker,
@@ -330,12 +341,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_hparams(items: list[str]) -> dict:
+def parse_hparams(items: list[str], flag: str = "--hparam") -> dict:
     """``KEY=VALUE`` strings -> dict; values parsed as JSON where possible (numbers, true/false)."""
     out = {}
     for item in items:
         if "=" not in item:
-            raise BiasbenchError(f"bad --hparam {item!r}; expected KEY=VALUE, e.g. step_size=0.01")
+            raise BiasbenchError(f"bad {flag} {item!r}; expected KEY=VALUE, e.g. step_size=0.01")
         k, v = item.split("=", 1)
         try:
             out[k.strip()] = json.loads(v)

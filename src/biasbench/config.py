@@ -153,7 +153,7 @@ class DatasetSettings:
         return out
 
 
-OPTIMIZERS = ("adam", "sgd")
+OPTIMIZERS = ("adam", "adamw", "sgd", "madgrad", "madgradw")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -170,6 +170,7 @@ def _check_float(value: Any, what: str, lo: float, lo_open: bool = False) -> flo
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run. Defaults are the paper's Biased MNIST settings (paper-reference §2.1):
+    ``progressive``: a preset name or settings of :mod:`biasbench.train.progressive` (off by default).
     Adam, lr 1e-3, weight decay 1e-5 (coupled L2), batch 128, 30 epochs, evaluation at epochs 15 and 30.
 
     ``eval_epochs=None`` means (epochs // 2, epochs). ``precision``: ``auto`` = bf16 autocast on CUDA,
@@ -194,6 +195,7 @@ class TrainConfig:
     channels_last: str = "auto"
     explicit: tuple = ("distractor_shape",)
     grouping: str = "unique"
+    progressive: Any = None
 
     def __post_init__(self) -> None:
         from .methods import get_method_class
@@ -234,6 +236,15 @@ class TrainConfig:
         object.__setattr__(self, "lr", _check_float(self.lr, "learning rate", 0.0, lo_open=True))
         object.__setattr__(self, "weight_decay", _check_float(self.weight_decay, "weight decay", 0.0))
         object.__setattr__(self, "momentum", _check_float(self.momentum, "momentum", 0.0))
+        if self.momentum >= 1:
+            raise BiasbenchError(f"momentum must be below 1, got {self.momentum}")
+        from .train.progressive import resolve as resolve_progressive
+
+        prog = resolve_progressive(self.progressive)
+        if prog and prog["mixup"][1] > 0 and not method_cls.supports_soft_targets:
+            raise BiasbenchError(f"mixup (progressive {prog.get('preset', 'settings')}) needs soft targets, which "
+                                 f"{self.method} does not support; use a preset without mixup (effnetv2-s)")
+        object.__setattr__(self, "progressive", prog)
         ev = self.eval_epochs
         if ev is None:
             ev = (self.epochs // 2, self.epochs)

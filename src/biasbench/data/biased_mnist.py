@@ -115,11 +115,13 @@ class BiasedMNIST(torch.utils.data.Dataset):
         return images[mi]
 
     def render(self, indices: np.ndarray | None = None, device: str | torch.device = "cpu",
-               batch_size: int = 2048, progress: bool = False) -> torch.Tensor:
-        """Render the split (or ``indices`` of it) as uint8 (n, 3, H, W) on ``device``, in batches."""
+               batch_size: int = 2048, progress: bool = False, cell_size: int | None = None) -> torch.Tensor:
+        """Render the split (or ``indices`` of it) as uint8 (n, 3, H, W) on ``device``, in batches.
+        ``cell_size`` renders the same recipe at another size (progressive learning)."""
         idx = np.arange(len(self)) if indices is None else np.asarray(indices)
-        renderer = get_renderer(self.settings.cell_size, str(torch.device(device)))
-        size = self.settings.image_size
+        cell = cell_size or self.settings.cell_size
+        renderer = get_renderer(cell, str(torch.device(device)))
+        size = 3 * cell
         out = torch.empty((len(idx), 3, size, size), dtype=torch.uint8, device=device)
         digits = self.digits(idx)
         factors = self.factors[idx]

@@ -26,6 +26,7 @@ class Batch:
     y: torch.Tensor
     factors: torch.Tensor
     index: torch.Tensor
+    y_soft: torch.Tensor | None = None  # (B, C) soft targets when mixup is on
 
 
 @dataclass
@@ -52,6 +53,7 @@ class Method(ABC):
 
     name = "base"
     uses_bias_labels = False
+    supports_soft_targets = False  # mixup
     default_hparams: dict[str, Any] = {}
 
     group_with_label = False

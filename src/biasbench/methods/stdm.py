@@ -15,11 +15,12 @@ from .registry import register_method
 class StdM(Method):
     name = "stdm"
     uses_bias_labels = False
+    supports_soft_targets = True
     default_hparams: dict = {}
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         logits = self.model(batch.x)
-        loss = F.cross_entropy(logits.float(), batch.y)
+        loss = F.cross_entropy(logits.float(), batch.y if batch.y_soft is None else batch.y_soft)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

@@ -19,8 +19,9 @@ from .registry import register_model
 class PaperCNN(nn.Module):
     feature_dims = {"pooled2": 32, "pooled4": 64, "before_logits": 64}
 
-    def __init__(self, num_classes: int = 10, in_chans: int = 3, width: int = 32):
+    def __init__(self, num_classes: int = 10, in_chans: int = 3, width: int = 32, drop_rate: float = 0.0):
         super().__init__()
+        self.drop_rate = float(drop_rate)  # not in the paper (0): dropout before the classifier, for progressive runs
         w = width
         self.input_bn = nn.BatchNorm2d(in_chans)
         self.conv1 = nn.Conv2d(in_chans, w, 5, 1, 2)
@@ -38,7 +39,7 @@ class PaperCNN(nn.Module):
         x = F.relu(self.conv3(hidden))
         x = F.relu(self.conv4(x))
         pooled4 = x.mean(dim=(2, 3))
-        logits = self.fc(pooled4)
+        logits = self.fc(F.dropout(pooled4, self.drop_rate, self.training) if self.drop_rate else pooled4)
         feats = {}
         for n in names:
             if n == "pooled2":
@@ -56,8 +57,13 @@ class PaperCNN(nn.Module):
         x = self.pool1(F.relu(self.conv1(x)))
         x = F.relu(self.conv2(x))
         x = F.relu(self.conv3(x))
-        x = F.relu(self.conv4(x))
-        return self.fc(x.mean(dim=(2, 3)))
+        x = F.relu(self.conv4(x)).mean(dim=(2, 3))
+        if self.drop_rate:
+            x = F.dropout(x, self.drop_rate, self.training)
+        return self.fc(x)
+
+    def set_dropout(self, p: float) -> None:
+        self.drop_rate = float(p)
 
 
 @register_model("paper_cnn")

@@ -33,6 +33,11 @@ def list_models() -> list[str]:
 def _ensure_loaded() -> None:
     from . import paper_cnn, resnet  # noqa: F401  (registration side effects)
 
+    try:
+        from . import efficientnet  # noqa: F401  (needs timm)
+    except ImportError:  # pragma: no cover - timm is a dependency; keep the core usable without it
+        pass
+
 
 def create_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
     _ensure_loaded()

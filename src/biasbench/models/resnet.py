@@ -23,6 +23,7 @@ class ResNet18(nn.Module):
         if small_stem:
             net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
             net.maxpool = nn.Identity()
+        net.fc = nn.Sequential(nn.Dropout(0.0), net.fc)  # dropout 0 unless progressive learning sets it
         self.net = net
         self.register_buffer("mean", torch.full((1, 3, 1, 1), 0.5 * 255))
         self.register_buffer("std", torch.full((1, 3, 1, 1), 0.25 * 255))
@@ -47,6 +48,10 @@ class ResNet18(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net((x - self.mean) / self.std)
+
+    def set_dropout(self, p: float) -> None:
+        """Dropout before the classifier (progressive learning); 0 = torchvision's ResNet-18."""
+        self.net.fc[0].p = float(p)
 
 
 @register_model("resnet18")

@@ -45,7 +45,7 @@ SCALES: dict[str, dict[str, dict[str, Any]]] = {
 """``--scale``: the same preset in seconds on a CPU (tiny), minutes (small), or at the paper's size (full)."""
 
 TRAIN_KEYS = {"method", "model", "model_kwargs", "optimizer", "lr", "weight_decay", "momentum", "batch_size",
-              "epochs", "eval_epochs", "seed", "precision", "channels_last", "explicit", "grouping"}
+              "epochs", "eval_epochs", "seed", "precision", "channels_last", "explicit", "grouping", "progressive"}
 DATASET_KEYS = {"p_bias", "seed", "cell_size", "mode", "n_train", "n_val", "n_test", "fixed"}
 TOP_KEYS = {"name", "scale", "base", "dataset", "grid", "include", "description"}
 

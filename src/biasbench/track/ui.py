@@ -4,7 +4,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -54,10 +53,10 @@ def ui_command(backend: str, runs: str | os.PathLike, port: int | None = None) -
 
 
 def serve(backend: str, runs: str | os.PathLike, port: int | None = None) -> int:
+    """Print the URL, then become the UI server (exec): stopping this process stops the server too."""
     cmd, url = ui_command(backend, runs, port)
     print(f"{backend} UI for {runs}: {url}  (Ctrl+C stops it)", flush=True)
+    sys.stderr.flush()
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "AIM_UI_TELEMETRY_ENABLED": "0"}
-    try:
-        return subprocess.run(cmd, env=env).returncode
-    except KeyboardInterrupt:
-        return 0
+    os.execve(cmd[0], cmd, env)
+    return 0  # not reached

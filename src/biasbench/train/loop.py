@@ -88,8 +88,10 @@ class Trainer:
     """Train one configuration into ``out/<run_id>``. ``tracker``: a tracker name or instance."""
 
     def __init__(self, cfg: TrainConfig, out: str | os.PathLike, tracker: str | Tracker = "mlflow",
-                 device: str = "auto", progress: bool | None = None, log: Callable[[str], None] | None = None):
+                 device: str = "auto", progress: bool | None = None, log: Callable[[str], None] | None = None,
+                 compile_model: bool = False):
         self.cfg = cfg
+        self.compile_model = compile_model
         self.manifest = read_manifest(cfg.data)
         self.settings = self.manifest["settings"]
         missing = [f for f in cfg.explicit if f not in self.manifest.get("factors", [])]
@@ -97,6 +99,11 @@ class Trainer:
             raise BiasbenchError(f"dataset {cfg.data} has no factor(s) {', '.join(missing)} for --explicit; "
                                  f"it has: {', '.join(self.manifest.get('factors', []))}")
         self.run_id = run_identity(cfg, self.manifest)
+        self.schedule = None
+        if cfg.progressive:
+            from .progressive import ProgressiveSchedule
+
+            self.schedule = ProgressiveSchedule(cfg.progressive, cfg.epochs, 3 * self.settings["cell_size"])
         self.out = Path(out)
         self.run_dir = self.out / self.run_id
         self.device = resolve_device(device)
@@ -152,6 +159,8 @@ class Trainer:
         model = create_model(cfg.model, num_classes=10, **cfg.model_kwargs).to(dev)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        if self.compile_model:
+            model.compile(dynamic=False)  # in place: state_dict keys unchanged; one recompile per stage size
         info = TrainInfo(num_train=len(train.labels), num_classes=10, labels=train.labels, factors=train.factors,
                          mode=self.settings["mode"], explicit=cfg.explicit, grouping=cfg.grouping,
                          batch_size=cfg.batch_size)
@@ -191,9 +200,23 @@ class Trainer:
 
         maj_train = majority_mask(train.labels_np, train.factors_np, self.settings["mode"])
         p_train = pattern_distribution(maj_train)
+        stage_size = None
+        train_images = train.images
         try:
             for epoch in range(start_epoch + 1, cfg.epochs + 1):
-                rec = self._train_epoch(method, train, epoch)
+                stage = self.schedule.stage_of_epoch(epoch) if self.schedule else None
+                if stage is not None and stage.size != stage_size:
+                    train_images = self._stage_images(stage, train)
+                    stage_size = stage.size
+                    if hasattr(model, "set_dropout"):
+                        model.set_dropout(stage.dropout)
+                    self.tracker.log_metrics({"progressive/size": stage.size, "progressive/dropout": stage.dropout,
+                                              "progressive/randaug": stage.randaug, "progressive/mixup": stage.mixup,
+                                              "progressive/stage": stage.index}, step=epoch)
+                    self.log(f"progressive stage {stage.index + 1}/{self.schedule.stages} from epoch {epoch}: "
+                             f"{stage.size} px, dropout {stage.dropout:.3f}, RandAugment {stage.randaug:.1f}, "
+                             f"mixup {stage.mixup:.2f}")
+                rec = self._train_epoch(method, train, epoch, train_images, stage)
                 history.append(rec)
                 if epoch in cfg.eval_epochs:
                     history.extend(self._evaluate(method, data, epoch, p_train))
@@ -221,8 +244,23 @@ class Trainer:
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
-    def _train_epoch(self, method, train: SplitData, epoch: int) -> dict:
+    def _stage_images(self, stage, train: SplitData) -> torch.Tensor:
+        """Training images at the stage's size, rendered from the recipe (not resized)."""
+        if stage.size == 3 * self.settings["cell_size"]:
+            return train.images
+        ds = BiasedMNIST(self.cfg.data, split="train", download=False)
+        return ds.render(device=self.device, cell_size=stage.size // 3)
+
+    def _train_epoch(self, method, train: SplitData, epoch: int, images: torch.Tensor | None = None,
+                     stage=None) -> dict:
         cfg, dev = self.cfg, self.device
+        images = train.images if images is None else images
+        aug_gen = aug_rng = None
+        if stage is not None and (stage.randaug > 0 or stage.mixup > 0):
+            from .augment import mixup, rand_augment
+
+            aug_gen = torch.Generator(device=dev).manual_seed(cfg.seed * 7_919 + epoch)
+            aug_rng = np.random.default_rng([cfg.seed, epoch])
         n = len(train.labels)
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         order = method.epoch_indices(epoch, gen)
@@ -240,7 +278,12 @@ class Trainer:
         t0 = time.perf_counter()
         for step in range(steps):
             idx = order[step * bs:(step + 1) * bs]
-            batch = Batch(self._prep(train.images[idx]), train.labels[idx], train.factors[idx], idx)
+            x, y, y_soft = self._prep(images[idx]), train.labels[idx], None
+            if aug_gen is not None:
+                x = rand_augment(x, stage.randaug, aug_gen)
+                if stage.mixup > 0:
+                    x, y_soft = mixup(x, y, stage.mixup, aug_rng, aug_gen)
+            batch = Batch(x, y, train.factors[idx], idx, y_soft)
             with self._autocast():
                 stats = method.update(batch)
             loss_sum += stats["loss"] * len(idx)

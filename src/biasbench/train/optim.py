@@ -1,5 +1,9 @@
-"""Optimizer factory. ``adam``: torch.optim.Adam with coupled L2 weight decay, as the reference;
-``sgd``: SGD with momentum. On CUDA the fused kernels are used (same update, one launch)."""
+"""Optimizer factory.
+
+``adam``: torch.optim.Adam with coupled L2 weight decay, as the reference; ``adamw``: decoupled decay;
+``sgd``: SGD with momentum; ``madgrad`` / ``madgradw``: MADGRAD (Defazio & Jelassi 2021) from timm, with
+coupled / decoupled weight decay and ``momentum`` (default 0.9). On CUDA, Adam/AdamW/SGD use their fused
+kernels (same update, one launch)."""
 from __future__ import annotations
 
 from typing import Iterable
@@ -17,9 +21,16 @@ def optimizer_factory(cfg: TrainConfig, device: torch.device):
         params = list(params)
         if cfg.optimizer == "adam":
             return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
+        if cfg.optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
         if cfg.optimizer == "sgd":
             return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                    fused=fused or None)
+        if cfg.optimizer in ("madgrad", "madgradw"):
+            from timm.optim import MADGRAD
+
+            return MADGRAD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                           decoupled_decay=cfg.optimizer == "madgradw")
         raise BiasbenchError(f"unknown optimizer {cfg.optimizer!r}")
 
     return make
