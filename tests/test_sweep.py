@@ -78,15 +78,26 @@ def test_rerun_skips_finished_trials_and_report_renders(tmp_path, capsys):
     trials = expand(load_spec(path))
     first = run_sweep(trials, "micro", "tiny", str(tmp_path / "data"), str(tmp_path / "sw"), log=lambda s: None)
     assert [r["status"] for r in first] == ["finished"] * 4
-    again = run_sweep(trials, "micro", "tiny", str(tmp_path / "data"), str(tmp_path / "sw"), log=lambda s: None)
+    again = run_sweep(trials, "micro", "tiny", str(tmp_path / "data"), str(tmp_path / "sw"), tracker="tensorboard",
+                      log=lambda s: None)
     assert [r["status"] for r in again] == ["skipped"] * 4
+    # the sweep-level summary run beside the trials
+    ids = json.loads((tmp_path / "sw" / "sweep_tracker.json").read_text())
+    assert ids == {"tensorboard": "sweep-micro"} and (tmp_path / "sw" / "runs" / "tensorboard" / "sweep-micro").is_dir()
+    # an audited run shows up in the report
+    run_dir = next(p.parent for p in (tmp_path / "sw" / "runs").glob("*/config.json"))
+    data_dir = next((tmp_path / "data").glob("bmnist-*"))
+    assert main(["audit", str(run_dir), "--data", str(data_dir), "--samples", "20", "--values", "1",
+                 "--no-progress"]) == 0
+    capsys.readouterr()
     assert len(list((tmp_path / "sw" / "runs").glob("*/config.json"))) == 4
     assert len(list((tmp_path / "data").glob("bmnist-*"))) == 1  # one dataset for the whole sweep
     code = main(["report", str(tmp_path / "sw"), "--out", str(tmp_path / "rep")])
     out = capsys.readouterr().out
     assert code == 0 and "| StdM |" in out and "| LfF | –" in out  # LfF not in this sweep: missing cell
     html = (tmp_path / "rep" / "index.html").read_text()
-    assert "Table 1" in html and "fig3a_mmd_per_factor.png" in html
+    assert "Table 1" in html and "fig3a_mmd_per_factor.png" in html and "Counterfactual audit" in html
+    assert "digit_color" in (tmp_path / "rep" / "audit.md").read_text()
     assert (tmp_path / "rep" / "fig3a_mmd_per_factor.png").stat().st_size > 5000
 
 

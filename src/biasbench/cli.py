@@ -282,7 +282,9 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     sw.add_argument("--workers", type=int, default=1, help="trials at a time (processes or Ray slots; default 1)")
     sw.add_argument("--ray-address", default=None, metavar="ADDR", help="join a Ray cluster (e.g. auto)")
     sw.add_argument("--gpus-per-trial", type=float, default=0.0, help="Ray: GPU share per trial, e.g. 0.25")
-    sw.add_argument("--tracker", default="none", help="tracker(s) for every trial (default none; e.g. mlflow)")
+    sw.add_argument("--tracker", default=None,
+                    help="tracker(s) for every trial, e.g. mlflow or mlflow,tensorboard (default: the sweep file's "
+                         "'tracker', else none)")
     sw.add_argument("--device", default="auto")
     sw.add_argument("--dry-run", action="store_true", help="list the trials and stop")
     sw.set_defaults(func=cmd_sweep)
@@ -320,7 +322,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                   f"progressive={prog}")
         print(f"{len(trials)} trials")
         return 0
-    results = run_sweep(trials, spec.get("name", "sweep"), scale, args.data, args.out, args.runner, args.tracker,
+    tracker = args.tracker or spec.get("tracker") or "none"
+    results = run_sweep(trials, spec.get("name", "sweep"), scale, args.data, args.out, args.runner, tracker,
                         args.device, args.workers, args.ray_address, args.gpus_per_trial)
     done = sum(r["status"] == "finished" for r in results)
     print(f"{len(results)} trials: {done} trained, {len(results) - done} already finished; "

@@ -8,6 +8,8 @@ import json
 import os
 from pathlib import Path
 
+import json
+
 from ..errors import BiasbenchError
 from ..utils import atomic_write_json, atomic_write_text
 from . import figures as F
@@ -48,6 +50,9 @@ def build_report(sweep_dir: str | os.PathLike, out: str | os.PathLike, rule: str
         "tuning": F.tuning_figure(tuning, out / "tuning_distribution.png"),
         "p_bias": F.p_bias_figure(p_bias_data(chosen), out / "p_bias.png"),
     }
+    audits = audit_table(Path(sweep_dir), chosen)
+    if audits:
+        atomic_write_text(out / "audit.md", audits + "\n")
     summary = {"sweep": sweep.get("name"), "scale": sweep.get("scale"), "rule": rule,
                "trials": len(sweep.get("trials", [])), "runs_with_records": len(records),
                "table1": t1, "iosm": io_rows, "tuning": {m: {str(a): v for a, v in d.items()} for m, d in tuning.items()},
@@ -72,9 +77,61 @@ def build_report(sweep_dir: str | os.PathLike, out: str | os.PathLike, rule: str
     ]
     if figs["p_bias"]:
         sections.append(("Unbiased accuracy against p_bias", None, figs["p_bias"].name))
+    if audits:
+        sections.append(("Counterfactual audit: prediction flip rate per factor", audits, None))
+        sections.append(("", "Share of single-factor changes that change the prediction (biasbench audit), mean "
+                             "over the audited runs of each method; runs without an audit are left out.", None))
     sections.append(("About", f"Sweep {sweep.get('name')} (scale {sweep.get('scale')}): "
                               f"{len(records)} of {len(sweep.get('trials', []))} trials have records. "
                               f"Selection rule: {rule}.", None))
     write_index(out / "index.html", f"biasbench report: {sweep.get('name')}", sections)
     summary["files"] = sorted(p.name for p in out.iterdir())
+    _log_to_sweep_tracker(Path(sweep_dir), out, figs)
     return summary
+
+
+def audit_table(sweep_dir: Path, chosen) -> str | None:
+    """Markdown table of mean flip rates per method and factor from runs that have ``audit/audit.json``."""
+    from statistics import mean
+
+    from ..data.factors import FACTORS
+    from .tables import METHOD_NAMES, METHOD_ORDER
+
+    flips: dict = {}
+    for run, _ in chosen:
+        path = sweep_dir / "runs" / run.run_id / "audit" / "audit.json"
+        if not path.is_file():
+            continue
+        try:
+            res = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        for f in FACTORS:
+            if f in res.get("factors", {}):
+                flips.setdefault(run.method, {}).setdefault(f, []).append(res["factors"][f]["flip_rate"])
+    if not flips:
+        return None
+    lines = ["| method | " + " | ".join(FACTORS) + " |", "|---" * (len(FACTORS) + 1) + "|"]
+    for m in [m for m in METHOD_ORDER if m in flips]:
+        cells = [f"{mean(flips[m][f]):.3f}" if f in flips[m] else "–" for f in FACTORS]
+        lines.append(f"| {METHOD_NAMES[m]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _log_to_sweep_tracker(sweep_dir: Path, out: Path, figs: dict) -> None:
+    """Attach the report's tables and figures to the sweep-level tracker run, when the sweep had one."""
+    path = sweep_dir / "sweep_tracker.json"
+    if not path.is_file():
+        return
+    from ..track import BACKENDS, make_tracker
+
+    ids = json.loads(path.read_text())
+    names = [n for n in ids if n in BACKENDS]
+    if not names:
+        return
+    t = make_tracker(",".join(names), str(sweep_dir / "runs"))
+    t.start("report", resume_ids=ids)
+    for p in [out / "table1.md", out / "iosm.md", *[f for f in figs.values() if f]]:
+        if p.exists():
+            t.log_artifact(str(p))
+    t.finish("FINISHED")

@@ -17,6 +17,7 @@ A sweep file (YAML)::
       dataset.p_bias: [0.5, 0.7]           # dataset settings: dataset.NAME
     include:               # optional extra trials (same keys as one grid point)
       - {method: lff, seed: 0}
+    tracker: mlflow        # optional: tracker(s) for every trial (the CLI's --tracker wins)
 
 A trial is (dataset settings, train configuration). Methods without bias labels drop their explicit set
 (:class:`TrainConfig` normalises it), so such duplicates collapse into one trial. ``trial_id`` is a stable
@@ -47,7 +48,7 @@ SCALES: dict[str, dict[str, dict[str, Any]]] = {
 TRAIN_KEYS = {"method", "model", "model_kwargs", "optimizer", "lr", "weight_decay", "momentum", "batch_size",
               "epochs", "eval_epochs", "seed", "precision", "channels_last", "explicit", "grouping", "progressive"}
 DATASET_KEYS = {"p_bias", "seed", "cell_size", "mode", "n_train", "n_val", "n_test", "fixed"}
-TOP_KEYS = {"name", "scale", "base", "dataset", "grid", "include", "description"}
+TOP_KEYS = {"name", "scale", "base", "dataset", "grid", "include", "description", "tracker"}
 
 PAPER_ORDER = ("distractor_shape", "texture", "digit_color", "background_color", "texture_color",
                "distractor_color", "digit_position")

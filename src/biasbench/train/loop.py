@@ -373,6 +373,8 @@ def _tracker_metrics(history: list[dict], epoch: int) -> dict[str, float]:
             continue
         for k in ("accuracy", "mpa", "cell_mean", "worst_group"):
             out[f"{s}/{k}"] = m[k]
+        if s == "test":  # the paper's headline number, under its own name
+            out["test/unbiased_accuracy"] = m["accuracy"]
         for f, fm in m["factors"].items():
             for k in ("majority", "minority", "mmd"):
                 out[f"{s}/{f}/{k}"] = fm[k]
