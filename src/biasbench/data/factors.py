@@ -91,10 +91,6 @@ class Factor:
         """``aligned[y]`` = index of class ``y``'s class-aligned value (int64, length 10)."""
         return np.asarray(self.reference_list, dtype=np.int64)
 
-    @property
-    def is_color(self) -> bool:
-        return isinstance(self.values[0], tuple)
-
 
 def _identity(values) -> tuple[int, ...]:
     return tuple(range(len(values)))
@@ -186,8 +182,3 @@ def aligned_mask(labels: np.ndarray, factors: np.ndarray) -> np.ndarray:
     labels = np.asarray(labels, dtype=np.int64)
     cols = [FACTOR_TABLE[n].aligned[labels] == np.asarray(factors)[:, f] for f, n in enumerate(FACTORS)]
     return np.stack(cols, axis=1)
-
-
-def describe_value(name: str, value: int):
-    """Human-readable value: a colour tuple, a shape/texture name or a cell number."""
-    return FACTOR_TABLE[name].values[int(value)]

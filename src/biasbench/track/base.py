@@ -18,7 +18,6 @@ from typing import Any, Mapping
 from ..errors import BiasbenchError
 
 BACKENDS = ("mlflow", "tensorboard", "aim", "none")
-TRACKERS = BACKENDS  # backwards-compatible name
 EXTRAS = {"mlflow": "biasbench (mlflow-skinny, sqlalchemy, alembic)", "tensorboard": "biasbench[tensorboard]",
           "aim": "biasbench[aim] (Python < 3.13)"}
 
