@@ -45,7 +45,7 @@ def _paired_boxes(ax, groups: list[str], points: list[dict], key: str) -> None:
     ax.set_ylabel("MMD (majority − minority test accuracy, points)")
     from matplotlib.patches import Patch
 
-    ax.legend(handles=[Patch(color=COLORS[k], label=k) for k in COLORS], loc="upper right", fontsize=8)
+    ax.legend(handles=[Patch(color=COLORS[k], label=k) for k in COLORS], loc="best", fontsize=8)
 
 
 def fig3a(points: list[dict], path: Path) -> Path | None:
@@ -88,8 +88,8 @@ def fig5(data: dict, path: Path) -> Path | None:
         else:
             xs = sorted(k for k in d if k > 0)
             ax.plot(xs, [d[k] for k in xs], marker="o", label=METHOD_NAMES[m])
-    ax.set_xlabel("number of explicit bias variables (paper order: shape, texture, digit colour, background, "
-                  "texture colour, distractor colour, position)", fontsize=7)
+    ax.set_xlabel("number of explicit bias variables\n(added in the paper's order: shape, texture, digit colour, "
+                  "background,\ntexture colour, distractor colour, position)", fontsize=8)
     ax.set_ylabel("unbiased test accuracy (%)")
     ax.set_title("Fig. 5: scalability to multiple explicit biases", fontsize=10)
     ax.legend(fontsize=8, ncol=2)

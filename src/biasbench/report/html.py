@@ -24,7 +24,8 @@ def write_index(path: Path, title: str, sections: list[tuple[str, str, str | Non
              "text-align:right}th{background:#eee}img{max-width:100%}p.note{color:#555;font-size:90%}</style>",
              f"</head><body><h1>{html.escape(title)}</h1>"]
     for heading, text, figure in sections:
-        parts.append(f"<h2>{html.escape(heading)}</h2>")
+        if heading:
+            parts.append(f"<h2>{html.escape(heading)}</h2>")
         if text:
             if text.lstrip().startswith("|"):
                 parts.append(markdown_table_to_html(text))
