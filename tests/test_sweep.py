@@ -191,6 +191,22 @@ def test_selection_rules(tmp_path):
         select([a], "best")
 
 
+def test_parallel_local_workers_match_sequential(tmp_path):
+    path = _write(tmp_path, MICRO.replace("method: [stdm, upweight]", "method: [stdm]"))
+    trials = expand(load_spec(path))
+    run_sweep(trials, "micro", "tiny", str(tmp_path / "data"), str(tmp_path / "seq"), log=lambda s: None)
+    lines = []
+    res = run_sweep(trials, "micro", "tiny", str(tmp_path / "data"), str(tmp_path / "par"), workers=2,
+                    log=lines.append)
+    assert sorted(r["status"] for r in res) == ["finished", "finished"]
+    assert any("[2/2 done, 0 running, 0 waiting" in line for line in lines)
+    for cfg in (tmp_path / "seq" / "runs").glob("*/config.json"):
+        run = cfg.parent.name
+        a = json.loads((tmp_path / "seq" / "runs" / run / "metrics.json").read_text())["history"]
+        b = json.loads((tmp_path / "par" / "runs" / run / "metrics.json").read_text())["history"]
+        assert [h.get("metrics") for h in a] == [h.get("metrics") for h in b]
+
+
 def test_ray_runner_matches_local(tmp_path):
     pytest.importorskip("ray", reason="the [ray] extra is not installed")
     path = _write(tmp_path, MICRO.replace("method: [stdm, upweight]", "method: [stdm]"))
