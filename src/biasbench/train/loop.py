@@ -159,12 +159,13 @@ class Trainer:
         model = create_model(cfg.model, num_classes=10, **cfg.model_kwargs).to(dev)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        if self.compile_model:
-            model.compile(dynamic=False)  # in place: state_dict keys unchanged; one recompile per stage size
         info = TrainInfo(num_train=len(train.labels), num_classes=10, labels=train.labels, factors=train.factors,
                          mode=self.settings["mode"], explicit=cfg.explicit, grouping=cfg.grouping,
                          batch_size=cfg.batch_size)
         method = get_method_class(cfg.method)(model, optimizer_factory(cfg, dev), info, cfg.method_hparams)
+        if self.compile_model:  # after the method built its modules (LfF copies the model): compile each in place
+            for module in method.modules().values():
+                module.compile(dynamic=False)  # state_dict keys unchanged; one recompile per stage size
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.run_dir / "config.json", self._config_record(count_parameters(model), method.describe()))
 
