@@ -39,7 +39,7 @@ def rand_augment(x: torch.Tensor, magnitude: float, generator: torch.Generator, 
 
         # geometric: one affine transform per image (identity unless it drew a geometric op)
         geo = (op >= idx["rotate"])
-        if bool(geo.any()):
+        if x.device.type != "cpu" or bool(geo.any()):  # no host sync on a GPU (identity warp: < 1e-3 change)
             a = amount("rotate", math.pi / 6)
             shx, shy = amount("shear_x", 0.3), amount("shear_y", 0.3)
             tx, ty = amount("translate_x", 0.9), amount("translate_y", 0.9)  # 0.45 of the size, in [-1, 1] units
@@ -57,7 +57,7 @@ def rand_augment(x: torch.Tensor, magnitude: float, generator: torch.Generator, 
         x = x.clamp(0, 255)
         thr = torch.where(op == idx["solarize"], 256.0 - level * 256.0, 1e9)
         x = torch.where(x >= col(thr), 255.0 - x, x)
-        bits = torch.where(op == idx["posterize"], 8.0 - torch.round(torch.tensor(level * 4.0)), 8.0)
+        bits = torch.where(op == idx["posterize"], 8.0 - float(round(level * 4.0)), 8.0)
         step = col(2.0 ** (8.0 - bits))
         x = torch.floor(x / step) * step
         auto = col(op == idx["autocontrast"])
