@@ -3,8 +3,9 @@ loss accumulation, progress) against a bare forward/backward/step on one fixed f
 
     python benchmarks/train.py [--device auto] [--cell-size 32] [--steps N] [--batch-size 128]
 
-On CUDA it measures fp32 eager and bf16 autocast + channels_last; on the CPU fp32 only.
-Prints images/s per configuration and the loop / bare ratio.
+On CUDA it measures fp32 eager, bf16 autocast + channels_last, and the same compiled (``--compile``,
+static shapes); on the CPU fp32 eager (plus compiled with ``--compile``). Prints images/s per
+configuration and the loop / bare ratio.
 """
 from __future__ import annotations
 
@@ -29,11 +30,13 @@ def _sync(dev):
         torch.cuda.synchronize()
 
 
-def bare_step(cfg: TrainConfig, dev, x_u8, y, steps: int, amp: bool, cl: bool) -> float:
+def bare_step(cfg: TrainConfig, dev, x_u8, y, steps: int, amp: bool, cl: bool, compiled: bool = False) -> float:
     torch.manual_seed(0)
     model = create_model(cfg.model).to(dev)
     if cl:
         model = model.to(memory_format=torch.channels_last)
+    if compiled:
+        model.compile(dynamic=False)
     opt = optimizer_factory(cfg, dev)(model.parameters())
     x = x_u8.float()
     if cl:
@@ -46,7 +49,7 @@ def bare_step(cfg: TrainConfig, dev, x_u8, y, steps: int, amp: bool, cl: bool) -
         loss.backward()
         opt.step()
 
-    for _ in range(3):
+    for _ in range(3 if not compiled else 5):
         step()
     _sync(dev)
     t = time.perf_counter()
@@ -56,8 +59,8 @@ def bare_step(cfg: TrainConfig, dev, x_u8, y, steps: int, amp: bool, cl: bool) -
     return steps * len(y) / (time.perf_counter() - t)
 
 
-def loop_epoch(cfg: TrainConfig, root: str, out: str, device: str) -> float:
-    tr = Trainer(cfg, out, tracker="none", device=device, progress=False)
+def loop_epoch(cfg: TrainConfig, root: str, out: str, device: str, compiled: bool = False) -> float:
+    tr = Trainer(cfg, out, tracker="none", device=device, progress=False, compile_model=compiled)
     data = load_splits(cfg.data, tr.device)
     train = data["train"]
     torch.manual_seed(0)
@@ -66,6 +69,8 @@ def loop_epoch(cfg: TrainConfig, root: str, out: str, device: str) -> float:
         model = model.to(memory_format=torch.channels_last)
     info = TrainInfo(len(train.labels), 10, train.labels, train.factors, "paper")
     method = get_method_class(cfg.method)(model, optimizer_factory(cfg, tr.device), info, {})
+    if compiled:
+        model.compile(dynamic=False)
     tr._train_epoch(method, train, 1)  # warm-up epoch (allocator, kernels)
     _sync(tr.device)
     rec = tr._train_epoch(method, train, 2)
@@ -78,14 +83,18 @@ def main() -> None:
     ap.add_argument("--cell-size", type=int, default=32)
     ap.add_argument("--steps", type=int, default=None, help="steps per measurement (default 10 CPU, 300 GPU)")
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--compile", action="store_true", help="also measure torch.compile'd configurations")
     args = ap.parse_args()
     dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                        ("cpu" if args.device == "auto" else args.device))
     steps = args.steps or (300 if dev.type == "cuda" else 10)
     n = steps * args.batch_size
-    configs = [("fp32 eager", "fp32", "off")]
+    configs = [("fp32 eager", "fp32", "off", False)]
     if dev.type == "cuda":
-        configs.append(("bf16 + channels_last", "bf16", "on"))
+        configs.append(("bf16 + channels_last", "bf16", "on", False))
+    if args.compile:
+        configs.append(("bf16 + cl + compile" if dev.type == "cuda" else "fp32 + compile",
+                        "bf16" if dev.type == "cuda" else "fp32", "on" if dev.type == "cuda" else "off", True))
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
     print(f"device: {dev} ({name}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
           f"image {3 * args.cell_size}px, batch {args.batch_size}, {steps} steps")
@@ -96,11 +105,11 @@ def main() -> None:
         data = load_splits(root, dev)
         x_u8 = data["train"].images[:args.batch_size]
         y = data["train"].labels[:args.batch_size]
-        for label, precision, cl in configs:
+        for label, precision, cl, compiled in configs:
             cfg = TrainConfig(data=root, epochs=2, batch_size=args.batch_size, precision=precision,
                               channels_last=cl, eval_epochs=(2,))
-            bare = bare_step(cfg, dev, x_u8, y, steps, precision == "bf16", cl == "on")
-            loop = loop_epoch(cfg, root, f"{tmp}/runs", str(dev))
+            bare = bare_step(cfg, dev, x_u8, y, steps, precision == "bf16", cl == "on", compiled)
+            loop = loop_epoch(cfg, root, f"{tmp}/runs", str(dev), compiled)
             print(f"{label:24s}{bare:12,.0f}{loop:12,.0f}{loop / bare:11.1%}")
 
 
