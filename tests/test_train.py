@@ -38,7 +38,7 @@ def test_stdm_learns_the_bias(biased_root, tmp_path):
     test = res["final"]["test"]
     # the bias shows: on the unbiased test set, majority samples beat minority samples for most factors
     mmds = [test["factors"][f]["mmd"] for f in test["factors"]]
-    assert sum(m > 0 for m in mmds) >= 5 and max(mmds) > 15
+    assert sum(m > 0 for m in mmds) >= 4 and sum(mmds) / len(mmds) > 5 and max(mmds) > 15
     assert test["accuracy"] < val
     # predictions saved for every split at every evaluation epoch
     preds = sorted(p.name for p in (Path(res["run_dir"]) / "predictions").iterdir())
