@@ -55,6 +55,7 @@ def collect_runs(root: str | os.PathLike) -> list[dict]:
         test = evals[-1]["metrics"] if evals else None
         rows.append({
             "run_id": rec.get("run_id", run.name), "method": cfg.get("method"), "model": cfg.get("model"),
+            "explicit": ",".join(cfg.get("explicit") or []) or "-",
             "seed": cfg.get("seed"), "epochs": cfg.get("epochs"), "state": status.get("state", "unknown"),
             "epoch": status.get("epoch", 0),
             "test_accuracy": test["accuracy"] if test else None,
@@ -67,13 +68,14 @@ def collect_runs(root: str | os.PathLike) -> list[dict]:
 def format_runs(rows: list[dict]) -> str:
     if not rows:
         return "no runs"
-    head = f"{'run_id':14s}{'method':10s}{'model':12s}{'seed':>5s}{'state':>10s}{'epoch':>8s}" \
+    head = f"{'run_id':14s}{'method':10s}{'model':16s}{'explicit':20s}{'seed':>5s}{'state':>10s}{'epoch':>8s}" \
            f"{'test acc':>10s}{'worst grp':>11s}{'mean MMD':>10s}"
     lines = [head]
     for r in rows:
         def f(v):
             return f"{v:.2f}" if v is not None else "-"
-        lines.append(f"{r['run_id']:14s}{r['method']:10s}{r['model']:12s}{r['seed']:>5d}{r['state']:>10s}"
+        explicit = r["explicit"] if len(r["explicit"]) <= 19 else r["explicit"][:16] + "..."
+        lines.append(f"{r['run_id']:14s}{r['method']:10s}{r['model']:16s}{explicit:20s}{r['seed']:>5d}{r['state']:>10s}"
                      f"{str(r['epoch']) + '/' + str(r['epochs']):>8s}{f(r['test_accuracy']):>10s}"
                      f"{f(r['worst_group']):>11s}{f(r['mean_mmd']):>10s}")
     return "\n".join(lines)
