@@ -10,7 +10,6 @@ from biasbench.cli import main
 from biasbench.config import DatasetSettings, TrainConfig
 from biasbench.data.biased_mnist import generate
 from biasbench.data.factors import FACTORS
-from biasbench.errors import BiasbenchError
 from biasbench.methods import Batch, TrainInfo, get_method_class, list_methods
 from biasbench.methods.irm import irm_penalty
 from biasbench.methods.lff import gce_loss

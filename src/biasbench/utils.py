@@ -45,6 +45,25 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+_REQUIRED = object()
+
+
+def read_json_record(path: str | os.PathLike, default: Any = _REQUIRED) -> Any:
+    """Parse a JSON record. A missing file returns ``default`` (or is an error when none is given); an
+    unreadable or invalid one is a :class:`BiasbenchError` naming the file."""
+    from .errors import BiasbenchError
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        if default is _REQUIRED:
+            raise BiasbenchError(f"missing record {path}") from None
+        return default
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BiasbenchError(f"corrupt record {path}: {exc}") from None
+
+
 def stable_hash(obj: Any, length: int = 12) -> str:
     """SHA-256 of the canonical JSON of ``obj`` (sorted keys), truncated to ``length`` hex digits."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()

@@ -151,7 +151,7 @@ class Renderer:
         return (r @ digits.astype(np.float64) @ r.T) > 127.0 + 1e-9
 
     def _render_numpy(self, digits: np.ndarray, fac: np.ndarray, out: np.ndarray) -> None:
-        n, c, size = len(fac), self.cell_size, self.size
+        n, c = len(fac), self.cell_size
         fac = fac.astype(np.int64)
         cell = fac[:, self._f["digit_position"]]
         layer = self._shapes_np[fac[:, self._f["distractor_shape"]] * 9 + cell]  # (N, HW): 0 or 1

@@ -30,6 +30,7 @@ from ..data.factors import FACTOR_TABLE, FACTORS, NUM_CLASSES, factor_majority
 from ..data.render import get_renderer
 from ..errors import BiasbenchError
 from ..models import create_model
+from ..utils import read_json_record
 
 
 def load_run_model(run_dir: str | os.PathLike, device: torch.device) -> tuple[torch.nn.Module, dict]:
@@ -38,11 +39,10 @@ def load_run_model(run_dir: str | os.PathLike, device: torch.device) -> tuple[to
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
         raise BiasbenchError(f"{run_dir} is not a run folder (no config.json)")
-    try:
-        rec = json.loads(cfg_path.read_text())
-        cfg = rec["config"]
-    except (OSError, json.JSONDecodeError, KeyError) as exc:
-        raise BiasbenchError(f"corrupt run record {cfg_path}: {exc}") from None
+    rec = read_json_record(cfg_path)
+    if not isinstance(rec, dict) or "config" not in rec:
+        raise BiasbenchError(f"corrupt record {cfg_path}: no 'config'")
+    cfg = rec["config"]
     ckpt_path = run_dir / "checkpoint.pt"
     if not ckpt_path.is_file():
         raise BiasbenchError(f"run {run_dir} has no checkpoint (checkpoint.pt); train it first")

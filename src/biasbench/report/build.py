@@ -8,8 +8,6 @@ import json
 import os
 from pathlib import Path
 
-import json
-
 from ..errors import BiasbenchError
 from ..utils import atomic_write_json, atomic_write_text
 from . import figures as F

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from ..data.factors import FACTORS
 from ..utils import atomic_write
 from .tables import METHOD_NAMES, METHOD_ORDER

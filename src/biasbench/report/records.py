@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import BiasbenchError
+from ..utils import read_json_record
 
 
 @dataclass
@@ -46,11 +47,10 @@ def load_sweep(sweep_dir: str | os.PathLike) -> tuple[dict, list[RunRecord]]:
     path = sweep_dir / "sweep.json"
     if not path.is_file():
         raise BiasbenchError(f"{sweep_dir} holds no sweep (no sweep.json); run 'biasbench sweep' first")
-    try:
-        sweep = json.loads(path.read_text())
-        trials = sweep["trials"]
-    except (OSError, json.JSONDecodeError, KeyError) as exc:
-        raise BiasbenchError(f"corrupt sweep record {path}: {exc}") from None
+    sweep = read_json_record(path)
+    if not isinstance(sweep, dict) or "trials" not in sweep:
+        raise BiasbenchError(f"corrupt record {path}: no 'trials'")
+    trials = sweep["trials"]
     runs_dir = sweep_dir / "runs"
     records = []
     for t in trials:
@@ -60,10 +60,7 @@ def load_sweep(sweep_dir: str | os.PathLike) -> tuple[dict, list[RunRecord]]:
         mpath = runs_dir / run_id / "metrics.json"
         if not mpath.is_file():
             continue
-        try:
-            hist = json.loads(mpath.read_text())["history"]
-        except (OSError, json.JSONDecodeError, KeyError) as exc:
-            raise BiasbenchError(f"corrupt run record {mpath}: {exc}") from None
+        hist = read_json_record(mpath).get("history", [])
         evals: dict = {}
         for h in hist:
             if "metrics" in h:

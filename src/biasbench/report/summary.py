@@ -1,7 +1,6 @@
 """Terminal summaries of runs, computed from the run folders' records."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import numpy as np
 
 from ..data.factors import FACTORS
 from ..errors import BiasbenchError
+from ..utils import read_json_record
 
 
 def format_run_summary(result: dict) -> str:
@@ -44,12 +44,9 @@ def collect_runs(root: str | os.PathLike) -> list[dict]:
     rows = []
     for cfg_path in sorted(root.glob("*/config.json")):
         run = cfg_path.parent
-        try:
-            rec = json.loads(cfg_path.read_text())
-            status = json.loads((run / "status.json").read_text()) if (run / "status.json").exists() else {}
-            metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else {}
-        except (OSError, json.JSONDecodeError) as exc:
-            raise BiasbenchError(f"corrupt run record in {run}: {exc}") from None
+        rec = read_json_record(cfg_path)
+        status = read_json_record(run / "status.json", {})
+        metrics = read_json_record(run / "metrics.json", {})
         cfg = rec.get("config", {})
         evals = [h for h in metrics.get("history", []) if h.get("split") == "test"]
         test = evals[-1]["metrics"] if evals else None

@@ -18,13 +18,12 @@ last completed epoch and, on the CPU, ends with exactly the metrics of an uninte
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -39,7 +38,7 @@ from ..eval.metrics import evaluate_split, pattern_distribution
 from ..methods import Batch, TrainInfo, get_method_class
 from ..models import count_parameters, create_model
 from ..track import Tracker, flatten, make_tracker
-from ..utils import atomic_write, atomic_write_json, stable_hash
+from ..utils import atomic_write, atomic_write_json, read_json_record, stable_hash
 from .optim import optimizer_factory
 
 RUN_FORMAT = "1"
@@ -132,16 +131,13 @@ class Trainer:
         cfg_path = self.run_dir / "config.json"
         if not cfg_path.exists():
             return "new"
-        try:
-            rec = json.loads(cfg_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise BiasbenchError(f"corrupt run record {cfg_path}: {exc}") from None
+        rec = read_json_record(cfg_path)
         mine = {k: v for k, v in self.cfg.to_dict().items() if k != "data"}
         theirs = {k: v for k, v in rec.get("config", {}).items() if k != "data"}
         if mine != theirs or rec.get("dataset", {}).get("recipe_sha256") != self.manifest["recipe_sha256"]:
             raise BiasbenchError(f"run folder {self.run_dir} holds a different configuration; "
                                  f"move it away or use another --out")
-        status = _read_json(self.run_dir / "status.json", {"state": "running"})
+        status = read_json_record(self.run_dir / "status.json", {"state": "running"})
         return "finished" if status.get("state") == "finished" else "resume"
 
     # -- the loop ------------------------------------------------------------------------------
@@ -149,7 +145,7 @@ class Trainer:
         state = self._check_existing()
         if state == "finished":
             self.log(f"run {self.run_id} already finished: skipped")
-            summary = _read_json(self.run_dir / "summary.json", {})
+            summary = read_json_record(self.run_dir / "summary.json", {})
             return {**summary, "status": "skipped", "run_dir": str(self.run_dir)}
 
         cfg, dev = self.cfg, self.device
@@ -183,7 +179,7 @@ class Trainer:
             self.log(f"resuming run {self.run_id} after epoch {start_epoch}")
         atomic_write_json(self.run_dir / "status.json", {"state": "running", "epoch": start_epoch})
 
-        tracker_rec = _read_json(self.run_dir / "tracker.json", {})
+        tracker_rec = read_json_record(self.run_dir / "tracker.json", {})
         ids = self.tracker.start(f"{cfg.method}-{cfg.model}-s{cfg.seed}-{self.run_id}", resume_ids=tracker_rec)
         if ids:
             atomic_write_json(self.run_dir / "tracker.json", {**tracker_rec, **ids})
@@ -385,15 +381,6 @@ def _tracker_metrics(history: list[dict], epoch: int) -> dict[str, float]:
 def _save_npz(path: str, **arrays) -> None:
     with open(path, "wb") as fh:
         np.savez(fh, **arrays)
-
-
-def _read_json(path: Path, default: Any) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return default
-    except (OSError, json.JSONDecodeError) as exc:
-        raise BiasbenchError(f"corrupt run record {path}: {exc}") from None
 
 
 def _load_checkpoint(path: Path) -> dict:
