@@ -100,7 +100,7 @@ def test_group_dro_weights_move_toward_the_worst_group(tiny_root):
     batch = _batch(data, np.arange(256))
     with torch.no_grad():
         ce = F.cross_entropy(m.model(batch.x), batch.y, reduction="none")
-        lg = m.group_losses(ce, m.groups[batch.index])
+        lg = m.group_losses(ce, m.groups[batch.index], m.num_groups)
     q0 = m.q.clone()
     m.update(batch)
     expected = q0 * torch.exp(1e-3 * lg)
@@ -127,6 +127,26 @@ def test_irm_penalty_zero_at_the_optimal_scale_and_positive_otherwise():
     s = torch.ones((), requires_grad=True)
     g = torch.autograd.grad(F.cross_entropy(s * z, y_half), s)[0]
     assert irm_penalty(3 * chunk, torch.cat([y_half, y_half]), 8).item() == pytest.approx(g.item() ** 2, rel=1e-5)
+
+
+def test_irm_closed_form_penalty_equals_the_reference_double_autograd():
+    """The closed form must match the reference's autograd.grad(create_graph=True), value and gradient."""
+    torch.manual_seed(1)
+    logits = torch.randn(32, 10, requires_grad=True)
+    y = torch.randint(0, 10, (32,))
+    k, half = 4, 4
+    scale = torch.ones(k, 1, 1, requires_grad=True)
+    s = logits.view(k, 8, 10) * scale
+    ce_a = F.cross_entropy(s[:, :half].reshape(-1, 10), y.view(k, 8)[:, :half].reshape(-1), reduction="none")
+    ce_b = F.cross_entropy(s[:, half:].reshape(-1, 10), y.view(k, 8)[:, half:].reshape(-1), reduction="none")
+    g_a = torch.autograd.grad(ce_a.view(k, -1).mean(1).sum(), scale, create_graph=True)[0]
+    g_b = torch.autograd.grad(ce_b.view(k, -1).mean(1).sum(), scale, create_graph=True)[0]
+    reference = (g_a * g_b).sum()
+    ours = irm_penalty(logits, y, 8)
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-7)
+    (grad_ref,) = torch.autograd.grad(reference, logits)
+    (grad_ours,) = torch.autograd.grad(ours, logits)
+    torch.testing.assert_close(grad_ours, grad_ref, rtol=1e-4, atol=1e-7)
 
 
 def test_irm_batches_are_environment_chunks(tiny_root):

@@ -4,12 +4,22 @@ The trainer hands a method a :class:`Batch` per step and never looks inside: ``u
 the forward passes, ``backward`` and optimizer steps, and returns detached scalar tensors (no host
 synchronisation); ``predict(x)`` gives the logits used for evaluation. ``state_dict`` covers
 everything needed for an exact resume (modules, optimizers, method state such as per-sample EMAs).
+
+**The update is functional.** A method declares its update as ``phases``: a sequence of (loss function,
+optimizers it steps). A loss function ``loss(nets, t, batch) -> (loss, updates, stats)`` is pure: it
+calls the networks only through ``nets`` (name -> callable with ``forward_features``), reads per-run
+tensors only from ``t`` (the method's ``tensor_names``, e.g. GDRO's ``q``, LfF's EMAs, the bias
+groups), returns new values for the tensors it changes in ``updates`` (never in place) and detached
+scalars in ``stats``; everything else it may read from ``self`` (hyperparameters, ``info``) must be the
+same for every run that could be fused. The generic :meth:`Method.update` runs the phases on the
+method's own modules; :mod:`biasbench.train.fused` runs the *same* loss functions under ``torch.func.vmap``
+over R stacked copies, which is what makes a fused run of R models R separate runs.
 """
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import ABC
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 import torch.nn as nn
@@ -45,11 +55,21 @@ class TrainInfo:
 
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+Nets = Mapping[str, Callable[..., torch.Tensor]]
+"""Module name -> the network to call: the module itself, or its per-run functional stand-in when fused."""
+LossResult = tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]
+"""(loss to backpropagate, new values of changed per-run tensors, detached scalar statistics)."""
+
+
+def one_hot(index: torch.Tensor, num: int) -> torch.Tensor:
+    """Float one-hot rows; unlike ``F.one_hot`` it never reads values on the host (safe under vmap)."""
+    return (index[..., None] == torch.arange(num, device=index.device)).float()
 
 
 class Method(ABC):
     """Base class. Subclasses set ``name``, ``uses_bias_labels``, ``default_hparams`` and implement
-    ``update``; multi-model methods also override ``modules``/``optimizers``."""
+    ``loss`` (or declare other ``phases``); multi-model methods also override ``modules``/``optimizers``
+    and stateful ones list their per-run tensors in ``tensor_names``."""
 
     name = "base"
     uses_bias_labels = False
@@ -58,6 +78,15 @@ class Method(ABC):
 
     group_with_label = False
     """Bias-label methods: whether groups are (bias value(s), class) rather than bias value(s) alone."""
+
+    phases: tuple[tuple[str, tuple[str, ...] | None], ...] = (("loss", None),)
+    """The update: per phase the name of a loss function and the optimizers it steps (None: all). Every
+    gradient is cleared before each phase's backward."""
+
+    tensor_names: tuple[str, ...] = ()
+    """Attributes holding per-run tensors that the loss functions read (``groups`` is added for bias-label
+    methods). When fused, tensors of different lengths are zero-padded to the longest, so a method must
+    read zero padding as absent (GDRO: a group with zero weight)."""
 
     def __init__(self, model: nn.Module, make_optimizer: OptimizerFactory, info: TrainInfo,
                  hparams: dict[str, Any] | None = None):
@@ -113,9 +142,31 @@ class Method(ABC):
         """Sample order for an epoch; ``None`` = the trainer's seeded shuffle."""
         return None
 
-    @abstractmethod
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The per-run tensors the loss functions read, by name."""
+        names = (("groups",) if self.uses_bias_labels else ()) + tuple(self.tensor_names)
+        return {n: getattr(self, n) for n in names}
+
+    def loss(self, nets: Nets, t: Mapping[str, torch.Tensor], batch: Batch) -> LossResult:
+        """The single phase's loss (see the module docstring for the contract)."""
+        raise NotImplementedError(f"{self.name} declares no loss function")
+
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """One optimisation step on ``batch``; returns detached scalar tensors, at least ``loss``."""
+        """One optimisation step on ``batch``: each phase's loss, ``backward`` and its optimizers' steps;
+        returns detached scalar tensors, at least ``loss``."""
+        stats: dict[str, torch.Tensor] = {}
+        optimizers = self.optimizers()
+        for loss_name, stepped in self.phases:
+            loss, updates, st = getattr(self, loss_name)(self.modules(), self.tensors(), batch)
+            for k, v in updates.items():
+                setattr(self, k, v)
+            for opt in optimizers.values():
+                opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for k in (stepped or optimizers):
+                optimizers[k].step()
+            stats.update(st)
+        return stats
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import Batch, Method
+from .base import Batch, LossResult, Method, Nets, one_hot
 from .registry import register_method
 
 
@@ -30,6 +30,7 @@ class GroupDRO(Method):
     group_with_label = True
     default_hparams = {"step_size": 1e-3, "sampler": "balanced"}
     hparam_choices = {"sampler": ("balanced", "reference_bug", "shuffle")}
+    tensor_names = ("q",)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -48,24 +49,21 @@ class GroupDRO(Method):
             w = w[perm]
         return torch.multinomial(w, len(w), replacement=True, generator=generator)
 
-    def group_losses(self, ce: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def group_losses(ce: torch.Tensor, groups: torch.Tensor, num_groups: int) -> torch.Tensor:
         """(G,) mean CE per group in the batch, 0 for absent groups (no host sync)."""
-        sums = torch.zeros(self.num_groups, device=ce.device).index_add_(0, groups, ce)
-        counts = torch.zeros(self.num_groups, device=ce.device).index_add_(0, groups, torch.ones_like(ce))
-        return sums / counts.clamp_min(1)
+        member = one_hot(groups, num_groups)  # (B, G)
+        return (ce @ member) / member.sum(0).clamp_min(1)
 
-    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        logits = self.model(batch.x).float()
+    def loss(self, nets: Nets, t, batch: Batch) -> LossResult:
+        logits = nets["model"](batch.x).float()
         ce = F.cross_entropy(logits, batch.y, reduction="none")
-        lg = self.group_losses(ce, self.groups[batch.index])
-        with torch.no_grad():
-            self.q = self.q * torch.exp(self.hparams["step_size"] * lg.detach())
-            self.q = self.q / self.q.sum()
-        loss = (self.q * lg).sum()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return {"loss": loss.detach(), "ce": ce.mean().detach(), "q_max": self.q.max()}
+        q = t["q"]  # zero-padded groups (fused runs) keep q = 0: they never count
+        lg = self.group_losses(ce, t["groups"][batch.index], q.shape[0])
+        q = q * torch.exp(self.hparams["step_size"] * lg.detach())
+        q = q / q.sum()
+        loss = (q * lg).sum()
+        return loss, {"q": q}, {"loss": loss.detach(), "ce": ce.mean().detach(), "q_max": q.max()}
 
     def extra_state(self):
         return {"q": self.q}

@@ -17,7 +17,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from .base import Batch, Method
+from .base import Batch, LossResult, Method, Nets
 from .registry import register_method
 
 
@@ -33,6 +33,7 @@ class LfF(Method):
     name = "lff"
     uses_bias_labels = False
     default_hparams = {"q": 0.5, "ema": 0.7}
+    tensor_names = ("ema_main", "ema_biased", "seen")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -56,35 +57,38 @@ class LfF(Method):
     def _class_max(self, ema: torch.Tensor) -> torch.Tensor:
         return torch.zeros(self.info.num_classes, device=ema.device).scatter_reduce(0, self.labels, ema, "amax")
 
+    def ema_weights(self, t, index: torch.Tensor, y: torch.Tensor, ce_main: torch.Tensor,
+                    ce_biased: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The EMAs updated at ``index`` (new tensors, ``t`` untouched) and w = e_g / (e_g + e_f + 1e-8)
+        from the normalised EMAs: (w, {"ema_main", "ema_biased", "seen"})."""
+        a = self.hparams["ema"]
+        seen = t["seen"][index]
+        ema_main = t["ema_main"].index_put((index,), a * t["ema_main"][index] + (1 - a * seen) * ce_main)
+        ema_biased = t["ema_biased"].index_put((index,), a * t["ema_biased"][index] + (1 - a * seen) * ce_biased)
+        new_seen = t["seen"].index_put((index,), torch.ones_like(seen))
+        ef = ema_main[index] / self._class_max(ema_main)[y].clamp_min(1e-12)
+        eg = ema_biased[index] / self._class_max(ema_biased)[y].clamp_min(1e-12)
+        return eg / (eg + ef + 1e-8), {"ema_main": ema_main, "ema_biased": ema_biased, "seen": new_seen}
+
     @torch.no_grad()
     def sample_weights(self, index: torch.Tensor, y: torch.Tensor, ce_main: torch.Tensor,
                        ce_biased: torch.Tensor) -> torch.Tensor:
-        """Update the EMAs at ``index`` and return w = e_g / (e_g + e_f + 1e-8) (normalised EMAs)."""
-        a = self.hparams["ema"]
-        seen = self.seen[index]
-        self.ema_main[index] = a * self.ema_main[index] + (1 - a * seen) * ce_main
-        self.ema_biased[index] = a * self.ema_biased[index] + (1 - a * seen) * ce_biased
-        self.seen[index] = 1.0
-        ef = self.ema_main[index] / self._class_max(self.ema_main)[y].clamp_min(1e-12)
-        eg = self.ema_biased[index] / self._class_max(self.ema_biased)[y].clamp_min(1e-12)
-        return eg / (eg + ef + 1e-8)
+        """Update this method's EMAs at ``index`` and return the weights (see :meth:`ema_weights`)."""
+        w, updates = self.ema_weights(self.tensors(), index, y, ce_main, ce_biased)
+        for k, v in updates.items():
+            setattr(self, k, v)
+        return w
 
-    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        logits_f = self.model(batch.x).float()
-        logits_g = self.biased(batch.x).float()
+    def loss(self, nets: Nets, t, batch: Batch) -> LossResult:
+        logits_f = nets["model"](batch.x).float()
+        logits_g = nets["biased"](batch.x).float()
         ce_f = F.cross_entropy(logits_f, batch.y, reduction="none")
         ce_g = F.cross_entropy(logits_g, batch.y, reduction="none")
-        w = self.sample_weights(batch.index, batch.y, ce_f.detach(), ce_g.detach())
+        w, updates = self.ema_weights(t, batch.index, batch.y, ce_f.detach(), ce_g.detach())
         loss_f = (w * ce_f).mean()
         loss_g = gce_loss(logits_g, batch.y, self.hparams["q"]).mean()
-        loss = loss_f + loss_g
-        self.optimizer.zero_grad(set_to_none=True)
-        self.biased_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.biased_optimizer.step()
-        return {"loss": ce_f.mean().detach(), "weighted_loss": loss_f.detach(), "biased_gce": loss_g.detach(),
-                "mean_weight": w.mean()}
+        return loss_f + loss_g, updates, {"loss": ce_f.mean().detach(), "weighted_loss": loss_f.detach(),
+                                          "biased_gce": loss_g.detach(), "mean_weight": w.mean()}
 
     def extra_state(self):
         return {"ema_main": self.ema_main, "ema_biased": self.ema_biased, "seen": self.seen}

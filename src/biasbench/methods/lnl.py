@@ -15,11 +15,10 @@ Biased-MNIST config at HEAD never set the predictor (the script fails); these ar
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 from ..errors import BiasbenchError
-from .base import Batch, Method
+from .base import Batch, LossResult, Method, Nets
 from .modules import grad_multiply, mlp2
 from .registry import register_method
 
@@ -46,28 +45,26 @@ class LNL(Method):
     def optimizers(self):
         return {"optimizer": self.optimizer, "predictor_optimizer": self.predictor_optimizer}
 
-    def _feature(self, x):
-        logits, feats = self.model.forward_features(x, (self.hparams["feature"],))
+    # (a) then (b); clearing the predictor's gradient before (a) too changes nothing: it does not step in (a)
+    phases = (("loss_main", ("optimizer",)), ("loss_bias", None))
+
+    def _feature(self, x, nets: Nets | None = None):
+        nets = self.modules() if nets is None else nets
+        logits, feats = nets["model"].forward_features(x, (self.hparams["feature"],))
         return logits.float(), feats[self.hparams["feature"]]
 
-    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        bias = self.groups[batch.index]
-        # (a) classification + entropy of the bias predictor; the main model steps
-        logits, feat = self._feature(batch.x)
-        p = F.softmax(self.predictor(feat).float(), dim=1) + 1e-8
+    def loss_main(self, nets: Nets, t, batch: Batch) -> LossResult:
+        """(a) classification + entropy of the bias predictor; the main model steps."""
+        logits, feat = self._feature(batch.x, nets)
+        p = F.softmax(nets["predictor"](feat).float(), dim=1) + 1e-8
         neg_entropy = (p * p.log()).sum(dim=1).mean()
         ce = F.cross_entropy(logits, batch.y)
-        loss_a = ce + self.hparams["entropy_weight"] * neg_entropy
-        self.optimizer.zero_grad(set_to_none=True)
-        loss_a.backward()
-        self.optimizer.step()
-        # (b) the predictor learns the bias; the main model gets the reversed, scaled gradient
-        _, feat = self._feature(batch.x)
-        bias_logits = self.predictor(grad_multiply(feat, self.hparams["grad_mult"])).float()
-        loss_b = F.cross_entropy(bias_logits, bias)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.predictor_optimizer.zero_grad(set_to_none=True)
-        loss_b.backward()
-        self.optimizer.step()
-        self.predictor_optimizer.step()
-        return {"loss": ce.detach(), "neg_entropy": neg_entropy.detach(), "bias_loss": loss_b.detach()}
+        loss = ce + self.hparams["entropy_weight"] * neg_entropy
+        return loss, {}, {"loss": ce.detach(), "neg_entropy": neg_entropy.detach()}
+
+    def loss_bias(self, nets: Nets, t, batch: Batch) -> LossResult:
+        """(b) a fresh forward; the predictor learns the bias, the main model gets the reversed gradient."""
+        _, feat = self._feature(batch.x, nets)
+        bias_logits = nets["predictor"](grad_multiply(feat, self.hparams["grad_mult"])).float()
+        loss = F.cross_entropy(bias_logits, t["groups"][batch.index])
+        return loss, {}, {"bias_loss": loss.detach()}

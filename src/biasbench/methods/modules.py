@@ -10,17 +10,10 @@ def mlp2(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
 
 
-class _GradMult(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, factor):
-        ctx.factor = factor
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad * ctx.factor, None
-
-
 def grad_multiply(x: torch.Tensor, factor: float) -> torch.Tensor:
-    """Identity forward; multiplies the gradient by ``factor`` backward (negative = gradient reversal)."""
-    return _GradMult.apply(x, factor)
+    """Identity forward; multiplies the gradient by ``factor`` backward (negative = gradient reversal).
+
+    ``x.detach() + factor * (x - x.detach())``: the second term is exactly 0 forward and has gradient
+    ``factor``; unlike a custom autograd Function it composes with ``vmap`` and ``torch.compile``."""
+    d = x.detach()
+    return d + factor * (x - d)

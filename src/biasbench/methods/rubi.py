@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import Batch, Method
+from .base import Batch, LossResult, Method, Nets, one_hot
 from .modules import mlp2
 from .registry import register_method
 
@@ -33,17 +33,16 @@ class RUBi(Method):
     def modules(self):
         return {"model": self.model, "bias_branch": self.bias_branch}
 
-    def bias_logits(self, index: torch.Tensor) -> torch.Tensor:
-        onehot = F.one_hot(self.groups[index], self.num_groups).float()
-        return self.bias_branch(onehot).float()
+    def bias_logits(self, index: torch.Tensor, nets: Nets | None = None, groups: torch.Tensor | None = None):
+        """The bias branch's logits for training samples ``index`` (default: this method's own branch)."""
+        nets = self.modules() if nets is None else nets
+        groups = self.groups if groups is None else groups
+        return nets["bias_branch"](one_hot(groups[index], self.num_groups)).float()
 
-    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        z = self.model(batch.x).float()
-        b = self.bias_logits(batch.index)
+    def loss(self, nets: Nets, t, batch: Batch) -> LossResult:
+        z = nets["model"](batch.x).float()
+        b = self.bias_logits(batch.index, nets, t["groups"])
         loss_main = F.cross_entropy(z * torch.sigmoid(b), batch.y)
         loss_bias = F.cross_entropy(b, batch.y)
         loss = loss_main + loss_bias
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return {"loss": loss.detach(), "loss_main": loss_main.detach(), "loss_bias": loss_bias.detach()}
+        return loss, {}, {"loss": loss.detach(), "loss_main": loss_main.detach(), "loss_bias": loss_bias.detach()}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import Batch, Method
+from .base import Batch, LossResult, Method, Nets
 from .registry import register_method
 
 
@@ -28,12 +28,9 @@ class SpectralDecoupling(Method):
     default_hparams = {"lambda": 1e-3, "gamma": 1e-3, "penalty": "true_class"}
     hparam_choices = {"penalty": ("true_class", "all_logits")}
 
-    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        logits = self.model(batch.x).float()
+    def loss(self, nets: Nets, t, batch: Batch) -> LossResult:
+        logits = nets["model"](batch.x).float()
         ce = F.cross_entropy(logits, batch.y)
         pen = sd_penalty(logits, batch.y, self.hparams["lambda"], self.hparams["gamma"], self.hparams["penalty"])
         loss = ce + pen
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return {"loss": loss.detach(), "ce": ce.detach(), "penalty": pen.detach()}
+        return loss, {}, {"loss": loss.detach(), "ce": ce.detach(), "penalty": pen.detach()}

@@ -4,10 +4,9 @@ Loss = mean over the batch of the cross-entropy CE(z_i, y_i). Uses no bias label
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
-from .base import Batch, Method
+from .base import Batch, LossResult, Method, Nets
 from .registry import register_method
 
 
@@ -18,10 +17,7 @@ class StdM(Method):
     supports_soft_targets = True
     default_hparams: dict = {}
 
-    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        logits = self.model(batch.x)
+    def loss(self, nets: Nets, t, batch: Batch) -> LossResult:
+        logits = nets["model"](batch.x)
         loss = F.cross_entropy(logits.float(), batch.y if batch.y_soft is None else batch.y_soft)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return {"loss": loss.detach()}
+        return loss, {}, {"loss": loss.detach()}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import Batch, Method
+from .base import Batch, LossResult, Method, Nets
 from .registry import register_method
 
 
@@ -24,6 +24,7 @@ class UpWeight(Method):
     uses_bias_labels = True
     group_with_label = True
     default_hparams = {"normalize": False}
+    tensor_names = ("group_weights",)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -33,11 +34,8 @@ class UpWeight(Method):
             w = w / self.num_groups
         self.group_weights = w  # (G,)
 
-    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        logits = self.model(batch.x).float()
+    def loss(self, nets: Nets, t, batch: Batch) -> LossResult:
+        logits = nets["model"](batch.x).float()
         ce = F.cross_entropy(logits, batch.y, reduction="none")
-        loss = (self.group_weights[self.groups[batch.index]] * ce).mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return {"loss": loss.detach(), "ce": ce.mean().detach()}
+        loss = (t["group_weights"][t["groups"][batch.index]] * ce).mean()
+        return loss, {}, {"loss": loss.detach(), "ce": ce.mean().detach()}

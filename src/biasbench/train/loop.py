@@ -144,13 +144,45 @@ class Trainer:
     def run(self) -> dict:
         state = self._check_existing()
         if state == "finished":
-            self.log(f"run {self.run_id} already finished: skipped")
-            summary = read_json_record(self.run_dir / "summary.json", {})
-            return {**summary, "status": "skipped", "run_dir": str(self.run_dir)}
-
-        cfg, dev = self.cfg, self.device
-        data = load_splits(cfg.data, dev)
+            return self.skipped()
+        data = load_splits(self.cfg.data, self.device)
+        method, history, start_epoch = self.prepare(data, state)
+        model = method.model
         train = data["train"]
+        p_train = self.train_patterns(data)
+        stage_size = None
+        train_images = train.images
+        try:
+            for epoch in range(start_epoch + 1, self.cfg.epochs + 1):
+                stage = self.schedule.stage_of_epoch(epoch) if self.schedule else None
+                if stage is not None and stage.size != stage_size:
+                    train_images = self._stage_images(stage, train)
+                    stage_size = stage.size
+                    if hasattr(model, "set_dropout"):
+                        model.set_dropout(stage.dropout)
+                    self.tracker.log_metrics({"progressive/size": stage.size, "progressive/dropout": stage.dropout,
+                                              "progressive/randaug": stage.randaug, "progressive/mixup": stage.mixup,
+                                              "progressive/stage": stage.index}, step=epoch)
+                    self.log(f"progressive stage {stage.index + 1}/{self.schedule.stages} from epoch {epoch}: "
+                             f"{stage.size} px, dropout {stage.dropout:.3f}, RandAugment {stage.randaug:.1f}, "
+                             f"mixup {stage.mixup:.2f}")
+                history.append(self._train_epoch(method, train, epoch, train_images, stage))
+                if epoch in self.cfg.eval_epochs:
+                    history.extend(self._evaluate(method, data, epoch, p_train))
+                self.end_epoch(method, epoch, history)
+        except BaseException:
+            self.tracker.finish("KILLED")
+            raise
+        return self.finish(history)
+
+    def skipped(self) -> dict:
+        self.log(f"run {self.run_id} already finished: skipped")
+        summary = read_json_record(self.run_dir / "summary.json", {})
+        return {**summary, "status": "skipped", "run_dir": str(self.run_dir)}
+
+    def build_method(self, train: SplitData):
+        """The model and method exactly as this run builds them (seeded by the run's seed)."""
+        cfg, dev = self.cfg, self.device
         torch.manual_seed(cfg.seed)
         model = create_model(cfg.model, num_classes=10, **cfg.model_kwargs).to(dev)
         if self.channels_last:
@@ -158,12 +190,19 @@ class Trainer:
         info = TrainInfo(num_train=len(train.labels), num_classes=10, labels=train.labels, factors=train.factors,
                          mode=self.settings["mode"], explicit=cfg.explicit, grouping=cfg.grouping,
                          batch_size=cfg.batch_size)
-        method = get_method_class(cfg.method)(model, optimizer_factory(cfg, dev), info, cfg.method_hparams)
+        return get_method_class(cfg.method)(model, optimizer_factory(cfg, dev), info, cfg.method_hparams)
+
+    def prepare(self, data: dict[str, SplitData], state: str):
+        """Build the method, write ``config.json``, resume from the checkpoint when there is one and start the
+        tracker run: (method, history so far, last completed epoch)."""
+        cfg, dev = self.cfg, self.device
+        method = self.build_method(data["train"])
         if self.compile_model:  # after the method built its modules (LfF copies the model): compile each in place
             for module in method.modules().values():
                 module.compile(dynamic=False)  # state_dict keys unchanged; one recompile per stage size
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.run_dir / "config.json", self._config_record(count_parameters(model), method.describe()))
+        atomic_write_json(self.run_dir / "config.json",
+                          self._config_record(count_parameters(method.model), method.describe()))
 
         history: list[dict] = []
         start_epoch = 0
@@ -194,43 +233,36 @@ class Trainer:
                 grid = self.run_dir / "samples.png"
                 save_png(sample_grid(BiasedMNIST(cfg.data, split="train", download=False), per_side=3), grid)
                 self.tracker.log_artifact(str(grid))
+        return method, history, start_epoch
 
-        maj_train = majority_mask(train.labels_np, train.factors_np, self.settings["mode"])
-        p_train = pattern_distribution(maj_train)
-        stage_size = None
-        train_images = train.images
-        try:
-            for epoch in range(start_epoch + 1, cfg.epochs + 1):
-                stage = self.schedule.stage_of_epoch(epoch) if self.schedule else None
-                if stage is not None and stage.size != stage_size:
-                    train_images = self._stage_images(stage, train)
-                    stage_size = stage.size
-                    if hasattr(model, "set_dropout"):
-                        model.set_dropout(stage.dropout)
-                    self.tracker.log_metrics({"progressive/size": stage.size, "progressive/dropout": stage.dropout,
-                                              "progressive/randaug": stage.randaug, "progressive/mixup": stage.mixup,
-                                              "progressive/stage": stage.index}, step=epoch)
-                    self.log(f"progressive stage {stage.index + 1}/{self.schedule.stages} from epoch {epoch}: "
-                             f"{stage.size} px, dropout {stage.dropout:.3f}, RandAugment {stage.randaug:.1f}, "
-                             f"mixup {stage.mixup:.2f}")
-                rec = self._train_epoch(method, train, epoch, train_images, stage)
-                history.append(rec)
-                if epoch in cfg.eval_epochs:
-                    history.extend(self._evaluate(method, data, epoch, p_train))
-                self._checkpoint(method, epoch, history)
-                atomic_write_json(self.run_dir / "metrics.json", {"run_id": self.run_id, "history": history})
-                self.tracker.log_metrics(_tracker_metrics(history, epoch), step=epoch)
-                self.tracker.flush()
-        except BaseException:
-            self.tracker.finish("KILLED")
-            raise
+    def train_patterns(self, data: dict[str, SplitData]) -> np.ndarray:
+        """p_train: the training split's distribution of majority/minority patterns (for tuning/alpha)."""
+        train = data["train"]
+        return pattern_distribution(majority_mask(train.labels_np, train.factors_np, self.settings["mode"]))
+
+    def end_epoch(self, method, epoch: int, history: list[dict]) -> None:
+        """Checkpoint, rewrite ``metrics.json`` and log the epoch to the tracker."""
+        self._checkpoint(method, epoch, history)
+        atomic_write_json(self.run_dir / "metrics.json", {"run_id": self.run_id, "history": history})
+        self.tracker.log_metrics(_tracker_metrics(history, epoch), step=epoch)
+        self.tracker.flush()
+
+    def finish(self, history: list[dict]) -> dict:
         summary = self._summary(history)
         atomic_write_json(self.run_dir / "summary.json", summary)
-        atomic_write_json(self.run_dir / "status.json", {"state": "finished", "epoch": cfg.epochs})
+        atomic_write_json(self.run_dir / "status.json", {"state": "finished", "epoch": self.cfg.epochs})
         for name in ("config.json", "metrics.json", "summary.json"):
             self.tracker.log_artifact(str(self.run_dir / name))
         self.tracker.finish("FINISHED")
         return {**summary, "status": "finished", "run_dir": str(self.run_dir)}
+
+    def epoch_order(self, method, epoch: int) -> torch.Tensor:
+        """The epoch's sample order on the device: the method's sampler, else a shuffle seeded by (seed, epoch)."""
+        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
+        order = method.epoch_indices(epoch, gen)
+        if order is None:
+            order = torch.randperm(len(method.info.labels), generator=gen)
+        return order.to(self.device)
 
     def _prep(self, x_uint8: torch.Tensor) -> torch.Tensor:
         x = x_uint8.float()
@@ -258,12 +290,7 @@ class Trainer:
 
             aug_gen = torch.Generator(device=dev).manual_seed(cfg.seed * 7_919 + epoch)
             aug_rng = np.random.default_rng([cfg.seed, epoch])
-        n = len(train.labels)
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        order = method.epoch_indices(epoch, gen)
-        if order is None:
-            order = torch.randperm(n, generator=gen)
-        order = order.to(dev)
+        order = self.epoch_order(method, epoch)
         bs = cfg.batch_size
         steps = (len(order) + bs - 1) // bs
         method.train(True)
@@ -307,6 +334,12 @@ class Trainer:
         return torch.cat(outs) if outs else torch.zeros((0, 10))
 
     def _evaluate(self, method, data: dict[str, SplitData], epoch: int, p_train: np.ndarray) -> list[dict]:
+        logits = {split: self._predict(method, data[split].images) for split in SPLITS}
+        return self.evaluation_records(logits, data, epoch, p_train)
+
+    def evaluation_records(self, logits_by_split: dict[str, torch.Tensor], data: dict[str, SplitData], epoch: int,
+                           p_train: np.ndarray) -> list[dict]:
+        """Write the predictions of every split and return the epoch's metric records."""
         mode = self.settings["mode"]
         recs = []
         pred_dir = self.run_dir / "predictions"
@@ -314,7 +347,7 @@ class Trainer:
         preds = {}
         for split in SPLITS:
             d = data[split]
-            logits = self._predict(method, d.images).cpu()
+            logits = logits_by_split[split].float().cpu()
             pred = logits.argmax(1).numpy()
             preds[split] = pred
             atomic_write(pred_dir / f"epoch{epoch:03d}_{split}.npz",
