@@ -220,3 +220,27 @@ def test_ray_runner_matches_local(tmp_path):
         a = json.loads((tmp_path / "local" / "runs" / run / "metrics.json").read_text())["history"]
         b = json.loads((tmp_path / "ray" / "runs" / run / "metrics.json").read_text())["history"]
         assert [h.get("metrics") for h in a] == [h.get("metrics") for h in b]
+
+
+def test_fused_sweep_gives_the_unfused_runs(tmp_path):
+    """--fuse 2: stdm seeds 0+1 and upweight seeds 0+1 train as two fused units; the same runs come out."""
+    from biasbench.sweep.trial import plan_units
+
+    trials = expand(load_spec(_write(tmp_path, MICRO)))
+    units = plan_units(trials, 2)
+    assert sorted(sorted(t.config["seed"] for t in u) for u in units) == [[0, 1], [0, 1]]
+    assert all(len({t.config["method"] for t in u}) == 1 for u in units)
+    assert len(plan_units(trials, 1)) == 4
+    plain = run_sweep(trials, "micro", "tiny", str(tmp_path / "data"), str(tmp_path / "plain"), log=lambda s: None)
+    lines = []
+    fused = run_sweep(trials, "micro", "tiny", str(tmp_path / "data"), str(tmp_path / "fused"), fuse=2,
+                      log=lines.append)
+    assert any("2 units (up to 2 trials fused)" in line for line in lines)
+    assert [r["run_id"] for r in fused] == [r["run_id"] for r in plain]
+    assert all(r["fused"] == 2 and r["status"] == "finished" for r in fused)
+    for a, b in zip(plain, fused):
+        assert abs(a["test_accuracy"] - b["test_accuracy"]) <= 1.0
+    again = run_sweep(trials, "micro", "tiny", str(tmp_path / "data"), str(tmp_path / "fused"), fuse=2,
+                      log=lambda s: None)
+    assert [r["status"] for r in again] == ["skipped"] * 4
+    assert main(["sweep", _write(tmp_path, MICRO), "--data", "d", "--out", "o", "--fuse", "0"]) == 2

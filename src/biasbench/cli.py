@@ -281,7 +281,13 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     sw.add_argument("--runner", default="local", choices=("local", "ray"))
     sw.add_argument("--workers", type=int, default=1, help="trials at a time (processes or Ray slots; default 1)")
     sw.add_argument("--ray-address", default=None, metavar="ADDR", help="join a Ray cluster (e.g. auto)")
-    sw.add_argument("--gpus-per-trial", type=float, default=0.0, help="Ray: GPU share per trial, e.g. 0.25")
+    sw.add_argument("--gpus-per-trial", type=float, default=0.0,
+                    help="Ray: GPU share per unit of work (a trial, or a fused group of trials), e.g. 0.25")
+    sw.add_argument("--fuse", default="auto", metavar="N|auto",
+                    help="train up to N trials that differ only in seed and explicit set as one fused network "
+                         "(same results as separate runs, one GPU pass for all); auto: 8 on a CUDA device, "
+                         "1 (off) on the CPU (default)")
+    sw.add_argument("--compile", action="store_true", help="torch.compile each run's (or fused group's) step")
     sw.add_argument("--tracker", default=None,
                     help="tracker(s) for every trial, e.g. mlflow or mlflow,tensorboard (default: the sweep file's "
                          "'tracker', else none)")
@@ -314,17 +320,23 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     scale = args.scale or spec.get("scale") or "full"
     trials = expand(spec, scale, seeds)
     if args.dry_run:
+        from .sweep.runners import resolve_fuse
+        from .sweep.trial import plan_units
+
+        unit_of = {t.trial_id: i for i, u in enumerate(plan_units(trials, resolve_fuse(args.fuse, args.device)))
+                   for t in u}
         for t in trials:
             c = t.config
             prog = (c.get("progressive") or {}).get("preset", "custom") if c.get("progressive") else "-"
-            print(f"{t.trial_id}  {c['method']:10s} explicit={','.join(c['explicit']) or '-':40s} seed={c['seed']} "
+            print(f"{t.trial_id}  unit {unit_of[t.trial_id]:3d}  {c['method']:10s} explicit={','.join(c['explicit']) or '-':40s} seed={c['seed']} "
                   f"p_bias={sorted(set(t.dataset.p_bias.values()))} model={c['model']} opt={c['optimizer']} "
                   f"progressive={prog}")
-        print(f"{len(trials)} trials")
+        print(f"{len(trials)} trials in {len(set(unit_of.values()))} units of work")
         return 0
     tracker = args.tracker or spec.get("tracker") or "none"
     results = run_sweep(trials, spec.get("name", "sweep"), scale, args.data, args.out, args.runner, tracker,
-                        args.device, args.workers, args.ray_address, args.gpus_per_trial)
+                        args.device, args.workers, args.ray_address, args.gpus_per_trial, fuse=args.fuse,
+                        compile_model=args.compile)
     done = sum(r["status"] == "finished" for r in results)
     print(f"{len(results)} trials: {done} trained, {len(results) - done} already finished; "
           f"report with: biasbench report {args.out} --out {args.out}/report")

@@ -33,15 +33,17 @@ class RUBi(Method):
     def modules(self):
         return {"model": self.model, "bias_branch": self.bias_branch}
 
-    def bias_logits(self, index: torch.Tensor, nets: Nets | None = None, groups: torch.Tensor | None = None):
-        """The bias branch's logits for training samples ``index`` (default: this method's own branch)."""
+    def bias_logits(self, index: torch.Tensor, nets: Nets | None = None, groups: torch.Tensor | None = None,
+                    dtype: torch.dtype = torch.float32):
+        """The bias branch's logits for training samples ``index`` (default: this method's own branch);
+        ``dtype``: the branch's input dtype (the images' dtype)."""
         nets = self.modules() if nets is None else nets
         groups = self.groups if groups is None else groups
-        return nets["bias_branch"](one_hot(groups[index], self.num_groups)).float()
+        return nets["bias_branch"](one_hot(groups[index], self.num_groups).to(dtype)).float()
 
     def loss(self, nets: Nets, t, batch: Batch) -> LossResult:
         z = nets["model"](batch.x).float()
-        b = self.bias_logits(batch.index, nets, t["groups"])
+        b = self.bias_logits(batch.index, nets, t["groups"], batch.x.dtype)
         loss_main = F.cross_entropy(z * torch.sigmoid(b), batch.y)
         loss_bias = F.cross_entropy(b, batch.y)
         loss = loss_main + loss_bias

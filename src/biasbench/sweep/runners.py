@@ -1,4 +1,5 @@
-"""Runners: the same trial function (:func:`run_trial`) sequentially, in N local processes, or on Ray.
+"""Runners: the same unit function (:func:`run_unit`: one trial, or several fused) sequentially, in N local
+processes, or on Ray. Units come from :func:`plan_units` (``--fuse``).
 
 Progress is printed as trials end: done / running / left and an ETA from the mean trial time.
 """
@@ -13,7 +14,7 @@ from typing import Callable
 from ..errors import BiasbenchError
 from ..utils import atomic_write_json
 from .spec import Trial
-from .trial import run_trial
+from .trial import plan_units, run_unit
 
 RUNNERS = ("local", "ray")
 
@@ -47,34 +48,38 @@ def write_sweep_record(out: Path, name: str, scale: str, trials: list[Trial], re
     })
 
 
-def run_local(trials: list[Trial], data_root: str, out: str, tracker: str, device: str, workers: int,
-              log: Callable[[str], None]) -> list[dict]:
-    progress = Progress(len(trials), log, workers)
-    payload = [t.to_dict() for t in trials]
+def run_local(units: list[list[Trial]], data_root: str, out: str, tracker: str, device: str, workers: int,
+              log: Callable[[str], None], compile_model: bool = False) -> list[dict]:
+    """Units (lists of trials, see :func:`plan_units`) one after another, or ``workers`` at a time in
+    spawned processes."""
+    progress = Progress(sum(map(len, units)), log, workers)
+    payload = [[t.to_dict() for t in unit] for unit in units]
+    results = []
     if workers <= 1:
-        results = []
-        for t in payload:
-            results.append(run_trial(t, data_root, out, tracker, device))
-            progress.finished(results[-1])
+        for unit in payload:
+            for r in run_unit(unit, data_root, out, tracker, device, compile_model):
+                results.append(r)
+                progress.finished(r)
         return results
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    results = []
     ctx = mp.get_context("spawn")  # torch and threads: never fork a process that has run torch
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = [pool.submit(run_trial, t, data_root, out, tracker, device) for t in payload]
+        futures = [pool.submit(run_unit, unit, data_root, out, tracker, device, compile_model) for unit in payload]
         for fut in as_completed(futures):
-            results.append(fut.result())
-            progress.finished(results[-1])
+            for r in fut.result():
+                results.append(r)
+                progress.finished(r)
     return results
 
 
-def run_ray(trials: list[Trial], data_root: str, out: str, tracker: str, device: str, workers: int,
-            address: str | None, gpus_per_trial: float, log: Callable[[str], None]) -> list[dict]:
-    """Ray Tune over the trials (``grid_search``), each trial with 1 CPU and ``gpus_per_trial`` GPUs, so
-    several small trials share one GPU; ``address="auto"`` joins a running cluster (records then need a
-    folder every node can reach)."""
+def run_ray(units: list[list[Trial]], data_root: str, out: str, tracker: str, device: str, workers: int,
+            address: str | None, gpus_per_trial: float, log: Callable[[str], None],
+            compile_model: bool = False) -> list[dict]:
+    """Ray Tune over the units (``grid_search``), each with 1 CPU and ``gpus_per_trial`` GPUs, so several
+    small units share one GPU; ``address="auto"`` joins a running cluster (records then need a folder
+    every node can reach)."""
     try:
         import ray
         from ray import tune
@@ -83,7 +88,7 @@ def run_ray(trials: list[Trial], data_root: str, out: str, tracker: str, device:
     data_root, out = str(Path(data_root).resolve()), str(Path(out).resolve())
 
     def trainable(config):
-        result = run_trial(config["trial"], data_root, out, tracker, device)
+        result = run_unit(config["unit"], data_root, out, tracker, device, compile_model)
         return {"result_json": json.dumps(result)}
 
     started_here = not ray.is_initialized()
@@ -93,7 +98,7 @@ def run_ray(trials: list[Trial], data_root: str, out: str, tracker: str, device:
     try:
         tuner = tune.Tuner(
             tune.with_resources(trainable, {"cpu": 1, "gpu": gpus_per_trial}),
-            param_space={"trial": tune.grid_search([t.to_dict() for t in trials])},
+            param_space={"unit": tune.grid_search([[t.to_dict() for t in unit] for unit in units])},
             tune_config=tune.TuneConfig(max_concurrent_trials=max(1, workers) if not address else None),
             run_config=tune.RunConfig(name="ray", storage_path=str(Path(out) / "ray_results"), verbose=0),
         )
@@ -102,18 +107,22 @@ def run_ray(trials: list[Trial], data_root: str, out: str, tracker: str, device:
         if started_here:
             ray.shutdown()
     results = []
-    progress = Progress(len(trials), log, workers)
+    progress = Progress(sum(map(len, units)), log, workers)
     for res in grid:
         if res.error:
             raise BiasbenchError(f"a Ray trial failed: {res.error}")
-        results.append(json.loads(res.metrics["result_json"]))
-        progress.finished(results[-1])
+        for r in json.loads(res.metrics["result_json"]):
+            results.append(r)
+            progress.finished(r)
     return results
 
 
 def run_sweep(trials: list[Trial], name: str, scale: str, data_root: str, out: str, runner: str = "local",
               tracker: str = "none", device: str = "auto", workers: int = 1, address: str | None = None,
-              gpus_per_trial: float = 0.0, log: Callable[[str], None] | None = None) -> list[dict]:
+              gpus_per_trial: float = 0.0, log: Callable[[str], None] | None = None, fuse: int | str = 1,
+              compile_model: bool = False) -> list[dict]:
+    """Run ``trials``; ``fuse``: at most this many fusable trials trained as one fused network
+    (:mod:`biasbench.train.fused`); ``auto`` = 8 on a CUDA device, 1 (off) elsewhere."""
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     if runner not in RUNNERS:
         raise BiasbenchError(f"unknown runner {runner!r}; expected one of: {', '.join(RUNNERS)}")
@@ -123,19 +132,43 @@ def run_sweep(trials: list[Trial], name: str, scale: str, data_root: str, out: s
         raise BiasbenchError(f"--gpus-per-trial must be >= 0, got {gpus_per_trial}")
     from ..track import make_tracker
 
+    units = plan_units(trials, resolve_fuse(fuse, device))
     make_tracker(tracker, str(Path(out) / "runs")).prepare()  # bad tracker: fail before training
     outp = Path(out)
     outp.mkdir(parents=True, exist_ok=True)
     write_sweep_record(outp, name, scale, trials, [])
-    log(f"sweep {name} ({scale}): {len(trials)} trials, runner {runner}, workers {workers} -> {out}")
+    fused = f", {len(units)} units (up to {max(map(len, units))} trials fused)" if len(units) < len(trials) else ""
+    log(f"sweep {name} ({scale}): {len(trials)} trials{fused}, runner {runner}, workers {workers} -> {out}")
     if runner == "local":
-        results = run_local(trials, data_root, out, tracker, device, workers, log)
+        results = run_local(units, data_root, out, tracker, device, workers, log, compile_model)
     else:
-        results = run_ray(trials, data_root, out, tracker, device, workers, address, gpus_per_trial, log)
+        results = run_ray(units, data_root, out, tracker, device, workers, address, gpus_per_trial, log,
+                          compile_model)
+    order = {t.trial_id: i for i, t in enumerate(trials)}
+    results.sort(key=lambda r: order[r["trial_id"]])
     write_sweep_record(outp, name, scale, trials, results)
     if tracker != "none":
         log_sweep_summary(outp, name, scale, tracker)
     return results
+
+
+FUSE_AUTO_CUDA = 8
+"""``--fuse auto`` on a CUDA device: the paper-table1 preset has 7 explicit-factor runs per method and seed."""
+
+
+def resolve_fuse(fuse: int | str, device: str) -> int:
+    if fuse == "auto":
+        import torch
+
+        cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+        return FUSE_AUTO_CUDA if cuda else 1
+    try:
+        n = int(fuse)
+    except (TypeError, ValueError):
+        raise BiasbenchError(f"--fuse must be a positive integer or auto, got {fuse!r}") from None
+    if n < 1:
+        raise BiasbenchError(f"--fuse must be a positive integer or auto, got {fuse!r}")
+    return n
 
 
 def log_sweep_summary(out: Path, name: str, scale: str, tracker: str) -> None:

@@ -1,0 +1,175 @@
+"""Fused training: R runs under vmap are R separate runs (issue 9's equivalence requirement)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from biasbench.config import TrainConfig
+from biasbench.methods import Batch, TrainInfo, get_method_class, list_methods
+from biasbench.models import create_model
+from biasbench.train.fused import FusedMethods, fusable, fuse_key, train_fused
+from biasbench.train.loop import Trainer, load_splits
+from biasbench.train.optim import optimizer_factory
+
+EXPLICIT = [("distractor_shape",), ("texture",), ("background_color",)]
+
+
+def _methods(name, data, optimizer="adam", dtype=torch.float64, explicit_sets=EXPLICIT):
+    """Three runs (seeds 0-2; explicit factors differ for bias-label methods), built as Trainer builds them."""
+    train = data["train"]
+    out = []
+    for seed, explicit in zip((0, 1, 2), explicit_sets):
+        cfg = TrainConfig(data="unused", method=name, seed=seed, explicit=explicit, optimizer=optimizer,
+                          batch_size=64, lr=1e-3, weight_decay=1e-4)
+        torch.manual_seed(seed)
+        model = create_model("paper_cnn", num_classes=10).to(dtype)
+        info = TrainInfo(num_train=len(train.labels), num_classes=10, labels=train.labels, factors=train.factors,
+                         mode="paper", explicit=explicit if get_method_class(name).uses_bias_labels else (),
+                         batch_size=64)
+        m = get_method_class(name)(model, optimizer_factory(cfg, torch.device("cpu")), info, {})
+        for mod in m.modules().values():
+            mod.to(dtype)
+        out.append(m)
+    return out
+
+
+def _orders(methods, n_steps, bs=64):
+    rows = []
+    for r, m in enumerate(methods):
+        gen = torch.Generator().manual_seed(100 + r)
+        order = m.epoch_indices(1, gen)
+        if order is None:
+            order = torch.randperm(m.info.num_train, generator=gen)
+        rows.append(order[: n_steps * bs])
+    return torch.stack(rows).view(len(methods), n_steps, bs)
+
+
+@pytest.fixture(scope="module")
+def data(tiny_root):
+    return load_splits(str(tiny_root), torch.device("cpu"))
+
+
+CASES = [(name, EXPLICIT) for name in list_methods()] + [
+    # digit_position has 9 values: 90 groups against 100, so GDRO's q and UpWt's weights are zero-padded
+    (name, [("digit_position",), ("texture",), ("digit_position", "texture")]) for name in ("group_dro", "upweight")]
+
+
+@pytest.mark.parametrize("name,explicit_sets", CASES, ids=[n + ("" if x is EXPLICIT else "-padded") for n, x in CASES])
+def test_fused_steps_equal_separate_steps(name, explicit_sets, data):
+    """Every method: 4 fused steps of 3 runs give each run's parameters, optimizer state and method state
+    as 4 steps of that run alone (float64, so only summation order differs)."""
+    separate = _methods(name, data, explicit_sets=explicit_sets)
+    fused_src = _methods(name, data, explicit_sets=explicit_sets)
+    fused = FusedMethods(fused_src)
+    if explicit_sets is not EXPLICIT:
+        assert len(set(fused.tensor_lengths["groups"])) == 1 and len({m.num_groups for m in fused_src}) == 3
+    train = data["train"]
+    orders = _orders(separate, 4)
+    for s in range(4):
+        idx = orders[:, s]
+        x = train.images[idx].to(torch.float64)
+        stats = fused.update(x, train.labels[idx], train.factors[idx], idx)
+        for r, m in enumerate(separate):
+            single = m.update(Batch(x[r], train.labels[idx[r]], train.factors[idx[r]], idx[r]))
+            for k, v in single.items():
+                torch.testing.assert_close(stats[k][r].to(v.dtype), v, rtol=1e-6, atol=1e-9, msg=f"{name} {k}")
+    fused.store(fused_src)
+    for a, b in zip(separate, fused_src):
+        sa, sb = a.state_dict(), b.state_dict()
+        for mod in sa["modules"]:
+            for k, v in sa["modules"][mod].items():
+                torch.testing.assert_close(sb["modules"][mod][k], v, rtol=1e-6, atol=1e-9, msg=f"{name} {mod}.{k}")
+        for opt in sa["optimizers"]:
+            for pid, st in sa["optimizers"][opt]["state"].items():
+                for k, v in st.items():
+                    torch.testing.assert_close(sb["optimizers"][opt]["state"][pid][k], v, rtol=1e-6, atol=1e-9)
+        for k, v in a.tensors().items():
+            torch.testing.assert_close(b.tensors()[k], v, rtol=1e-6, atol=1e-9, msg=f"{name} tensor {k}")
+    # the runs really differ (different seeds): fusing did not make them one run
+    p = [dict(m.model.named_parameters())["conv1.weight"] for m in fused_src]
+    assert not torch.allclose(p[0], p[1])
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "madgrad", "adamw"])
+def test_fused_optimizers_are_per_run(optimizer, data):
+    separate = _methods("stdm", data, optimizer)
+    fused_src = _methods("stdm", data, optimizer)
+    fused = FusedMethods(fused_src)
+    train = data["train"]
+    orders = _orders(separate, 3)
+    for s in range(3):
+        idx = orders[:, s]
+        x = train.images[idx].to(torch.float64)
+        fused.update(x, train.labels[idx], train.factors[idx], idx)
+        for r, m in enumerate(separate):
+            m.update(Batch(x[r], train.labels[idx[r]], train.factors[idx[r]], idx[r]))
+    fused.store(fused_src)
+    for a, b in zip(separate, fused_src):
+        for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+            torch.testing.assert_close(vb, va, rtol=1e-6, atol=1e-9, msg=f"{optimizer} {k}")
+
+
+def test_fused_predict_is_each_runs_prediction(data):
+    methods = _methods("lff", data)
+    fused = FusedMethods(methods)
+    x = data["test"].images[:32].to(torch.float64)
+    fused.train(False)
+    for m in methods:
+        m.train(False)
+    out = fused.predict(x)
+    assert out.shape == (3, 32, 10)
+    for r, m in enumerate(methods):
+        torch.testing.assert_close(out[r], m.predict(x), rtol=1e-9, atol=1e-9)
+
+
+def test_train_fused_matches_separate_trainers_and_resumes_alone(tiny_root, tmp_path):
+    """End to end in float32: same run ids, same record files, losses and accuracies within float noise;
+    a fused run's checkpoint resumes in a plain Trainer."""
+    cfgs = [TrainConfig(data=str(tiny_root), method="group_dro", epochs=2, batch_size=256, seed=s, explicit=e,
+                        eval_epochs=(1, 2)) for s, e in zip((0, 1), EXPLICIT)]
+    sep = [Trainer(c, tmp_path / "sep", tracker="none", progress=False).run() for c in cfgs]
+    fus = train_fused(cfgs, tmp_path / "fus", tracker="none", progress=False)
+    for a, b in zip(sep, fus):
+        assert a["run_id"] == b["run_id"] and b["status"] == "finished"
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-3)
+        assert abs(b["final"]["test"]["accuracy"] - a["final"]["test"]["accuracy"]) <= 1.0
+        la = np.load(f"{a['run_dir']}/predictions/epoch002_test.npz")["logits"].astype(np.float64)
+        lb = np.load(f"{b['run_dir']}/predictions/epoch002_test.npz")["logits"].astype(np.float64)
+        assert np.abs(la - lb).max() < 0.05 * np.abs(la).max()
+        ha = json.loads(open(f"{a['run_dir']}/metrics.json").read())["history"]
+        hb = json.loads(open(f"{b['run_dir']}/metrics.json").read())["history"]
+        assert [(e["epoch"], e["split"]) for e in ha] == [(e["epoch"], e["split"]) for e in hb]
+    again = train_fused(cfgs, tmp_path / "fus", tracker="none", progress=False)
+    assert [r["status"] for r in again] == ["skipped", "skipped"]
+    # a fused checkpoint is a plain checkpoint: epoch 3 resumes alone from the fused run's epoch 2
+    longer = TrainConfig(**{**cfgs[1].to_dict(), "epochs": 3, "eval_epochs": (1, 2, 3)})
+    tr = Trainer(longer, tmp_path / "fus", tracker="none", progress=False)
+    (tmp_path / "fus" / tr.run_id).mkdir()
+    for f in ("checkpoint.pt",):
+        (tmp_path / "fus" / tr.run_id / f).write_bytes((tmp_path / "fus" / fus[1]["run_id"] / f).read_bytes())
+    (tmp_path / "fus" / tr.run_id / "config.json").write_text(json.dumps(
+        {"config": longer.to_dict(), "dataset": {"recipe_sha256": tr.manifest["recipe_sha256"]}}))
+    logs = []
+    tr.log = logs.append
+    res = tr.run()
+    assert any("resuming" in s and "after epoch 2" in s for s in logs)
+    assert res["epoch"] == 3
+
+
+def test_modules_of_different_shapes_do_not_fuse(data):
+    from biasbench.errors import BiasbenchError
+
+    with pytest.raises(BiasbenchError, match="module shapes"):
+        FusedMethods(_methods("rubi", data, explicit_sets=[("digit_position",), ("texture",), ("texture",)]))
+
+
+def test_fuse_rules():
+    a = TrainConfig(data="d", method="rubi", seed=0, explicit=("texture",))
+    b = TrainConfig(data="d", method="rubi", seed=3, explicit=("digit_color",))
+    c = TrainConfig(data="d", method="rubi", seed=0, explicit=("texture",), lr=0.01)
+    assert fuse_key(a) == fuse_key(b) != fuse_key(c)
+    assert fusable(a) is None
+    assert "progressive" in fusable(TrainConfig(data="d", model="effnetv2_s_w025", progressive="effnetv2-s"))
