@@ -1,0 +1,110 @@
+"""Fused training throughput: R runs as one fused network against R separate runs.
+
+    python benchmarks/fused.py [--device auto] [--cell-size 32] [--runs 1,2,4,8] [--method stdm] [--compile]
+
+For each R: images/s summed over the R runs, for the bare fused step (``FusedMethods.update`` on one
+fixed batch per run; R = 1 is one run through the vmap path) and for the full loop (``train_fused``: an epoch of index gathers, method update,
+loss accumulation; the second epoch is timed), next to one plain (unfused) run's full loop. "x plain" is
+the fused loop's total throughput over the plain loop's: the speed-up of the sweep's fused units over
+running the same trials one at a time. On CUDA: bf16 autocast (the default), plus compiled with
+``--compile``; on the CPU: fp32.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from biasbench.config import DatasetSettings, TrainConfig
+from biasbench.data.biased_mnist import generate
+from biasbench.train.fused import FusedMethods, train_fused
+from biasbench.train.loop import Trainer, load_splits
+
+
+def _sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bare(cfgs: list[TrainConfig], dev: torch.device, steps: int, compiled: bool) -> float:
+    """Total images/s of the fused step on a fixed batch per run."""
+    tr = Trainer(cfgs[0], "/nonexistent", tracker="none", device=str(dev), progress=False)
+    data = load_splits(cfgs[0].data, dev)
+    train = data["train"]
+    methods = [Trainer(c, "/nonexistent", tracker="none", device=str(dev)).build_method(train) for c in cfgs]
+    fused = FusedMethods(methods, compile_steps=compiled)
+    bs = cfgs[0].batch_size
+    idx = torch.stack([torch.randperm(len(train.labels), device=dev)[:bs] for _ in cfgs])
+    x, y, f = train.images[idx].float(), train.labels[idx], train.factors[idx]
+
+    def step():
+        with tr._autocast():
+            fused.update(x, y, f, idx)
+
+    for _ in range(5 if compiled else 3):
+        step()
+    _sync(dev)
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(dev)
+    return steps * bs * len(cfgs) / (time.perf_counter() - t)
+
+
+def loop(cfgs: list[TrainConfig], out: str, dev: torch.device, compiled: bool) -> float:
+    """Total images/s of the second training epoch (records of ``train_fused`` or of a plain Trainer)."""
+    if len(cfgs) == 1:
+        res = [Trainer(cfgs[0], out, tracker="none", device=str(dev), progress=False, compile_model=compiled).run()]
+    else:
+        res = train_fused(cfgs, out, tracker="none", device=str(dev), progress=False, compile_model=compiled)
+    total = 0.0
+    for r in res:
+        hist = json.loads((Path(r["run_dir"]) / "metrics.json").read_text())["history"]
+        total += next(h["images_per_s"] for h in hist if h["split"] == "train_loss" and h["epoch"] == 2)
+    return total
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--cell-size", type=int, default=32)
+    ap.add_argument("--runs", default=None, help="fused group sizes (default 1,2,4,8 on CUDA, 1,2,4 on the CPU)")
+    ap.add_argument("--method", default="stdm")
+    ap.add_argument("--n-train", type=int, default=None, help="training images per run (default 20000 CUDA, 1024 CPU)")
+    ap.add_argument("--steps", type=int, default=None, help="bare steps per measurement (default 100 CUDA, 5 CPU)")
+    ap.add_argument("--compile", action="store_true", help="also measure compiled fused steps")
+    args = ap.parse_args()
+    dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if args.device == "auto" else args.device))
+    cuda = dev.type == "cuda"
+    runs = [int(r) for r in (args.runs or ("1,2,4,8" if cuda else "1,2,4")).split(",")]
+    n_train = args.n_train or (20_000 if cuda else 1024)
+    steps = args.steps or (100 if cuda else 5)
+    name = torch.cuda.get_device_name(dev) if cuda else (platform.processor() or platform.machine())
+    print(f"device: {dev} ({name}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
+          f"image {3 * args.cell_size}px, method {args.method}, batch 128 per run, {n_train} images per run")
+    print(f"{'runs':>5s} {'configuration':16s}{'bare img/s':>12s}{'loop img/s':>12s}{'x plain':>9s}")
+    precision = "bf16" if cuda else "fp32"
+    with tempfile.TemporaryDirectory() as tmp:
+        root = f"{tmp}/ds"
+        generate(root, DatasetSettings(cell_size=args.cell_size, n_train=n_train, n_val=100, n_test=100))
+        plain = None
+        for compiled in ([False, True] if args.compile else [False]):
+            for r in runs:
+                cfgs = [TrainConfig(data=root, method=args.method, epochs=2, eval_epochs=(2,), precision=precision,
+                                    seed=s) for s in range(r)]
+                label = precision + (" + compile" if compiled else "")
+                b = bare(cfgs, dev, steps, compiled)
+                lp = loop(cfgs, f"{tmp}/runs-{r}-{compiled}", dev, compiled)
+                if r == 1 and not compiled:
+                    plain = lp
+                print(f"{r:5d} {label:16s}{b:12,.0f}{lp:12,.0f}{lp / plain:9.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
