@@ -159,6 +159,19 @@ def test_train_fused_matches_separate_trainers_and_resumes_alone(tiny_root, tmp_
     assert res["epoch"] == 3
 
 
+def test_channels_last_layout_gives_the_same_runs(tiny_root, tmp_path):
+    """The CUDA default layout (channels-last through the fused convolutions), here on the CPU."""
+    cfgs = [TrainConfig(data=str(tiny_root), method="sd", epochs=1, batch_size=256, seed=s, channels_last="on",
+                        eval_epochs=(1,)) for s in (0, 1)]
+    sep = [Trainer(c, tmp_path / "sep", tracker="none", progress=False).run() for c in cfgs]
+    fus = train_fused(cfgs, tmp_path / "fus", tracker="none", progress=False)
+    for a, b in zip(sep, fus):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+        la = np.load(f"{a['run_dir']}/predictions/epoch001_val.npz")["logits"].astype(np.float64)
+        lb = np.load(f"{b['run_dir']}/predictions/epoch001_val.npz")["logits"].astype(np.float64)
+        assert np.abs(la - lb).max() < 0.01 * np.abs(la).max()
+
+
 def test_modules_of_different_shapes_do_not_fuse(data):
     from biasbench.errors import BiasbenchError
 

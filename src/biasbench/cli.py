@@ -261,6 +261,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    from .config import PRECISIONS
     from .sweep.spec import SCALES, presets
 
     sw = sub.add_parser(
@@ -288,6 +289,9 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
                          "(same results as separate runs, one GPU pass for all); auto: 8 on a CUDA device, "
                          "1 (off) on the CPU (default)")
     sw.add_argument("--compile", action="store_true", help="torch.compile each run's (or fused group's) step")
+    sw.add_argument("--precision", default=None, choices=PRECISIONS,
+                    help="override every trial's precision (default: the sweep's, else auto = bf16 on CUDA); "
+                         "fp32 with --fuse 1 and no --compile is the plain eager path")
     sw.add_argument("--tracker", default=None,
                     help="tracker(s) for every trial, e.g. mlflow or mlflow,tensorboard (default: the sweep file's "
                          "'tracker', else none)")
@@ -318,6 +322,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         except ValueError:
             raise BiasbenchError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
     scale = args.scale or spec.get("scale") or "full"
+    if args.precision:
+        spec = {**spec, "base": {**(spec.get("base") or {}), "precision": args.precision}}
     trials = expand(spec, scale, seeds)
     if args.dry_run:
         from .sweep.runners import resolve_fuse

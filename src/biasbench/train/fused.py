@@ -22,7 +22,8 @@ resumed fused or alone, and the report cannot tell the difference.
 Limits: no progressive learning (image sizes change per stage), no method that overrides ``predict``,
 and runs fuse only when everything but ``seed`` and ``explicit`` is equal (:func:`fuse_key`) and their
 modules have the same shapes (RUBi and LNL size a module by the number of bias groups; a factor with 9
-values fuses apart from those with 10). Channels-last does not apply (the inputs are 5-D).
+values fuses apart from those with 10). Channels-last (on by default on CUDA) lays the 5-D input out so
+that the grouped convolutions see channels-last tensors (see ``_FusedLoop._layout``).
 """
 from __future__ import annotations
 
@@ -352,7 +353,7 @@ class _FusedLoop:
         for step in range(steps):
             idx = orders[:, step * bs:(step + 1) * bs]  # (R, B): each run its own samples
             with lead._autocast():
-                stats = self.fused.update(train.images[idx].float(), train.labels[idx], train.factors[idx], idx)
+                stats = self.fused.update(self._layout(train.images[idx]), train.labels[idx], train.factors[idx], idx)
             loss_sum += stats["loss"].float() * idx.shape[1]
             bar.update(1)
         bar.close()
@@ -363,9 +364,19 @@ class _FusedLoop:
         return [{"epoch": epoch, "split": "train_loss", "loss": loss, "seconds": seconds, "images_per_s": n / seconds,
                  "fused_runs": runs} for loss in losses]
 
+    def _layout(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        """(R, B, C, H, W) float. With channels-last on, stored in (B, H, W, R, C) order: vmap's convolution
+        rule folds the run axis into the channels, (B, R*C, H, W), which is then a channels-last view
+        without a copy, and every later layer stays channels-last."""
+        x = x_uint8.float()
+        if self.lead.channels_last:
+            x = x.permute(1, 3, 4, 0, 2).contiguous().permute(3, 0, 4, 1, 2)
+        return x
+
     @torch.no_grad()
-    def _predict_all(self, batch: int = 1024) -> dict[str, torch.Tensor]:
-        """(R, N, classes) logits per split."""
+    def _predict_all(self) -> dict[str, torch.Tensor]:
+        """(R, N, classes) logits per split, 2048 / R images at a time (activations grow with R)."""
+        batch = max(128, 2048 // len(self.trainers))
         self.fused.train(False)
         out = {}
         for split in SPLITS:
@@ -373,7 +384,7 @@ class _FusedLoop:
             parts = []
             for i in range(0, len(images), batch):
                 with self.lead._autocast():
-                    parts.append(self.fused.predict(images[i:i + batch].float()).float())
+                    parts.append(self.fused.predict(self.lead._prep(images[i:i + batch])).float())
             out[split] = torch.cat(parts, dim=1) if parts else torch.zeros((len(self.trainers), 0, 10))
         self.fused.train(True)
         return out
