@@ -7,7 +7,7 @@ fixed batch per run; R = 1 is one run through the vmap path) and for the full lo
 loss accumulation; the second epoch is timed), next to one plain (unfused) run's full loop. "x plain" is
 the fused loop's total throughput over the plain loop's: the speed-up of the sweep's fused units over
 running the same trials one at a time. On CUDA: bf16 autocast (the default), plus compiled with
-``--compile``; on the CPU: fp32.
+``--compile`` (largest group only); on the CPU: fp32.
 """
 from __future__ import annotations
 
@@ -77,7 +77,8 @@ def main() -> None:
     ap.add_argument("--method", default="stdm")
     ap.add_argument("--n-train", type=int, default=None, help="training images per run (default 20000 CUDA, 1024 CPU)")
     ap.add_argument("--steps", type=int, default=None, help="bare steps per measurement (default 100 CUDA, 5 CPU)")
-    ap.add_argument("--compile", action="store_true", help="also measure compiled fused steps")
+    ap.add_argument("--compile", action="store_true",
+                    help="also measure compiled fused steps, for the largest group (compiling takes a while)")
     args = ap.parse_args()
     dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                        ("cpu" if args.device == "auto" else args.device))
@@ -95,7 +96,7 @@ def main() -> None:
         generate(root, DatasetSettings(cell_size=args.cell_size, n_train=n_train, n_val=100, n_test=100))
         plain = None
         for compiled in ([False, True] if args.compile else [False]):
-            for r in runs:
+            for r in (runs[-1:] if compiled else runs):
                 cfgs = [TrainConfig(data=root, method=args.method, epochs=2, eval_epochs=(2,), precision=precision,
                                     seed=s) for s in range(r)]
                 label = precision + (" + compile" if compiled else "")

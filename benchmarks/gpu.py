@@ -3,13 +3,18 @@ in at most 10 minutes on one H100-class GPU):
 
 1. rendering speed (benchmarks/generate.py) and counterfactual-audit speed (benchmarks/audit.py);
 2. training throughput, bare step and full loop, for fp32 eager, bf16 + channels_last, and compiled
-   (benchmarks/train.py --compile);
-3. the end-to-end wall time of ``biasbench sweep paper-table1 --scale full --seeds 0`` with W trials at a
-   time on the one GPU (local runner, W processes), then its report (Table 1 against the paper).
+   (benchmarks/train.py --compile), and fused groups of 1, 2, 4, 8 runs against one plain run
+   (benchmarks/fused.py; compiled for the largest group only);
+3. the end-to-end wall time of ``biasbench sweep paper-table1 --scale full --seeds 0`` with ``--fuse F``
+   (default auto: up to 8 runs per fused unit) and W units at a time on the one GPU (local runner, W
+   processes), then its report (Table 1 against the paper).
 
-    python benchmarks/gpu.py --out DIR [--workers 4] [--scale full] [--trials N] [--skip-benchmarks]
+    python benchmarks/gpu.py --out DIR [--workers 2] [--fuse auto] [--compile] [--scale full] [--trials N]
+                             [--skip-benchmarks] [--skip-sweep]
 
-``--scale tiny --trials 4`` checks the script itself on a CPU in a minute. Results: DIR/*.txt, DIR/report/.
+A device call is limited to 10 minutes: run the benchmarks (``--skip-sweep``) and the sweep
+(``--skip-benchmarks``) as two calls on the same warm machine. ``--scale tiny --trials 4 --device cpu``
+checks the script itself on a CPU in a minute. Results: DIR/*.txt, DIR/report/.
 """
 from __future__ import annotations
 
@@ -37,7 +42,10 @@ def run(cmd: list[str], log: Path) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--workers", type=int, default=2, help="units of work at a time on the GPU")
+    ap.add_argument("--fuse", default="auto", help="the sweep's --fuse (auto: 8 on CUDA)")
+    ap.add_argument("--compile", action="store_true", help="the sweep's --compile")
+    ap.add_argument("--skip-sweep", action="store_true")
     ap.add_argument("--scale", default="full")
     ap.add_argument("--trials", type=int, default=None, help="only the first N trials (to check the script)")
     ap.add_argument("--skip-benchmarks", action="store_true")
@@ -51,10 +59,15 @@ def main() -> None:
         run([py, str(HERE / "generate.py"), *dev], out / "generate.txt")
         run([py, str(HERE / "train.py"), "--compile", *dev] + ([] if "cuda" in dev[1] else ["--cell-size", "8"]),
             out / "train.txt")
+        run([py, str(HERE / "fused.py"), "--compile", *dev] + ([] if "cuda" in dev[1] else ["--cell-size", "8"]),
+            out / "fused.txt")
         run([py, str(HERE / "audit.py"), *dev, "--samples", "1000"], out / "audit.txt")
+    if args.skip_sweep:
+        return
     sweep = out / "sweep"
     cmd = [py, "-m", "biasbench.cli", "sweep", "paper-table1", "--scale", args.scale, "--seeds", "0",
-           "--data", str(out / "data"), "--out", str(sweep), "--workers", str(args.workers), "--device", args.device]
+           "--data", str(out / "data"), "--out", str(sweep), "--workers", str(args.workers), "--device", args.device,
+           "--fuse", args.fuse] + (["--compile"] if args.compile else [])
     if args.trials:
         # a sweep file holding the first N trials of the preset, for a quick check of this script
         import yaml
@@ -69,7 +82,8 @@ def main() -> None:
         cmd[4] = str(path)
     seconds = run(cmd, out / "sweep.txt")
     run([py, "-m", "biasbench.cli", "report", str(sweep), "--out", str(out / "report")], out / "report.txt")
-    summary = f"paper-table1 ({args.scale}, seed 0, {args.workers} trials at a time): {seconds / 60:.1f} min wall time"
+    summary = (f"paper-table1 ({args.scale}, seed 0, --fuse {args.fuse}{' --compile' if args.compile else ''}, "
+               f"{args.workers} units at a time): {seconds / 60:.1f} min wall time")
     (out / "summary.txt").write_text(summary + "\n")
     print(summary)
 
