@@ -186,3 +186,41 @@ def test_fuse_rules():
     assert fuse_key(a) == fuse_key(b) != fuse_key(c)
     assert fusable(a) is None
     assert "progressive" in fusable(TrainConfig(data="d", model="effnetv2_s_w025", progressive="effnetv2-s"))
+
+
+def _history(run_dir):
+    return [h.get("metrics") or h["loss"] for h in json.loads(open(f"{run_dir}/metrics.json").read())["history"]]
+
+
+@pytest.mark.parametrize("stop_after", [2, 1], ids=["both-checkpointed", "one-checkpointed"])
+def test_interrupted_fused_training_resumes(stop_after, tiny_root, tmp_path, monkeypatch):
+    """Interrupted after epoch 1 of a fused group: a rerun resumes. When both runs have their epoch-1
+    checkpoint they resume as one group and end exactly as an uninterrupted fused run; when only one has,
+    the two resume as separate groups (epoch 1 vs from scratch) and end within float noise of it."""
+    cfgs = [TrainConfig(data=str(tiny_root), method="lff", epochs=2, batch_size=256, seed=s, eval_epochs=(2,))
+            for s in (0, 1)]
+    ref = train_fused(cfgs, tmp_path / "ref", tracker="none", progress=False)
+    calls = []
+    original = Trainer.end_epoch
+
+    def interrupted(self, method, epoch, history):
+        original(self, method, epoch, history)
+        calls.append(epoch)
+        if len(calls) == stop_after:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "end_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_fused(cfgs, tmp_path / "cut", tracker="none", progress=False)
+    monkeypatch.setattr(Trainer, "end_epoch", original)
+    logs = []
+    res = train_fused(cfgs, tmp_path / "cut", tracker="none", progress=False, log=logs.append)
+    assert sum("resuming" in line for line in logs) == stop_after
+    assert sum(line.startswith("fused:") for line in logs) == (1 if stop_after == 2 else 2)
+    for a, b in zip(ref, res):
+        ha, hb = _history(a["run_dir"]), _history(b["run_dir"])
+        if stop_after == 2:
+            assert ha == hb
+        else:
+            assert hb[0] == pytest.approx(ha[0], rel=1e-3)  # epoch 1's training loss
+            assert abs(b["final"]["test"]["accuracy"] - a["final"]["test"]["accuracy"]) <= 1.0
