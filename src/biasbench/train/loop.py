@@ -110,6 +110,8 @@ class Trainer:
         self.log = log or (lambda s: None)
         self.tracker = make_tracker(tracker, str(self.out)) if isinstance(tracker, str) else tracker
         cuda = self.device.type == "cuda"
+        if cuda:  # shapes are fixed per run: let cuDNN time its algorithms once (grouped convolutions gain most)
+            torch.backends.cudnn.benchmark = True
         self.amp = cfg.precision == "bf16" or (cfg.precision == "auto" and cuda)
         self.channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and cuda)
 
