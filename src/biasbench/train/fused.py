@@ -41,7 +41,7 @@ from ..config import TrainConfig
 from ..data.recipe import SPLITS
 from ..errors import BiasbenchError
 from ..methods.base import Batch, Method
-from .loop import SplitData, Trainer, load_splits
+from .loop import SplitData, Trainer, eval_batches, load_splits, reset_compiler
 
 FUSE_VARYING = ("seed", "explicit")
 """Configuration fields that may differ between the runs of one fused group."""
@@ -142,6 +142,7 @@ class FusedMethods:
         self._steps = {name: self._phase_fn(name) for name, _ in self.template.phases}
         self._predict = self._predict_fn()
         if compile_steps:
+            reset_compiler()
             self._steps = {k: torch.compile(f, dynamic=False) for k, f in self._steps.items()}
             self._predict = torch.compile(self._predict, dynamic=False)
 
@@ -380,11 +381,10 @@ class _FusedLoop:
         self.fused.train(False)
         out = {}
         for split in SPLITS:
-            images = self.data[split].images
             parts = []
-            for i in range(0, len(images), batch):
+            for chunk, n in eval_batches(self.data[split].images, batch):
                 with self.lead._autocast():
-                    parts.append(self.fused.predict(self.lead._prep(images[i:i + batch])).float())
+                    parts.append(self.fused.predict(self.lead._prep(chunk))[:, :n].float())
             out[split] = torch.cat(parts, dim=1) if parts else torch.zeros((len(self.trainers), 0, 10))
         self.fused.train(True)
         return out

@@ -64,6 +64,32 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+COMPILE_RECOMPILE_LIMIT = 64
+
+
+def reset_compiler() -> None:
+    """Before compiling a new run (or fused group): drop the compiled code of earlier ones (a sweep process
+    trains many in turn, and dynamo keeps up to ``recompile_limit`` variants per code object, shared by all
+    instances: by default 8, after which it silently runs eager) and allow enough variants for one run's
+    shapes and modes (training batch, last batch, evaluation; LNL's two phases)."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, COMPILE_RECOMPILE_LIMIT)
+
+
+def eval_batches(images: torch.Tensor, batch: int):
+    """Yield ``(chunk, n)``: ``images`` in chunks of exactly ``batch`` (the last zero-padded, static shapes
+    for compiled code and cuDNN's algorithm cache), of which the first ``n`` are real. Evaluation runs in
+    eval mode, where no sample affects another's output."""
+    for i in range(0, len(images), batch):
+        chunk = images[i:i + batch]
+        n = len(chunk)
+        if n < batch:
+            chunk = torch.cat([chunk, chunk.new_zeros((batch - n, *chunk.shape[1:]))])
+        yield chunk, n
+
+
 @dataclass
 class SplitData:
     images: torch.Tensor  # uint8 (N, 3, H, W) on the device
@@ -200,6 +226,7 @@ class Trainer:
         cfg, dev = self.cfg, self.device
         method = self.build_method(data["train"])
         if self.compile_model:  # after the method built its modules (LfF copies the model): compile each in place
+            reset_compiler()
             for module in method.modules().values():
                 module.compile(dynamic=False)  # state_dict keys unchanged; one recompile per stage size
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -329,9 +356,9 @@ class Trainer:
     def _predict(self, method, images: torch.Tensor, batch: int = 1024) -> torch.Tensor:
         method.train(False)
         outs = []
-        for i in range(0, len(images), batch):
+        for chunk, n in eval_batches(images, batch):
             with self._autocast():
-                outs.append(method.predict(self._prep(images[i:i + batch])).float())
+                outs.append(method.predict(self._prep(chunk))[:n].float())
         method.train(True)
         return torch.cat(outs) if outs else torch.zeros((0, 10))
 
