@@ -21,7 +21,7 @@ from biasbench.config import DatasetSettings, TrainConfig
 from biasbench.data.biased_mnist import generate
 from biasbench.methods import TrainInfo, get_method_class
 from biasbench.models import create_model
-from biasbench.train.loop import Trainer, load_splits
+from biasbench.train.loop import Trainer, load_splits, reset_compiler
 from biasbench.train.optim import optimizer_factory
 
 
@@ -36,6 +36,7 @@ def bare_step(cfg: TrainConfig, dev, x_u8, y, steps: int, amp: bool, cl: bool, c
     if cl:
         model = model.to(memory_format=torch.channels_last)
     if compiled:
+        reset_compiler()
         model.compile(dynamic=False)
     opt = optimizer_factory(cfg, dev)(model.parameters())
     x = x_u8.float()
@@ -70,6 +71,7 @@ def loop_epoch(cfg: TrainConfig, root: str, out: str, device: str, compiled: boo
     info = TrainInfo(len(train.labels), 10, train.labels, train.factors, "paper")
     method = get_method_class(cfg.method)(model, optimizer_factory(cfg, tr.device), info, {})
     if compiled:
+        reset_compiler()
         model.compile(dynamic=False)
     tr._train_epoch(method, train, 1)  # warm-up epoch (allocator, kernels)
     _sync(tr.device)
