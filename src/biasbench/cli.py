@@ -280,7 +280,9 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
                          "full (the paper's: 96 px, 50000, 30 epochs; default)")
     sw.add_argument("--seeds", default=None, metavar="S,S", help="override the seeds axis, e.g. 0,1,2")
     sw.add_argument("--runner", default="local", choices=("local", "ray"))
-    sw.add_argument("--workers", type=int, default=1, help="trials at a time (processes or Ray slots; default 1)")
+    sw.add_argument("--workers", type=int, default=1,
+                    help="units of work (a trial, or a fused group of trials) at a time: processes or Ray slots; "
+                         "default 1")
     sw.add_argument("--ray-address", default=None, metavar="ADDR", help="join a Ray cluster (e.g. auto)")
     sw.add_argument("--gpus-per-trial", type=float, default=0.0,
                     help="Ray: GPU share per unit of work (a trial, or a fused group of trials), e.g. 0.25")
