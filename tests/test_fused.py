@@ -17,7 +17,7 @@ from biasbench.train.optim import optimizer_factory
 EXPLICIT = [("distractor_shape",), ("texture",), ("background_color",)]
 
 
-def _methods(name, data, optimizer="adam", dtype=torch.float64, explicit_sets=EXPLICIT):
+def _methods(name, data, optimizer="adam", dtype=torch.float64, explicit_sets=EXPLICIT, model="paper_cnn"):
     """Three runs (seeds 0-2; explicit factors differ for bias-label methods), built as Trainer builds them."""
     train = data["train"]
     out = []
@@ -25,11 +25,11 @@ def _methods(name, data, optimizer="adam", dtype=torch.float64, explicit_sets=EX
         cfg = TrainConfig(data="unused", method=name, seed=seed, explicit=explicit, optimizer=optimizer,
                           batch_size=64, lr=1e-3, weight_decay=1e-4)
         torch.manual_seed(seed)
-        model = create_model("paper_cnn", num_classes=10).to(dtype)
+        net = create_model(model, num_classes=10).to(dtype)
         info = TrainInfo(num_train=len(train.labels), num_classes=10, labels=train.labels, factors=train.factors,
                          mode="paper", explicit=explicit if get_method_class(name).uses_bias_labels else (),
                          batch_size=64)
-        m = get_method_class(name)(model, optimizer_factory(cfg, torch.device("cpu")), info, {})
+        m = get_method_class(name)(net, optimizer_factory(cfg, torch.device("cpu")), info, {})
         for mod in m.modules().values():
             mod.to(dtype)
         out.append(m)
@@ -93,10 +93,12 @@ def test_fused_steps_equal_separate_steps(name, explicit_sets, data):
     assert not torch.allclose(p[0], p[1])
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "madgrad", "adamw"])
-def test_fused_optimizers_are_per_run(optimizer, data):
-    separate = _methods("stdm", data, optimizer)
-    fused_src = _methods("stdm", data, optimizer)
+@pytest.mark.parametrize("optimizer,model", [("sgd", "paper_cnn"), ("madgrad", "paper_cnn"), ("adamw", "paper_cnn"),
+                                             ("adam", "resnet18"), ("adam", "effnetv2_s_w025")])
+def test_fused_optimizers_and_models_are_per_run(optimizer, model, data):
+    """Other optimizers, and deeper models (BatchNorm in every block) fuse exactly too."""
+    separate = _methods("stdm", data, optimizer, model=model)
+    fused_src = _methods("stdm", data, optimizer, model=model)
     fused = FusedMethods(fused_src)
     train = data["train"]
     orders = _orders(separate, 3)
