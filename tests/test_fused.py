@@ -188,6 +188,8 @@ def test_fuse_rules():
     assert fuse_key(a) == fuse_key(b) != fuse_key(c)
     assert fusable(a) is None
     assert "progressive" in fusable(TrainConfig(data="d", model="effnetv2_s_w025", progressive="effnetv2-s"))
+    assert "drop_path_rate" in fusable(TrainConfig(data="d", model="effnetv2_s_w025",
+                                                   model_kwargs={"drop_path_rate": 0.1}))
 
 
 def _history(run_dir):

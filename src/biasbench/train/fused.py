@@ -19,9 +19,9 @@ Records are per run and identical in format to a separate run's: after every epo
 copied back into each run's own method object and checkpointed to its own folder, so a fused run can be
 resumed fused or alone, and the report cannot tell the difference.
 
-Limits: no progressive learning (image sizes change per stage), no method that overrides ``predict``,
-and runs fuse only when everything but ``seed`` and ``explicit`` is equal (:func:`fuse_key`) and their
-modules have the same shapes (RUBi and LNL size a module by the number of bias groups; a factor with 9
+Limits: no progressive learning (image sizes change per stage), no dropout or drop-path (random masks),
+no method that overrides ``predict``; runs fuse only when everything but ``seed`` and ``explicit`` is
+equal (:func:`fuse_key`) and their modules have the same shapes (RUBi and LNL size a module by the number of bias groups; a factor with 9
 values fuses apart from those with 10). Channels-last (on by default on CUDA) lays the 5-D input out so
 that the grouped convolutions see channels-last tensors (see ``_FusedLoop._layout``).
 """
@@ -61,6 +61,9 @@ def fusable(cfg: TrainConfig) -> str | None:
     """None when ``cfg`` can be trained fused, else the reason it cannot."""
     if cfg.progressive:
         return "progressive learning changes the image size per stage"
+    drops = [k for k, v in cfg.model_kwargs.items() if "drop" in k and v]
+    if drops:  # random masks under vmap would not be the random masks of separate runs
+        return f"random regularisation ({', '.join(sorted(drops))}) is not fused"
     from ..methods import get_method_class
 
     if get_method_class(cfg.method).predict is not Method.predict:
