@@ -75,7 +75,9 @@ def reset_compiler() -> None:
     import torch._dynamo
 
     torch._dynamo.reset()
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, COMPILE_RECOMPILE_LIMIT)
+    cfg = torch._dynamo.config
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"  # older torch
+    setattr(cfg, name, max(getattr(cfg, name), COMPILE_RECOMPILE_LIMIT))
 
 
 def eval_batches(images: torch.Tensor, batch: int):
