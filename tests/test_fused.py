@@ -53,7 +53,7 @@ def data(tiny_root):
 
 
 CASES = [(name, EXPLICIT) for name in list_methods()] + [
-    # digit_position has 9 values: 90 groups against 100, so GDRO's q and UpWt's weights are zero-padded
+    # digit_position has 9 values: 89, 100 and 319 groups present in the tiny data, so q and the weights are zero-padded
     (name, [("digit_position",), ("texture",), ("digit_position", "texture")]) for name in ("group_dro", "upweight")]
 
 
