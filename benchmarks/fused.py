@@ -15,7 +15,6 @@ import argparse
 import json
 import platform
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -24,36 +23,23 @@ from biasbench.config import DatasetSettings, TrainConfig
 from biasbench.data.biased_mnist import generate
 from biasbench.train.fused import FusedMethods, train_fused
 from biasbench.train.loop import Trainer, load_splits
-
-
-def _sync(dev):
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
+from train import steps_per_second  # benchmarks/train.py (this folder is on sys.path when run as a script)
 
 
 def bare(cfgs: list[TrainConfig], dev: torch.device, steps: int, compiled: bool) -> float:
     """Total images/s of the fused step on a fixed batch per run."""
-    tr = Trainer(cfgs[0], "/nonexistent", tracker="none", device=str(dev), progress=False)
-    data = load_splits(cfgs[0].data, dev)
-    train = data["train"]
-    methods = [Trainer(c, "/nonexistent", tracker="none", device=str(dev)).build_method(train) for c in cfgs]
-    fused = FusedMethods(methods, compile_steps=compiled)
+    trainers = [Trainer(c, "/nonexistent", tracker="none", device=str(dev)) for c in cfgs]
+    train = load_splits(cfgs[0].data, dev)["train"]
+    fused = FusedMethods([t.build_method(train) for t in trainers], compile_steps=compiled)
     bs = cfgs[0].batch_size
     idx = torch.stack([torch.randperm(len(train.labels), device=dev)[:bs] for _ in cfgs])
     x, y, f = train.images[idx].float(), train.labels[idx], train.factors[idx]
 
     def step():
-        with tr._autocast():
+        with trainers[0]._autocast():
             fused.update(x, y, f, idx)
 
-    for _ in range(5 if compiled else 3):
-        step()
-    _sync(dev)
-    t = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(dev)
-    return steps * bs * len(cfgs) / (time.perf_counter() - t)
+    return steps_per_second(step, steps, dev, 5 if compiled else 3) * bs * len(cfgs)
 
 
 def loop(cfgs: list[TrainConfig], out: str, dev: torch.device, compiled: bool) -> float:

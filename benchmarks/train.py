@@ -30,6 +30,18 @@ def _sync(dev):
         torch.cuda.synchronize()
 
 
+def steps_per_second(step, steps: int, dev, warmup: int = 3) -> float:
+    """Calls of ``step()`` per second over ``steps`` calls after ``warmup`` untimed ones (device synced)."""
+    for _ in range(warmup):
+        step()
+    _sync(dev)
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(dev)
+    return steps / (time.perf_counter() - t)
+
+
 def bare_step(cfg: TrainConfig, dev, x_u8, y, steps: int, amp: bool, cl: bool, compiled: bool = False) -> float:
     torch.manual_seed(0)
     model = create_model(cfg.model).to(dev)
@@ -50,14 +62,7 @@ def bare_step(cfg: TrainConfig, dev, x_u8, y, steps: int, amp: bool, cl: bool, c
         loss.backward()
         opt.step()
 
-    for _ in range(3 if not compiled else 5):
-        step()
-    _sync(dev)
-    t = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(dev)
-    return steps * len(y) / (time.perf_counter() - t)
+    return steps_per_second(step, steps, dev, 5 if compiled else 3) * len(y)
 
 
 def loop_epoch(cfg: TrainConfig, root: str, out: str, device: str, compiled: bool = False) -> float:

@@ -88,6 +88,14 @@ class Method(ABC):
     methods). When fused, tensors of different lengths are zero-padded to the longest, so a method must
     read zero padding as absent (GDRO: a group with zero weight)."""
 
+    def __init_subclass__(cls, **kwargs):
+        """A method class must define every loss function its ``phases`` name (``loss`` by default), each
+        ``(nets, t, batch) -> LossResult`` as the module docstring states: checked when the class is made."""
+        super().__init_subclass__(**kwargs)
+        missing = [name for name, _ in cls.phases if not callable(getattr(cls, name, None))]
+        if missing:
+            raise TypeError(f"method class {cls.__name__} declares phases without loss functions: {', '.join(missing)}")
+
     def __init__(self, model: nn.Module, make_optimizer: OptimizerFactory, info: TrainInfo,
                  hparams: dict[str, Any] | None = None):
         self.hparams = self.check_hparams(hparams)
@@ -146,10 +154,6 @@ class Method(ABC):
         """The per-run tensors the loss functions read, by name."""
         names = (("groups",) if self.uses_bias_labels else ()) + tuple(self.tensor_names)
         return {n: getattr(self, n) for n in names}
-
-    def loss(self, nets: Nets, t: Mapping[str, torch.Tensor], batch: Batch) -> LossResult:
-        """The single phase's loss (see the module docstring for the contract)."""
-        raise NotImplementedError(f"{self.name} declares no loss function")
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One optimisation step on ``batch``: each phase's loss, ``backward`` and its optimizers' steps;
