@@ -1,91 +1,195 @@
 """Everything the fast-path work needs measured, in one call on a GPU machine (issue: full Table-1 protocol
 in at most 10 minutes on one H100-class GPU):
 
-1. rendering speed (benchmarks/generate.py) and counterfactual-audit speed (benchmarks/audit.py);
-2. training throughput, bare step and full loop, for fp32 eager, bf16 + channels_last, and compiled
-   (benchmarks/train.py --compile), and fused groups of 1, 2, 4, 8 runs against one plain run
-   (benchmarks/fused.py; compiled for the largest group only);
-3. the end-to-end wall time of ``biasbench sweep paper-table1 --scale full --seeds 0`` with ``--fuse F``
-   (default auto: up to 8 runs per fused unit) and W units at a time on the one GPU (local runner, W
-   processes), then its report (Table 1 against the paper).
+1. benchmarks (``--benchmarks``, default all): rendering speed (generate.py), training throughput, bare step
+   and full loop, fp32 eager / bf16 + channels_last / compiled (train.py --compile), fused groups against one
+   plain run (fused.py; ``--fused-runs``, compiled for the largest group only), counterfactual audit (audit.py);
+2. the end-to-end wall time of ``biasbench sweep paper-table1 --scale full --seeds 0`` with ``--fuse F``
+   (default auto: up to 8 runs per fused unit) and W units at a time on the one GPU (local runner), then its
+   report (Table 1 against the paper).
 
-    python benchmarks/gpu.py --out DIR [--workers 2] [--fuse auto] [--compile] [--scale full] [--trials N]
-                             [--skip-benchmarks] [--skip-sweep]
+    python benchmarks/gpu.py --out DIR [--benchmarks fused,train] [--fused-runs 1,8] [--bench-limit S]
+                             [--workers 1] [--fuse auto] [--compile] [--scale full] [--trials N]
+                             [--first rubi,lnl] [--sweep-dir D] [--data D] [--deadline S] [--archive]
+                             [--no-report] [--skip-benchmarks] [--skip-sweep]
 
-A device call is limited to 10 minutes: run the benchmarks (``--skip-sweep``) and the sweep
-(``--skip-benchmarks``) as two calls on the same warm machine. ``--scale tiny --trials 4 --device cpu``
-checks the script itself on a CPU in a minute. Results: DIR/*.txt, DIR/report/.
+A device lease is short (15 minutes in all, 10 per call, at most 8 files back): ``--deadline S`` stops the
+sweep so that the whole script ends within S seconds of its start (an interrupted fused unit resumes from its
+per-epoch checkpoints when the same command runs again on the same machine with the same ``--sweep-dir``);
+``--first`` runs the named methods' trials first, so that a sweep cut short holds the trials that matter
+most; ``--archive`` packs the sweep's records (no predictions, no checkpoints of finished runs) and the report
+into DIR/sweep.tgz, one file. Every line of a sub-command's output is echoed with the seconds since the script
+started. ``--scale tiny --trials 4 --device cpu`` checks the script on a CPU in a minute.
+Results: DIR/*.txt, DIR/summary.txt, DIR/sweep.tgz (with --archive), the report in DIR/report (or inside the
+archive).
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+T0 = time.perf_counter()
+BENCHMARKS = ("generate", "train", "fused", "audit")
 
 
-def run(cmd: list[str], log: Path) -> float:
-    print("$ " + " ".join(cmd), flush=True)
+def elapsed() -> float:
+    return time.perf_counter() - T0
+
+
+def run(cmd: list[str], log: Path, limit: float | None = None) -> tuple[float, bool]:
+    """Run ``cmd`` in its own process group, echoing each output line with the elapsed seconds and writing it
+    to ``log``; after ``limit`` seconds the whole group gets SIGTERM (then SIGKILL). Returns (seconds, whether
+    it was stopped)."""
+    print(f"[{elapsed():6.0f}s] $ " + " ".join(cmd) + (f"   (limit {limit:.0f} s)" if limit else ""), flush=True)
     t = time.perf_counter()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    stopped = False
     with open(log, "w") as fh:
-        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                start_new_session=True)
+
+        def stop(*_):
+            nonlocal stopped
+            stopped = True
+            for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+                try:
+                    os.killpg(proc.pid, sig)
+                    proc.wait(wait)
+                    return
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    continue
+
+        if limit is not None:
+            signal.signal(signal.SIGALRM, stop)
+            signal.setitimer(signal.ITIMER_REAL, max(limit, 1.0))
+        for line in proc.stdout:
+            fh.write(line)
+            print(f"[{elapsed():6.0f}s] {line}", end="", flush=True)
+        proc.wait()
+        signal.setitimer(signal.ITIMER_REAL, 0)
     dt = time.perf_counter() - t
-    print(log.read_text()[-3000:], flush=True)
-    if proc.returncode:
-        print(f"(exit {proc.returncode})", flush=True)
-    return dt
+    if stopped:
+        print(f"[{elapsed():6.0f}s] (stopped after {dt:.0f} s)", flush=True)
+    elif proc.returncode:
+        print(f"[{elapsed():6.0f}s] (exit {proc.returncode})", flush=True)
+    return dt, stopped
+
+
+def sweep_file(args, out: Path) -> Path | None:
+    """A sweep file holding the preset's trials reordered (``--first``) and/or cut (``--trials``)."""
+    if not (args.trials or args.first):
+        return None
+    import yaml
+
+    from biasbench.sweep.spec import expand, presets
+
+    trials = expand(presets()["paper-table1"], args.scale, [0])
+    first = [m for m in (args.first or "").split(",") if m]
+    trials.sort(key=lambda t: first.index(t.config["method"]) if t.config["method"] in first else len(first))
+    trials = trials[: args.trials] if args.trials else trials
+    spec = {"name": "paper-table1", "scale": args.scale,
+            "include": [{k: t.config[k] for k in ("method", "explicit", "seed")} for t in trials]}
+    path = out / "sweep-trials.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def count_finished(sweep: Path) -> tuple[int, int]:
+    try:
+        trials = json.loads((sweep / "sweep.json").read_text())["trials"]
+    except (OSError, ValueError, KeyError):
+        return 0, 0
+    done = 0
+    for st in (sweep / "runs").glob("*/status.json"):
+        done += json.loads(st.read_text()).get("state") == "finished"
+    return done, len(trials)
+
+
+def archive(sweep: Path, report: Path, dest: Path) -> None:
+    """Records needed to rebuild the report and to skip finished trials on a rerun: sweep.json and each run's
+    JSON files; the checkpoint only of runs that did not finish (so they can resume); no predictions."""
+    with tarfile.open(dest, "w:gz") as tar:
+        if (sweep / "sweep.json").is_file():
+            tar.add(sweep / "sweep.json", "sweep/sweep.json")
+        for run in sorted((sweep / "runs").glob("*")):
+            finished = (run / "status.json").is_file() and \
+                json.loads((run / "status.json").read_text()).get("state") == "finished"
+            for f in sorted(run.iterdir()):
+                if f.suffix == ".json" or (f.name == "checkpoint.pt" and not finished):
+                    tar.add(f, f"sweep/runs/{run.name}/{f.name}")
+        if report.is_dir():
+            tar.add(report, "report")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--workers", type=int, default=2, help="units of work at a time on the GPU")
+    ap.add_argument("--benchmarks", default=",".join(BENCHMARKS), help=f"comma-separated subset of {BENCHMARKS}")
+    ap.add_argument("--fused-runs", default=None, help="fused.py --runs (default 1,2,4,8 on CUDA)")
+    ap.add_argument("--bench-limit", type=float, default=None, help="seconds each benchmark may run")
+    ap.add_argument("--workers", type=int, default=1, help="units of work at a time on the GPU")
     ap.add_argument("--fuse", default="auto", help="the sweep's --fuse (auto: 8 on CUDA)")
     ap.add_argument("--compile", action="store_true", help="the sweep's --compile")
     ap.add_argument("--skip-sweep", action="store_true")
+    ap.add_argument("--skip-benchmarks", action="store_true")
     ap.add_argument("--scale", default="full")
     ap.add_argument("--trials", type=int, default=None, help="only the first N trials (to check the script)")
-    ap.add_argument("--skip-benchmarks", action="store_true")
+    ap.add_argument("--first", default=None, help="comma-separated methods whose trials run first")
+    ap.add_argument("--sweep-dir", default=None, help="the sweep folder (default OUT/sweep)")
+    ap.add_argument("--data", default=None, help="the datasets folder (default OUT/data)")
+    ap.add_argument("--deadline", type=float, default=None, help="end the script within this many seconds")
+    ap.add_argument("--archive", action="store_true", help="pack records and report into OUT/sweep.tgz")
+    ap.add_argument("--no-report", action="store_true")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     py = sys.executable
-    if not args.skip_benchmarks:
-        dev = ["--device", "cuda"] if args.device == "auto" else ["--device", args.device]
-        run([py, str(HERE / "generate.py"), *dev], out / "generate.txt")
-        run([py, str(HERE / "train.py"), "--compile", *dev] + ([] if "cuda" in dev[1] else ["--cell-size", "8"]),
-            out / "train.txt")
-        run([py, str(HERE / "fused.py"), "--compile", *dev] + ([] if "cuda" in dev[1] else ["--cell-size", "8"]),
-            out / "fused.txt")
-        run([py, str(HERE / "audit.py"), *dev, "--samples", "1000"], out / "audit.txt")
+    benches = [] if args.skip_benchmarks else [b for b in args.benchmarks.split(",") if b]
+    unknown = set(benches) - set(BENCHMARKS)
+    if unknown:
+        sys.exit(f"error: unknown benchmarks {sorted(unknown)}; expected some of {BENCHMARKS}")
+    dev = ["--device", "cuda" if args.device == "auto" else args.device]
+    small = [] if "cuda" in dev[1] else ["--cell-size", "8"]
+    cmds = {"generate": [py, str(HERE / "generate.py"), *dev],
+            "train": [py, str(HERE / "train.py"), "--compile", *dev, *small],
+            "fused": [py, str(HERE / "fused.py"), "--compile", *dev, *small]
+            + (["--runs", args.fused_runs] if args.fused_runs else []),
+            "audit": [py, str(HERE / "audit.py"), *dev, "--samples", "1000"]}
+    for b in benches:
+        run(cmds[b], out / f"{b}.txt", args.bench_limit)
     if args.skip_sweep:
         return
-    sweep = out / "sweep"
-    cmd = [py, "-m", "biasbench.cli", "sweep", "paper-table1", "--scale", args.scale, "--seeds", "0",
-           "--data", str(out / "data"), "--out", str(sweep), "--workers", str(args.workers), "--device", args.device,
-           "--fuse", args.fuse] + (["--compile"] if args.compile else [])
-    if args.trials:
-        # a sweep file holding the first N trials of the preset, for a quick check of this script
-        import yaml
-
-        from biasbench.sweep.spec import expand, presets
-
-        trials = expand(presets()["paper-table1"], args.scale, [0])[: args.trials]
-        spec = {"name": "paper-table1-first", "scale": args.scale,
-                "include": [{k: t.config[k] for k in ("method", "explicit", "seed")} for t in trials]}
-        path = out / "first-trials.yaml"
-        path.write_text(yaml.safe_dump(spec))
-        cmd[4] = str(path)
-    seconds = run(cmd, out / "sweep.txt")
-    run([py, "-m", "biasbench.cli", "report", str(sweep), "--out", str(out / "report")], out / "report.txt")
+    sweep = Path(args.sweep_dir) if args.sweep_dir else out / "sweep"
+    report = sweep / "report" if args.archive else out / "report"
+    path = sweep_file(args, out)
+    cmd = [py, "-m", "biasbench.cli", "sweep", str(path or "paper-table1"), "--scale", args.scale, "--seeds", "0",
+           "--data", args.data or str(out / "data"), "--out", str(sweep), "--workers", str(args.workers),
+           "--device", args.device, "--fuse", args.fuse] + (["--compile"] if args.compile else [])
+    before, _ = count_finished(sweep)
+    tail = 0 if args.no_report else 30  # seconds kept for the report and the archive
+    limit = None if args.deadline is None else args.deadline - elapsed() - tail - 10
+    seconds, stopped = run(cmd, out / "sweep.txt", limit)
+    done, total = count_finished(sweep)
+    if not args.no_report:
+        run([py, "-m", "biasbench.cli", "report", str(sweep), "--out", str(report)], out / "report.txt")
     summary = (f"paper-table1 ({args.scale}, seed 0, --fuse {args.fuse}{' --compile' if args.compile else ''}, "
-               f"{args.workers} units at a time): {seconds / 60:.1f} min wall time")
+               f"{args.workers} units at a time): {seconds / 60:.1f} min wall time this call; "
+               f"{done} of {total} trials finished ({done - before} in this call)"
+               + ("; stopped at the deadline" if stopped else ""))
     (out / "summary.txt").write_text(summary + "\n")
-    print(summary)
+    print(summary, flush=True)
+    if args.archive:
+        archive(sweep, report, out / "sweep.tgz")
+        print(f"[{elapsed():6.0f}s] wrote {out / 'sweep.tgz'} ({(out / 'sweep.tgz').stat().st_size / 1e6:.1f} MB)")
 
 
 if __name__ == "__main__":

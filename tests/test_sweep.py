@@ -48,6 +48,18 @@ def test_presets_expand_to_the_papers_protocols():
     assert len(full) == 3 * 38 and full[0].dataset.cell_size == 32 and full[0].config["epochs"] == 30
 
 
+def test_seeds_override_included_trials_without_adding_a_point():
+    """--seeds on an include-only sweep: each included trial once per seed, and no default (stdm) point;
+    the trial ids equal the preset's, so such a file can reorder or cut a preset's trials."""
+    table1 = expand(presets()["paper-table1"], "tiny", seeds=[0])
+    picked = [t for t in table1 if t.config["method"] in ("lnl", "lff")][::-1]
+    spec = {"name": "paper-table1",
+            "include": [{k: t.config[k] for k in ("method", "explicit", "seed")} for t in picked]}
+    got = expand(spec, "tiny", seeds=[0])
+    assert [t.trial_id for t in got] == [t.trial_id for t in picked]
+    assert [t.config["seed"] for t in expand(spec, "tiny", seeds=[3, 4])] == [3, 4] * len(picked)
+
+
 def test_trial_ids_are_stable(tmp_path):
     a = [t.trial_id for t in expand(load_spec(_write(tmp_path, MICRO)))]
     reordered = MICRO.replace("  method: [stdm, upweight]\n  seed: [0, 1]", "  seed: [0, 1]\n  method: [stdm, upweight]")

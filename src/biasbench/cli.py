@@ -278,7 +278,7 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     sw.add_argument("--scale", default=None, choices=tuple(SCALES),
                     help="tiny (24 px, 1000 images, 2 epochs: seconds on a CPU), small (48 px, 10000, 10 epochs), "
                          "full (the paper's: 96 px, 50000, 30 epochs; default)")
-    sw.add_argument("--seeds", default=None, metavar="S,S", help="override the seeds axis, e.g. 0,1,2")
+    sw.add_argument("--seeds", default=None, metavar="S,S", help="the seeds of every trial (the seed axis, and each included trial), e.g. 0,1,2")
     sw.add_argument("--runner", default="local", choices=("local", "ray"))
     sw.add_argument("--workers", type=int, default=1,
                     help="units of work (a trial, or a fused group of trials) at a time: processes or Ray slots; "

@@ -138,13 +138,19 @@ def expand(spec: dict, scale: str | None = None, seeds: list[int] | None = None)
     if scale not in SCALES:
         raise BiasbenchError(f"unknown scale {scale!r}; expected one of: {', '.join(SCALES)}")
     grid = dict(spec.get("grid") or {})
+    include = [dict(p) for p in spec.get("include") or []]
     if seeds is not None:
-        grid["seed"] = list(seeds)
+        # the seeds replace every point's seed: the grid's seed axis, and each included trial's seed (an
+        # include-only sweep gets no extra grid point from them)
+        if grid or not include:
+            grid["seed"] = list(seeds)
+        include = [{**p, "seed": s} for p in include for s in seeds]
     for key in grid:
         _check_axis(key)
     axes = [(k, _axis_values(k, v)) for k, v in grid.items()]
-    points = [dict(zip([k for k, _ in axes], combo)) for combo in itertools.product(*[v for _, v in axes])]
-    points += [dict(p) for p in spec.get("include") or []]
+    points = [dict(zip([k for k, _ in axes], combo)) for combo in itertools.product(*[v for _, v in axes])] \
+        if axes else []
+    points += include
     if not points or (not axes and not spec.get("include")):
         raise BiasbenchError("the sweep's grid is empty: give at least one axis with values")
     base_train = {**SCALES[scale]["train"], **(spec.get("base") or {})}
