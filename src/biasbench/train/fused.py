@@ -22,8 +22,9 @@ resumed fused or alone, and the report cannot tell the difference.
 Limits: no progressive learning (image sizes change per stage), no dropout or drop-path (random masks),
 no method that overrides ``predict``; runs fuse only when everything but ``seed`` and ``explicit`` is
 equal (:func:`fuse_key`) and their modules have the same shapes (RUBi and LNL size a module by the number of bias groups; a factor with 9
-values fuses apart from those with 10). Channels-last (on by default on CUDA) lays the 5-D input out so
-that the grouped convolutions see channels-last tensors (see ``_FusedLoop._layout``).
+values fuses apart from those with 10). Channels-last lays the 5-D input out so that the grouped
+convolutions see channels-last tensors (see ``_FusedLoop._layout``); on CUDA fused runs stay in the default
+layout, since CUDA's batch norm cannot run channels-last under vmap.
 """
 from __future__ import annotations
 
@@ -123,10 +124,12 @@ class FusedMethods:
         self.bases = {n: copy.deepcopy(mod).to("meta") for n, mod in self.template.modules().items()}
         self.feature_bases = {n: _Features(b) for n, b in self.bases.items()}
         self.params = {n: {pn: nn.Parameter(torch.stack([dict(m.modules()[n].named_parameters())[pn].detach()
-                                                         for m in methods]))
+                                                         for m in methods]).contiguous())
                            for pn, _ in mod.named_parameters()}
                        for n, mod in self.template.modules().items()}
-        self.buffers = {n: {bn: torch.stack([dict(m.modules()[n].named_buffers())[bn] for m in methods])
+        # contiguous: a stack of channels-last weights keeps their strides, and CUDA would then run the
+        # grouped convolutions (and the batch norms after them) channels-last, which vmap cannot
+        self.buffers = {n: {bn: torch.stack([dict(m.modules()[n].named_buffers())[bn] for m in methods]).contiguous()
                             for bn, _ in mod.named_buffers()}
                         for n, mod in self.template.modules().items()}
         where = {id(p): (n, pn) for n, mod in self.template.modules().items() for pn, p in mod.named_parameters()}
@@ -165,7 +168,7 @@ class FusedMethods:
                 single_param = singles[0].param_groups[0]["params"][j]
                 for k, v0 in states[0].items():
                     if _per_element(v0, single_param):
-                        new[k] = torch.stack([s[k] for s in states]).to(stacked.device)
+                        new[k] = torch.stack([s[k] for s in states]).to(stacked.device).contiguous()
                     else:
                         if any(not _same(s[k], v0) for s in states[1:]):
                             raise BiasbenchError(f"runs with different optimizer state {k!r} cannot be fused")
@@ -317,6 +320,9 @@ class _FusedLoop:
         self.data, self.start_epoch, self.progress, self.log = data, start_epoch, progress, log
         self.lead = self.trainers[0]
         self.fused = FusedMethods(self.methods, compile_steps=compile_model)
+        # CUDA's batch norm asks its input for channels-last contiguity, which vmap does not support (torch
+        # 2.11: "NYI: querying is_contiguous inside of vmap"), so fused CUDA runs stay in the default layout
+        self.channels_last = self.lead.channels_last and self.lead.device.type != "cuda"
 
     def run(self) -> list[dict]:
         lead, cfg = self.lead, self.lead.cfg
@@ -373,9 +379,14 @@ class _FusedLoop:
         rule folds the run axis into the channels, (B, R*C, H, W), which is then a channels-last view
         without a copy, and every later layer stays channels-last."""
         x = x_uint8.float()
-        if self.lead.channels_last:
+        if self.channels_last:
             x = x.permute(1, 3, 4, 0, 2).contiguous().permute(3, 0, 4, 1, 2)
         return x
+
+    def _prep(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) float, shared by every run (evaluation)."""
+        x = x_uint8.float()
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     @torch.no_grad()
     def _predict_all(self) -> dict[str, torch.Tensor]:
@@ -387,7 +398,7 @@ class _FusedLoop:
             parts = []
             for chunk, n in eval_batches(self.data[split].images, batch):
                 with self.lead._autocast():
-                    parts.append(self.fused.predict(self.lead._prep(chunk))[:, :n].float())
+                    parts.append(self.fused.predict(self._prep(chunk))[:, :n].float())
             out[split] = torch.cat(parts, dim=1) if parts else torch.zeros((len(self.trainers), 0, 10))
         self.fused.train(True)
         return out
