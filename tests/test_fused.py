@@ -161,6 +161,19 @@ def test_train_fused_matches_separate_trainers_and_resumes_alone(tiny_root, tmp_
     assert res["epoch"] == 3
 
 
+def test_a_group_of_one_trains_in_the_plain_loop(tiny_root, tmp_path):
+    """RUBi with digit_position (9 groups) cannot fuse with the others (10): it trains alone, in the plain
+    Trainer loop, and its records equal a plain run's exactly; the other two still fuse."""
+    cfgs = [TrainConfig(data=str(tiny_root), method="rubi", epochs=1, batch_size=256, seed=0, explicit=(f,),
+                        eval_epochs=(1,)) for f in ("digit_position", "texture", "digit_color")]
+    logs = []
+    fus = train_fused(cfgs, tmp_path / "fus", tracker="none", progress=False, log=logs.append)
+    assert sum(line.startswith("fused: 2 runs") for line in logs) == 1
+    plain = Trainer(cfgs[0], tmp_path / "sep", tracker="none", progress=False).run()
+    assert _history(plain["run_dir"]) == _history(fus[0]["run_dir"])
+    assert "fused_runs" not in json.loads(open(f"{fus[0]['run_dir']}/metrics.json").read())["history"][0]
+
+
 def test_channels_last_layout_gives_the_same_runs(tiny_root, tmp_path):
     """The CUDA default layout (channels-last through the fused convolutions), here on the CPU."""
     cfgs = [TrainConfig(data=str(tiny_root), method="sd", epochs=1, batch_size=256, seed=s, channels_last="on",
@@ -220,7 +233,8 @@ def test_interrupted_fused_training_resumes(stop_after, tiny_root, tmp_path, mon
     logs = []
     res = train_fused(cfgs, tmp_path / "cut", tracker="none", progress=False, log=logs.append)
     assert sum("resuming" in line for line in logs) == stop_after
-    assert sum(line.startswith("fused:") for line in logs) == (1 if stop_after == 2 else 2)
+    # one-checkpointed: two groups of one run each, which train in the plain loop
+    assert sum(line.startswith("fused:") for line in logs) == (1 if stop_after == 2 else 0)
     for a, b in zip(ref, res):
         ha, hb = _history(a["run_dir"]), _history(b["run_dir"])
         if stop_after == 2:

@@ -256,3 +256,20 @@ def test_fused_sweep_gives_the_unfused_runs(tmp_path):
                       log=lambda s: None)
     assert [r["status"] for r in again] == ["skipped"] * 4
     assert main(["sweep", _write(tmp_path, MICRO), "--data", "d", "--out", "o", "--fuse", "0"]) == 2
+
+
+def test_progress_counts_a_fused_unit_at_once():
+    """A fused unit's trials arrive together: every line of the unit shows the unit's whole count, and the
+    ETA is wall time per trained trial (skipped trials do not make it look fast)."""
+    from biasbench.sweep.runners import Progress
+
+    lines = []
+    p = Progress([3, 1, 2], lines.append, slots=1)
+    res = lambda i, status="finished": {"trial_id": f"t{i}", "run_id": f"r{i}", "status": status,  # noqa: E731
+                                        "test_accuracy": 50.0}
+    p.finished([res(0, "skipped")])
+    assert "[1/6 done, 1 running, 5 waiting, ETA -]" in lines[-1]
+    p.finished([res(i) for i in (1, 2, 3)])
+    assert len(lines) == 4 and all("[4/6 done, 1 running, 2 waiting, ETA " in line for line in lines[1:])
+    p.finished([res(4), res(5)])
+    assert "[6/6 done, 0 running, 0 waiting, ETA 0 s]" in lines[-1]

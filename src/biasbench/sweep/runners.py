@@ -20,20 +20,28 @@ RUNNERS = ("local", "ray")
 
 
 class Progress:
-    """Trials done / running / waiting and an ETA (mean wall time per finished trial x trials left / slots)."""
+    """Trials done / units running / trials waiting, and an ETA: wall time so far per trained trial x trials
+    left (skipped, already finished trials do not count as trained; a fused unit reports all its trials at
+    once, so the ETA is computed after the whole unit is counted)."""
 
-    def __init__(self, total: int, log: Callable[[str], None], slots: int = 1):
-        self.total, self.done, self.log, self.t0, self.slots = total, 0, log, time.perf_counter(), slots
+    def __init__(self, units: list[int], log: Callable[[str], None], slots: int = 1):
+        self.total, self.units, self.log, self.slots = sum(units), len(units), log, slots
+        self.done = self.trained = self.units_done = 0
+        self.t0 = time.perf_counter()
 
-    def finished(self, result: dict):
-        self.done += 1
+    def finished(self, results: list[dict]):
+        """Count one unit's results and log a line per trial."""
+        self.done += len(results)
+        self.units_done += 1
+        self.trained += sum(r["status"] == "finished" for r in results)
         left = self.total - self.done
-        running = min(self.slots, left)
+        running = min(self.slots, self.units - self.units_done)
         el = time.perf_counter() - self.t0
-        eta = el / self.done * left
-        self.log(f"[{self.done}/{self.total} done, {running} running, {left - running} waiting, "
-                 f"ETA {_fmt(eta)}] trial {result['trial_id']} -> run {result['run_id']} {result['status']}, "
-                 f"test accuracy {result['test_accuracy']:.2f}")
+        eta = _fmt(el / self.trained * left) if self.trained else ("0 s" if not left else "-")
+        for r in results:
+            self.log(f"[{self.done}/{self.total} done, {running} running, {left} waiting, ETA {eta}] "
+                     f"trial {r['trial_id']} -> run {r['run_id']} {r['status']}, "
+                     f"test accuracy {r['test_accuracy']:.2f}")
 
 
 def _fmt(s: float) -> str:
@@ -52,14 +60,14 @@ def run_local(units: list[list[Trial]], data_root: str, out: str, tracker: str, 
               log: Callable[[str], None], compile_model: bool = False) -> list[dict]:
     """Units (lists of trials, see :func:`plan_units`) one after another, or ``workers`` at a time in
     spawned processes."""
-    progress = Progress(sum(map(len, units)), log, workers)
+    progress = Progress([len(u) for u in units], log, workers)
     payload = [[t.to_dict() for t in unit] for unit in units]
     results = []
     if workers <= 1:
         for unit in payload:
-            for r in run_unit(unit, data_root, out, tracker, device, compile_model):
-                results.append(r)
-                progress.finished(r)
+            rs = run_unit(unit, data_root, out, tracker, device, compile_model)
+            results += rs
+            progress.finished(rs)
         return results
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -68,9 +76,9 @@ def run_local(units: list[list[Trial]], data_root: str, out: str, tracker: str, 
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         futures = [pool.submit(run_unit, unit, data_root, out, tracker, device, compile_model) for unit in payload]
         for fut in as_completed(futures):
-            for r in fut.result():
-                results.append(r)
-                progress.finished(r)
+            rs = fut.result()
+            results += rs
+            progress.finished(rs)
     return results
 
 
@@ -107,13 +115,13 @@ def run_ray(units: list[list[Trial]], data_root: str, out: str, tracker: str, de
         if started_here:
             ray.shutdown()
     results = []
-    progress = Progress(sum(map(len, units)), log, workers)
+    progress = Progress([len(u) for u in units], log, workers)
     for res in grid:
         if res.error:
             raise BiasbenchError(f"a Ray trial failed: {res.error}")
-        for r in json.loads(res.metrics["result_json"]):
-            results.append(r)
-            progress.finished(r)
+        rs = json.loads(res.metrics["result_json"])
+        results += rs
+        progress.finished(rs)
     return results
 
 

@@ -42,7 +42,7 @@ from ..config import TrainConfig
 from ..data.recipe import SPLITS
 from ..errors import BiasbenchError
 from ..methods.base import Batch, Method
-from .loop import SplitData, Trainer, eval_batches, load_splits, reset_compiler
+from .loop import SplitData, Trainer, compile_modules, eval_batches, load_splits, reset_compiler
 
 FUSE_VARYING = ("seed", "explicit")
 """Configuration fields that may differ between the runs of one fused group."""
@@ -273,7 +273,8 @@ def train_fused(cfgs: Sequence[TrainConfig], out: str | os.PathLike, tracker: st
     result per config, in order (finished runs are skipped, interrupted ones resume from their checkpoints).
 
     All configs must share :func:`fuse_key` and be :func:`fusable`. Runs whose modules differ in shape or
-    that resume from different epochs are trained as separate fused groups, one after the other.
+    that resume from different epochs are trained as separate fused groups, one after the other; a group of
+    one run trains in the plain :class:`Trainer` loop.
     """
     log = log or (lambda s: None)
     if not cfgs:
@@ -303,6 +304,12 @@ def train_fused(cfgs: Sequence[TrainConfig], out: str | os.PathLike, tracker: st
             method, history, start = t.prepare(data, state)
             groups[(start, _shape_signature(method))].append((i, t, method, history))
         for (start, _), members in groups.items():
+            if len(members) == 1:  # a group of one: the plain loop is faster than vmap over one run
+                i, t, method, history = members[0]
+                if compile_model:
+                    compile_modules(method)
+                results[i] = t.train_from(data, method, history, start)
+                continue
             for (i, _, _, _), res in zip(members, _FusedLoop(members, data, start, progress, log,
                                                              compile_model).run()):
                 results[i] = res

@@ -67,6 +67,14 @@ def resolve_device(device: str) -> torch.device:
 COMPILE_RECOMPILE_LIMIT = 64
 
 
+def compile_modules(method) -> None:
+    """Compile each of a built method's modules in place (after the method built them: LfF copies the model);
+    state_dict keys are unchanged, and there is one recompile per progressive stage size."""
+    reset_compiler()
+    for module in method.modules().values():
+        module.compile(dynamic=False)
+
+
 def reset_compiler() -> None:
     """Before compiling a new run (or fused group): drop the compiled code of earlier ones (a sweep process
     trains many in turn, and dynamo keeps up to ``recompile_limit`` variants per code object, shared by all
@@ -177,6 +185,10 @@ class Trainer:
             return self.skipped()
         data = load_splits(self.cfg.data, self.device)
         method, history, start_epoch = self.prepare(data, state)
+        return self.train_from(data, method, history, start_epoch)
+
+    def train_from(self, data: dict[str, SplitData], method, history: list[dict], start_epoch: int) -> dict:
+        """The epochs after ``start_epoch`` for a method from :meth:`prepare`, then the summary."""
         model = method.model
         train = data["train"]
         p_train = self.train_patterns(data)
@@ -227,10 +239,8 @@ class Trainer:
         tracker run: (method, history so far, last completed epoch)."""
         cfg, dev = self.cfg, self.device
         method = self.build_method(data["train"])
-        if self.compile_model:  # after the method built its modules (LfF copies the model): compile each in place
-            reset_compiler()
-            for module in method.modules().values():
-                module.compile(dynamic=False)  # state_dict keys unchanged; one recompile per stage size
+        if self.compile_model:
+            compile_modules(method)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.run_dir / "config.json",
                           self._config_record(count_parameters(method.model), method.describe()))
