@@ -5,7 +5,7 @@ in at most 10 minutes on one H100-class GPU):
    and full loop, fp32 eager / bf16 + channels_last / compiled (train.py --compile), fused groups against one
    plain run (fused.py; ``--fused-runs``, compiled for the largest group only), counterfactual audit (audit.py);
 2. the end-to-end wall time of ``biasbench sweep paper-table1 --scale full --seeds 0`` with ``--fuse F``
-   (default auto: up to 8 runs per fused unit) and W units at a time on the one GPU (local runner), then its
+   (default auto: up to 8 runs per fused unit with ``--compile``, else unfused) and W units at a time on the one GPU (local runner), then its
    report (Table 1 against the paper).
 
     python benchmarks/gpu.py --out DIR [--benchmarks fused,train] [--fused-runs 1,8] [--bench-limit S]
@@ -136,7 +136,7 @@ def main() -> None:
     ap.add_argument("--fused-runs", default=None, help="fused.py --runs (default 1,2,4,8 on CUDA)")
     ap.add_argument("--bench-limit", type=float, default=None, help="seconds each benchmark may run")
     ap.add_argument("--workers", type=int, default=1, help="units of work at a time on the GPU")
-    ap.add_argument("--fuse", default="auto", help="the sweep's --fuse (auto: 8 on CUDA)")
+    ap.add_argument("--fuse", default="auto", help="the sweep's --fuse (auto: 8 on CUDA with --compile, else 1)")
     ap.add_argument("--compile", action="store_true", help="the sweep's --compile")
     ap.add_argument("--skip-sweep", action="store_true")
     ap.add_argument("--skip-benchmarks", action="store_true")

@@ -273,3 +273,11 @@ def test_progress_counts_a_fused_unit_at_once():
     assert len(lines) == 4 and all("[4/6 done, 1 running, 2 waiting, ETA " in line for line in lines[1:])
     p.finished([res(4), res(5)])
     assert "[6/6 done, 0 running, 0 waiting, ETA 0 s]" in lines[-1]
+
+
+def test_fuse_auto_fuses_only_compiled_cuda_sweeps():
+    from biasbench.sweep.runners import resolve_fuse
+
+    assert resolve_fuse("auto", "cuda") == 1 and resolve_fuse("auto", "cpu", compile_model=True) == 1
+    assert resolve_fuse("auto", "cuda:0", compile_model=True) == 8
+    assert resolve_fuse("3", "cpu") == 3
