@@ -211,7 +211,7 @@ def test_parallel_local_workers_match_sequential(tmp_path):
     res = run_sweep(trials, "micro", "tiny", str(tmp_path / "data"), str(tmp_path / "par"), workers=2,
                     log=lines.append)
     assert sorted(r["status"] for r in res) == ["finished", "finished"]
-    assert any("[2/2 done, 0 running, 0 waiting" in line for line in lines)
+    assert any("[2/2 done, 0 left, units running: 0" in line for line in lines)
     for cfg in (tmp_path / "seq" / "runs").glob("*/config.json"):
         run = cfg.parent.name
         a = json.loads((tmp_path / "seq" / "runs" / run / "metrics.json").read_text())["history"]
@@ -268,11 +268,11 @@ def test_progress_counts_a_fused_unit_at_once():
     res = lambda i, status="finished": {"trial_id": f"t{i}", "run_id": f"r{i}", "status": status,  # noqa: E731
                                         "test_accuracy": 50.0}
     p.finished([res(0, "skipped")])
-    assert "[1/6 done, 1 running, 5 waiting, ETA -]" in lines[-1]
+    assert "[1/6 done, 5 left, units running: 1, ETA -]" in lines[-1]
     p.finished([res(i) for i in (1, 2, 3)])
-    assert len(lines) == 4 and all("[4/6 done, 1 running, 2 waiting, ETA " in line for line in lines[1:])
+    assert len(lines) == 4 and all("[4/6 done, 2 left, units running: 1, ETA " in line for line in lines[1:])
     p.finished([res(4), res(5)])
-    assert "[6/6 done, 0 running, 0 waiting, ETA 0 s]" in lines[-1]
+    assert "[6/6 done, 0 left, units running: 0, ETA 0 s]" in lines[-1]
 
 
 def test_fuse_auto_fuses_only_compiled_cuda_sweeps():

@@ -20,7 +20,7 @@ RUNNERS = ("local", "ray")
 
 
 class Progress:
-    """Trials done / units running / trials waiting, and an ETA: wall time so far per trained trial x trials
+    """Trials done / trials left / units running, and an ETA: wall time so far per trained trial x trials
     left (skipped, already finished trials do not count as trained; a fused unit reports all its trials at
     once, so the ETA is computed after the whole unit is counted)."""
 
@@ -39,7 +39,7 @@ class Progress:
         el = time.perf_counter() - self.t0
         eta = _fmt(el / self.trained * left) if self.trained else ("0 s" if not left else "-")
         for r in results:
-            self.log(f"[{self.done}/{self.total} done, {running} running, {left} waiting, ETA {eta}] "
+            self.log(f"[{self.done}/{self.total} done, {left} left, units running: {running}, ETA {eta}] "
                      f"trial {r['trial_id']} -> run {r['run_id']} {r['status']}, "
                      f"test accuracy {r['test_accuracy']:.2f}")
 

@@ -15,7 +15,7 @@ A sweep file (YAML)::
       explicit: [[distractor_shape], [texture]]
       hparams.step_size: [0.01, 0.001]     # method hyperparameters: hparams.NAME
       dataset.p_bias: [0.5, 0.7]           # dataset settings: dataset.NAME
-    include:               # optional extra trials (same keys as one grid point)
+    include:               # optional extra trials (same keys as one grid point; --seeds runs each per seed)
       - {method: lff, seed: 0}
     tracker: mlflow        # optional: tracker(s) for every trial (the CLI's --tracker wins)
 
