@@ -21,7 +21,7 @@ import torch
 
 from biasbench.config import DatasetSettings, TrainConfig
 from biasbench.data.biased_mnist import generate
-from biasbench.train.fused import FusedMethods, train_fused
+from biasbench.train.fused import FusedMethods, fused_layout, train_fused
 from biasbench.train.loop import Trainer, load_splits
 from train import steps_per_second  # benchmarks/train.py (this folder is on sys.path when run as a script)
 
@@ -33,7 +33,14 @@ def bare(cfgs: list[TrainConfig], dev: torch.device, steps: int, compiled: bool)
     fused = FusedMethods([t.build_method(train) for t in trainers], compile_steps=compiled)
     bs = cfgs[0].batch_size
     idx = torch.stack([torch.randperm(len(train.labels), device=dev)[:bs] for _ in cfgs])
-    x, y, f = train.images[idx].float(), train.labels[idx], train.factors[idx]
+    # laid out as the fused loop lays it out (channels-last on CUDA, unless a layer fails with it under vmap)
+    x, y, f = fused_layout(train.images[idx], trainers[0].channels_last), train.labels[idx], train.factors[idx]
+    if trainers[0].channels_last:
+        with trainers[0]._autocast():
+            error = fused.layout_error(x)
+        if error:
+            print(f"channels-last fails under vmap ({error}): default layout")
+            x = fused_layout(train.images[idx], False)
 
     def step():
         with trainers[0]._autocast():

@@ -6,11 +6,13 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from torch.func import vmap
 
 from biasbench.config import TrainConfig
 from biasbench.methods import Batch, TrainInfo, get_method_class, list_methods
 from biasbench.models import create_model
-from biasbench.train.fused import FusedMethods, fusable, fuse_key, train_fused
+from biasbench.train.fused import FusedMethods, fusable, fuse_key, fused_layout, train_fused
 from biasbench.train.loop import Trainer, load_splits
 from biasbench.train.optim import optimizer_factory
 
@@ -242,3 +244,57 @@ def test_interrupted_fused_training_resumes(stop_after, tiny_root, tmp_path, mon
         else:
             assert hb[0] == pytest.approx(ha[0], rel=1e-3)  # epoch 1's training loss
             assert abs(b["final"]["test"]["accuracy"] - a["final"]["test"]["accuracy"]) <= 1.0
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_portable_batch_norm_is_batch_norm_under_vmap(layout):
+    """portable_batch_norm gives F.batch_norm's output and running statistics (train and eval), per run under
+    vmap too, channels-last included, and keeps the input's layout."""
+    from biasbench.train.fused import portable_batch_norm
+
+    g = torch.Generator().manual_seed(0)
+    x = fused_layout(torch.randn(3, 8, 4, 5, 5, generator=g, dtype=torch.float64) * 3 + 1,
+                     layout == "channels_last").double()
+    w, b = torch.rand(3, 4, dtype=torch.float64, generator=g), torch.rand(3, 4, dtype=torch.float64, generator=g)
+    for training in (True, False):
+        rm, rv = torch.rand(3, 4, dtype=torch.float64), torch.rand(3, 4, dtype=torch.float64) + 0.5
+        rm2, rv2 = rm.clone(), rv.clone()
+        got = vmap(lambda xi, m, v, wi, bi: portable_batch_norm(xi, m, v, wi, bi, training, 0.1, 1e-5))(x, rm, rv, w, b)
+        for r in range(3):
+            want = F.batch_norm(x[r], rm2[r], rv2[r], w[r], b[r], training, 0.1, 1e-5)
+            torch.testing.assert_close(got[r], want, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(rm, rm2, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(rv, rv2, rtol=1e-12, atol=1e-12)
+    if layout == "channels_last":
+        assert got.permute(1, 0, 2, 3, 4).reshape(8, 12, 5, 5).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_fused_steps_never_call_the_batch_norm_kernel(data, monkeypatch):
+    """Inside fused steps every batch norm (ResNet18's nn.BatchNorm2d, EfficientNetV2's timm BatchNormAct2d)
+    runs as portable_batch_norm: the kernel that fails under vmap on channels-last CUDA tensors is not called.
+    A layout that fails is reported by layout_error without touching the runs' state."""
+    import biasbench.train.fused as fused_mod
+
+    def kernel(*args, **kwargs):
+        raise AssertionError("torch.batch_norm called in a fused step")
+
+    monkeypatch.setattr(torch, "batch_norm", kernel)
+    for model in ("resnet18", "effnetv2_s_w025"):
+        fused = FusedMethods(_methods("stdm", data, model=model))
+        idx = _orders(_methods("stdm", data, model=model), 1)[:, 0]
+        train = data["train"]
+        fused.update(train.images[idx].to(torch.float64), train.labels[idx], train.factors[idx], idx)
+        fused.train(False)
+        fused.predict(train.images[:4].to(torch.float64))
+        x = train.images[idx].to(torch.float64)
+        assert fused.layout_error(x) is None
+    before = {k: v.clone() for k, v in fused.buffers[fused.names[0]].items()}
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("NYI: querying is_contiguous inside of vmap\nmore")
+
+    monkeypatch.setattr(fused_mod, "portable_batch_norm", fails)
+    assert fused.layout_error(x) == "NYI: querying is_contiguous inside of vmap"
+    for k, v in fused.buffers[fused.names[0]].items():
+        assert torch.equal(v, before[k])
+    assert all(p.grad is None for ps in fused.params.values() for p in ps.values())

@@ -23,8 +23,9 @@ Limits: no progressive learning (image sizes change per stage), no dropout or dr
 no method that overrides ``predict``; runs fuse only when everything but ``seed`` and ``explicit`` is
 equal (:func:`fuse_key`) and their modules have the same shapes (RUBi and LNL size a module by the number of bias groups; a factor with 9
 values fuses apart from those with 10). Channels-last lays the 5-D input out so that the grouped
-convolutions see channels-last tensors (see ``_FusedLoop._layout``); on CUDA fused runs stay in the default
-layout, since CUDA's batch norm cannot run channels-last under vmap.
+convolutions see channels-last tensors (see :func:`fused_layout`). Batch norm runs as
+:func:`portable_batch_norm` in fused steps: CUDA's kernel cannot run channels-last under vmap. On CUDA a
+first forward and backward checks the layout and falls back to the default one if a layer still fails.
 """
 from __future__ import annotations
 
@@ -36,7 +37,9 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.func import functional_call, vmap
+from torch.overrides import TorchFunctionMode
 
 from ..config import TrainConfig
 from ..data.recipe import SPLITS
@@ -70,6 +73,53 @@ def fusable(cfg: TrainConfig) -> str | None:
     if get_method_class(cfg.method).predict is not Method.predict:
         return f"method {cfg.method} has its own predict"
     return None
+
+
+def portable_batch_norm(x: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
+                        weight: torch.Tensor | None = None, bias: torch.Tensor | None = None, training: bool = False,
+                        momentum: float = 0.1, eps: float = 1e-5) -> torch.Tensor:
+    """``F.batch_norm`` from reductions and elementwise operations, in float32 at least (bf16 inputs are
+    normalised in float32, as the fused kernel does):
+
+        training: mean, var = batch statistics over all dims but 1 (var biased);
+                  running <- (1 - momentum) * running + momentum * (mean, var * n / (n - 1))
+        y = (x - mean) / sqrt(var + eps) * weight + bias
+
+    The same numbers as the fused kernel, but it never asks its input for its memory layout, which CUDA's
+    ``batch_norm`` does and vmap cannot answer for channels-last tensors (torch 2.11: "NYI: querying
+    is_contiguous inside of vmap for memory_format other than torch.contiguous_format"). Elementwise
+    operations keep the input's layout, so a channels-last network stays channels-last."""
+    dims = [0, *range(2, x.dim())]
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    ct = torch.promote_types(x.dtype, torch.float32)
+    xf = x.to(ct)
+    if training:
+        var, mean = torch.var_mean(xf, dims, correction=0)
+        if running_mean is not None and running_var is not None:
+            n = xf.numel() // xf.shape[1]
+            with torch.no_grad():
+                running_mean.mul_(1 - momentum).add_(mean.detach().to(running_mean.dtype), alpha=momentum)
+                running_var.mul_(1 - momentum).add_((var.detach() * (n / max(n - 1, 1))).to(running_var.dtype),
+                                                    alpha=momentum)
+    else:
+        mean, var = running_mean.to(ct), running_var.to(ct)
+    y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + eps)
+    if weight is not None:
+        y = y * weight.to(ct).view(shape)
+    if bias is not None:
+        y = y + bias.to(ct).view(shape)
+    return y.to(x.dtype)
+
+
+class PortableBatchNorm(TorchFunctionMode):
+    """Inside this mode every ``F.batch_norm`` call (``nn.BatchNorm*d``, timm's ``BatchNormAct2d``) runs as
+    :func:`portable_batch_norm`; the modules' own logic (momentum, ``num_batches_tracked``) is unchanged."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.batch_norm:
+            return portable_batch_norm(*args, **kwargs)
+        return func(*args, **kwargs)
 
 
 class _Features(nn.Module):
@@ -208,13 +258,15 @@ class FusedMethods:
         loss_fn = getattr(self.template, loss_name)
 
         def per_run(params, buffers, tensors, x, y, factors, index):
-            return loss_fn(self._nets(params, buffers), tensors, Batch(x, y, factors, index))
+            with PortableBatchNorm():
+                return loss_fn(self._nets(params, buffers), tensors, Batch(x, y, factors, index))
 
         return vmap(per_run)
 
     def _predict_fn(self) -> Callable:
         def per_run(params, buffers, x):
-            return self._nets(params, buffers)["model"](x)
+            with PortableBatchNorm():
+                return self._nets(params, buffers)["model"](x)
 
         return vmap(per_run, in_dims=(0, 0, None))
 
@@ -236,6 +288,25 @@ class FusedMethods:
                 self.optimizers[k].step()
             stats.update(st)
         return stats
+
+    def layout_error(self, x: torch.Tensor) -> str | None:
+        """None if a training-mode forward and backward of every run's main model on ``x`` (R, B, C, H, W)
+        runs, else the error's first line. Runs on copies of the buffers and leaves the gradients empty."""
+        buffers = {n: {k: v.clone() for k, v in b.items()} for n, b in self.buffers.items()}
+
+        def per_run(params, buffers, x):
+            with PortableBatchNorm():
+                return self._nets(params, buffers)["model"](x).float().sum()
+
+        self.train(True)
+        try:
+            vmap(per_run)(self.params, buffers, x).sum().backward()
+        except RuntimeError as exc:
+            return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        finally:
+            for opt in self.optimizers.values():
+                opt.zero_grad(set_to_none=True)
+        return None
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -316,6 +387,16 @@ def train_fused(cfgs: Sequence[TrainConfig], out: str | os.PathLike, tracker: st
     return [results[i] for i in range(len(cfgs))]
 
 
+def fused_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """(R, B, C, H, W) float. With ``channels_last``, stored in (B, H, W, R, C) order: vmap's convolution rule
+    folds the run axis into the channels, (B, R*C, H, W), which is then a channels-last view without a copy,
+    and every later layer stays channels-last."""
+    x = x.float()
+    if channels_last:
+        x = x.permute(1, 3, 4, 0, 2).contiguous().permute(3, 0, 4, 1, 2)
+    return x
+
+
 class _FusedLoop:
     """The epochs of one fused group: the single-run loop of :class:`Trainer` with a run axis."""
 
@@ -327,9 +408,16 @@ class _FusedLoop:
         self.data, self.start_epoch, self.progress, self.log = data, start_epoch, progress, log
         self.lead = self.trainers[0]
         self.fused = FusedMethods(self.methods, compile_steps=compile_model)
-        # CUDA's batch norm asks its input for channels-last contiguity, which vmap does not support (torch
-        # 2.11: "NYI: querying is_contiguous inside of vmap"), so fused CUDA runs stay in the default layout
-        self.channels_last = self.lead.channels_last and self.lead.device.type != "cuda"
+        self.channels_last = self.lead.channels_last
+        if self.channels_last and self.lead.device.type == "cuda":
+            # batch norm runs as portable_batch_norm here, which avoids the failure seen on an H100 (torch
+            # 2.11: CUDA's batch norm asks vmap for the layout); should a layer still fail, use the default layout
+            probe = data["train"].images[:2].unsqueeze(0).expand(len(self.trainers), -1, -1, -1, -1)
+            with self.lead._autocast():
+                error = self.fused.layout_error(self._layout(probe))
+            if error:
+                self.log(f"fused: channels-last fails under vmap here ({error}); using the default layout")
+                self.channels_last = False
 
     def run(self) -> list[dict]:
         lead, cfg = self.lead, self.lead.cfg
@@ -382,13 +470,7 @@ class _FusedLoop:
                  "fused_runs": runs} for loss in losses]
 
     def _layout(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        """(R, B, C, H, W) float. With channels-last on, stored in (B, H, W, R, C) order: vmap's convolution
-        rule folds the run axis into the channels, (B, R*C, H, W), which is then a channels-last view
-        without a copy, and every later layer stays channels-last."""
-        x = x_uint8.float()
-        if self.channels_last:
-            x = x.permute(1, 3, 4, 0, 2).contiguous().permute(3, 0, 4, 1, 2)
-        return x
+        return fused_layout(x_uint8, self.channels_last)
 
     def _prep(self, x_uint8: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) float, shared by every run (evaluation)."""
