@@ -9,7 +9,7 @@ in at most 10 minutes on one H100-class GPU):
    report (Table 1 against the paper).
 
     python benchmarks/gpu.py --out DIR [--benchmarks fused,train] [--fused-runs 1,8] [--bench-limit S]
-                             [--workers 1] [--fuse auto] [--compile] [--scale full] [--trials N]
+                             [--workers 1] [--fuse auto|measured|N] [--compile] [--scale full] [--trials N]
                              [--first rubi,lnl] [--sweep-dir D] [--data D] [--deadline S] [--archive]
                              [--no-report] [--skip-benchmarks] [--skip-sweep]
 
@@ -102,6 +102,23 @@ def sweep_file(args, out: Path) -> Path | None:
     return path
 
 
+def fuse_from_benchmark(path: Path, gain: float = 1.1) -> str:
+    """``--fuse measured``: 8 when fused.py's largest eager group trained at least ``gain`` x one plain run's
+    images/s, else 1 (unfused)."""
+    rows = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        parts = line.split()
+        if len(parts) == 5 and parts[0].isdigit() and parts[1] in ("bf16", "fp32"):
+            rows.append((int(parts[0]), float(parts[4])))
+    if not rows:
+        print("--fuse measured: no eager row in fused.txt; unfused", flush=True)
+        return "1"
+    runs, x_plain = max(rows)
+    choice = "8" if runs > 1 and x_plain >= gain else "1"
+    print(f"--fuse measured: {runs} fused runs at {x_plain:.2f}x one plain run -> --fuse {choice}", flush=True)
+    return choice
+
+
 def count_finished(sweep: Path) -> tuple[int, int]:
     try:
         trials = json.loads((sweep / "sweep.json").read_text())["trials"]
@@ -136,7 +153,9 @@ def main() -> None:
     ap.add_argument("--fused-runs", default=None, help="fused.py --runs (default 1,2,4,8 on CUDA)")
     ap.add_argument("--bench-limit", type=float, default=None, help="seconds each benchmark may run")
     ap.add_argument("--workers", type=int, default=1, help="units of work at a time on the GPU")
-    ap.add_argument("--fuse", default="auto", help="the sweep's --fuse (auto: 8 on CUDA with --compile, else 1)")
+    ap.add_argument("--fuse", default="auto",
+                    help="the sweep's --fuse (auto: 8 on CUDA with --compile, else 1); measured: 8 if this call's "
+                         "fused benchmark found 8 eager fused runs at least 1.1x one plain run, else 1")
     ap.add_argument("--compile", action="store_true", help="the sweep's --compile")
     ap.add_argument("--skip-sweep", action="store_true")
     ap.add_argument("--skip-benchmarks", action="store_true")
@@ -168,6 +187,8 @@ def main() -> None:
         run(cmds[b], out / f"{b}.txt", args.bench_limit)
     if args.skip_sweep:
         return
+    if args.fuse == "measured":
+        args.fuse = fuse_from_benchmark(out / "fused.txt")
     sweep = Path(args.sweep_dir) if args.sweep_dir else out / "sweep"
     report = sweep / "report" if args.archive else out / "report"
     path = sweep_file(args, out)
