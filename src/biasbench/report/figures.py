@@ -88,6 +88,8 @@ def fig5(data: dict, path: Path) -> Path | None:
             ax.plot(xs, [d[k] for k in xs], marker="o", label=METHOD_NAMES[m])
     ax.set_xlabel("number of explicit bias variables\n(added in the paper's order: shape, texture, digit colour, "
                   "background,\ntexture colour, distractor colour, position)", fontsize=8)
+    ax.set_xticks(ks)  # whole numbers of variables, also when only some are present
+    ax.set_xlim(0.5, 7.5)
     ax.set_ylabel("unbiased test accuracy (%)")
     ax.set_title("Fig. 5: scalability to multiple explicit biases", fontsize=10)
     ax.legend(fontsize=8, ncol=2)
