@@ -1,6 +1,7 @@
 """Fused training throughput: R runs as one fused network against R separate runs.
 
     python benchmarks/fused.py [--device auto] [--cell-size 32] [--runs 1,2,4,8] [--method stdm] [--compile]
+                               [--compile-mode default|reduce-overhead|...]
 
 For each R: images/s summed over the R runs, for the bare fused step (``FusedMethods.update`` on one
 fixed batch per run; R = 1 is one run through the vmap path) and for the full loop (``train_fused``: an epoch of index gathers, method update,
@@ -19,14 +20,14 @@ from pathlib import Path
 
 import torch
 
-from biasbench.config import DatasetSettings, TrainConfig
+from biasbench.config import COMPILE_MODES, DatasetSettings, TrainConfig
 from biasbench.data.biased_mnist import generate
 from biasbench.train.fused import FusedMethods, fused_layout, train_fused
 from biasbench.train.loop import Trainer, load_splits
 from train import steps_per_second  # benchmarks/train.py (this folder is on sys.path when run as a script)
 
 
-def bare(cfgs: list[TrainConfig], dev: torch.device, steps: int, compiled: bool) -> float:
+def bare(cfgs: list[TrainConfig], dev: torch.device, steps: int, compiled: bool | str) -> float:
     """Total images/s of the fused step on a fixed batch per run."""
     trainers = [Trainer(c, "/nonexistent", tracker="none", device=str(dev)) for c in cfgs]
     train = load_splits(cfgs[0].data, dev)["train"]
@@ -49,7 +50,7 @@ def bare(cfgs: list[TrainConfig], dev: torch.device, steps: int, compiled: bool)
     return steps_per_second(step, steps, dev, 5 if compiled else 3) * bs * len(cfgs)
 
 
-def loop(cfgs: list[TrainConfig], out: str, dev: torch.device, compiled: bool) -> float:
+def loop(cfgs: list[TrainConfig], out: str, dev: torch.device, compiled: bool | str) -> float:
     """Total images/s of the second training epoch (records of ``train_fused`` or of a plain Trainer)."""
     if len(cfgs) == 1:
         res = [Trainer(cfgs[0], out, tracker="none", device=str(dev), progress=False, compile_model=compiled).run()]
@@ -72,6 +73,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="bare steps per measurement (default 100 CUDA, 5 CPU)")
     ap.add_argument("--compile", action="store_true",
                     help="also measure compiled fused steps, for the largest group (compiling takes a while)")
+    ap.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
+                    help="torch.compile mode with --compile (reduce-overhead adds CUDA graphs)")
     args = ap.parse_args()
     dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                        ("cpu" if args.device == "auto" else args.device))
@@ -88,11 +91,12 @@ def main() -> None:
         root = f"{tmp}/ds"
         generate(root, DatasetSettings(cell_size=args.cell_size, n_train=n_train, n_val=100, n_test=100))
         plain = None
-        for compiled in ([False, True] if args.compile else [False]):
+        for compiled in ([False, args.compile_mode] if args.compile else [False]):
             for r in (runs[-1:] if compiled else runs):
                 cfgs = [TrainConfig(data=root, method=args.method, epochs=2, eval_epochs=(2,), precision=precision,
                                     seed=s) for s in range(r)]
-                label = precision + (" + compile" if compiled else "")
+                label = precision + (" + compile" if compiled else "") + \
+                    (f" {compiled}" if compiled and compiled != "default" else "")
                 b = bare(cfgs, dev, steps, compiled)
                 lp = loop(cfgs, f"{tmp}/runs-{r}-{compiled}", dev, compiled)
                 if r == 1 and not compiled:

@@ -5,11 +5,11 @@ in at most 10 minutes on one H100-class GPU):
    and full loop, fp32 eager / bf16 + channels_last / compiled (train.py --compile), fused groups against one
    plain run (fused.py; ``--fused-runs``, compiled for the largest group only), counterfactual audit (audit.py);
 2. the end-to-end wall time of ``biasbench sweep paper-table1 --scale full --seeds 0`` with ``--fuse F``
-   (default auto: up to 8 runs per fused unit with ``--compile``, else unfused) and W units at a time on the one GPU (local runner), then its
-   report (Table 1 against the paper).
+   (default auto: up to 8 runs per fused unit with ``--compile``, else unfused) and W units at a time on the
+   one GPU (local runner), then its report (Table 1 against the paper).
 
     python benchmarks/gpu.py --out DIR [--benchmarks fused,train] [--fused-runs 1,8] [--bench-limit S]
-                             [--workers 1] [--fuse auto|measured|N] [--compile] [--scale full] [--trials N]
+                             [--workers 1] [--fuse auto|measured|N] [--compile [MODE]] [--scale full] [--trials N]
                              [--first rubi,lnl] [--sweep-dir D] [--data D] [--deadline S] [--archive]
                              [--no-report] [--skip-benchmarks] [--skip-sweep]
 
@@ -156,7 +156,8 @@ def main() -> None:
     ap.add_argument("--fuse", default="auto",
                     help="the sweep's --fuse (auto: 8 on CUDA with --compile, else 1); measured: 8 if this call's "
                          "fused benchmark found 8 eager fused runs at least 1.1x one plain run, else 1")
-    ap.add_argument("--compile", action="store_true", help="the sweep's --compile")
+    ap.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                    help="the sweep's --compile [MODE]; a MODE other than default is also benchmarked")
     ap.add_argument("--skip-sweep", action="store_true")
     ap.add_argument("--skip-benchmarks", action="store_true")
     ap.add_argument("--scale", default="full")
@@ -179,8 +180,10 @@ def main() -> None:
     dev = ["--device", "cuda" if args.device == "auto" else args.device]
     small = [] if "cuda" in dev[1] else ["--cell-size", "8"]
     cmds = {"generate": [py, str(HERE / "generate.py"), *dev],
-            "train": [py, str(HERE / "train.py"), "--compile", *dev, *small],
+            "train": [py, str(HERE / "train.py"), "--compile", *dev, *small]
+            + (["--compile-modes", f"default,{args.compile}"] if args.compile not in (None, "default") else []),
             "fused": [py, str(HERE / "fused.py"), "--compile", *dev, *small]
+            + (["--compile-mode", args.compile] if args.compile else [])
             + (["--runs", args.fused_runs] if args.fused_runs else []),
             "audit": [py, str(HERE / "audit.py"), *dev, "--samples", "1000"]}
     for b in benches:
@@ -194,7 +197,7 @@ def main() -> None:
     path = sweep_file(args, out)
     cmd = [py, "-m", "biasbench.cli", "sweep", str(path or "paper-table1"), "--scale", args.scale, "--seeds", "0",
            "--data", args.data or str(out / "data"), "--out", str(sweep), "--workers", str(args.workers),
-           "--device", args.device, "--fuse", args.fuse] + (["--compile"] if args.compile else [])
+           "--device", args.device, "--fuse", args.fuse] + (["--compile", args.compile] if args.compile else [])
     before, _ = count_finished(sweep)
     tail = 0 if args.no_report else 30  # seconds kept for the report and the archive
     limit = None if args.deadline is None else args.deadline - elapsed() - tail - 10
@@ -202,7 +205,8 @@ def main() -> None:
     done, total = count_finished(sweep)
     if not args.no_report:
         run([py, "-m", "biasbench.cli", "report", str(sweep), "--out", str(report)], out / "report.txt")
-    summary = (f"paper-table1 ({args.scale}, seed 0, --fuse {args.fuse}{' --compile' if args.compile else ''}, "
+    summary = (f"paper-table1 ({args.scale}, seed 0, --fuse {args.fuse}"
+               f"{' --compile ' + args.compile if args.compile else ''}, "
                f"{args.workers} units at a time): {seconds / 60:.1f} min wall time this call; "
                f"{done} of {total} trials finished ({done - before} in this call)"
                + ("; stopped at the deadline" if stopped else ""))

@@ -2,9 +2,11 @@
 loss accumulation, progress) against a bare forward/backward/step on one fixed float batch.
 
     python benchmarks/train.py [--device auto] [--cell-size 32] [--steps N] [--batch-size 128]
+                               [--compile [--compile-modes default,reduce-overhead]]
 
 On CUDA it measures fp32 eager, bf16 autocast + channels_last, and the same compiled (``--compile``,
-static shapes); on the CPU fp32 eager (plus compiled with ``--compile``). Prints images/s per
+static shapes, once per mode of ``--compile-modes``; ``reduce-overhead`` adds CUDA graphs); on the CPU fp32
+eager (plus compiled with ``--compile``). Prints images/s per
 configuration and the loop / bare ratio.
 """
 from __future__ import annotations
@@ -21,7 +23,7 @@ from biasbench.config import DatasetSettings, TrainConfig
 from biasbench.data.biased_mnist import generate
 from biasbench.methods import TrainInfo, get_method_class
 from biasbench.models import create_model
-from biasbench.train.loop import Trainer, load_splits, reset_compiler
+from biasbench.train.loop import Trainer, compile_options, load_splits, reset_compiler
 from biasbench.train.optim import optimizer_factory
 
 
@@ -42,14 +44,14 @@ def steps_per_second(step, steps: int, dev, warmup: int = 3) -> float:
     return steps / (time.perf_counter() - t)
 
 
-def bare_step(cfg: TrainConfig, dev, x_u8, y, steps: int, amp: bool, cl: bool, compiled: bool = False) -> float:
+def bare_step(cfg: TrainConfig, dev, x_u8, y, steps: int, amp: bool, cl: bool, compiled: bool | str = False) -> float:
     torch.manual_seed(0)
     model = create_model(cfg.model).to(dev)
     if cl:
         model = model.to(memory_format=torch.channels_last)
     if compiled:
         reset_compiler()
-        model.compile(dynamic=False)
+        model.compile(**compile_options(compiled))
     opt = optimizer_factory(cfg, dev)(model.parameters())
     x = x_u8.float()
     if cl:
@@ -65,7 +67,7 @@ def bare_step(cfg: TrainConfig, dev, x_u8, y, steps: int, amp: bool, cl: bool, c
     return steps_per_second(step, steps, dev, 5 if compiled else 3) * len(y)
 
 
-def loop_epoch(cfg: TrainConfig, root: str, out: str, device: str, compiled: bool = False) -> float:
+def loop_epoch(cfg: TrainConfig, root: str, out: str, device: str, compiled: bool | str = False) -> float:
     tr = Trainer(cfg, out, tracker="none", device=device, progress=False, compile_model=compiled)
     data = load_splits(cfg.data, tr.device)
     train = data["train"]
@@ -77,7 +79,7 @@ def loop_epoch(cfg: TrainConfig, root: str, out: str, device: str, compiled: boo
     method = get_method_class(cfg.method)(model, optimizer_factory(cfg, tr.device), info, {})
     if compiled:
         reset_compiler()
-        model.compile(dynamic=False)
+        model.compile(**compile_options(compiled))
     tr._train_epoch(method, train, 1)  # warm-up epoch (allocator, kernels)
     _sync(tr.device)
     rec = tr._train_epoch(method, train, 2)
@@ -91,6 +93,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="steps per measurement (default 10 CPU, 300 GPU)")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--compile", action="store_true", help="also measure torch.compile'd configurations")
+    ap.add_argument("--compile-modes", default="default",
+                    help="with --compile: comma-separated torch.compile modes, e.g. default,reduce-overhead "
+                         "(CUDA graphs)")
     args = ap.parse_args()
     dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                        ("cpu" if args.device == "auto" else args.device))
@@ -99,13 +104,15 @@ def main() -> None:
     configs = [("fp32 eager", "fp32", "off", False)]
     if dev.type == "cuda":
         configs.append(("bf16 + channels_last", "bf16", "on", False))
-    if args.compile:
-        configs.append(("bf16 + cl + compile" if dev.type == "cuda" else "fp32 + compile",
-                        "bf16" if dev.type == "cuda" else "fp32", "on" if dev.type == "cuda" else "off", True))
+    for mode in args.compile_modes.split(",") if args.compile else []:
+        compile_options(mode)  # an unknown mode fails here
+        suffix = "" if mode == "default" else f" {mode}"
+        configs.append((("bf16 + cl + compile" if dev.type == "cuda" else "fp32 + compile") + suffix,
+                        "bf16" if dev.type == "cuda" else "fp32", "on" if dev.type == "cuda" else "off", mode))
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
     print(f"device: {dev} ({name}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
           f"image {3 * args.cell_size}px, batch {args.batch_size}, {steps} steps")
-    print(f"{'configuration':24s}{'bare img/s':>12s}{'loop img/s':>12s}{'loop/bare':>11s}")
+    print(f"{'configuration':40s}{'bare img/s':>12s}{'loop img/s':>12s}{'loop/bare':>11s}")
     with tempfile.TemporaryDirectory() as tmp:
         root = f"{tmp}/ds"
         generate(root, DatasetSettings(cell_size=args.cell_size, n_train=n, n_val=100, n_test=100))
@@ -117,7 +124,7 @@ def main() -> None:
                               channels_last=cl, eval_epochs=(2,))
             bare = bare_step(cfg, dev, x_u8, y, steps, precision == "bf16", cl == "on", compiled)
             loop = loop_epoch(cfg, root, f"{tmp}/runs", str(dev), compiled)
-            print(f"{label:24s}{bare:12,.0f}{loop:12,.0f}{loop / bare:11.1%}")
+            print(f"{label:40s}{bare:12,.0f}{loop:12,.0f}{loop / bare:11.1%}")
 
 
 if __name__ == "__main__":

@@ -152,3 +152,33 @@ def test_cli_train_missing_or_corrupt_dataset(tmp_path, capsys):
     (tmp_path / "bad" / "manifest.json").write_text("[]")
     code = main(["train", "--data", str(tmp_path / "bad"), "--out", str(tmp_path / "r"), "--tracker", "none"])
     assert code == 2 and "corrupt manifest" in capsys.readouterr().err
+
+
+def test_compile_mode_reaches_torch_compile(tiny_root, tmp_path, monkeypatch):
+    """`--compile MODE` compiles every module of the method (LfF: both models) with that mode and static
+    shapes, fused steps too; an unknown mode is one error line and exit 2, before any run folder exists."""
+    import torch
+
+    from biasbench.train.fused import FusedMethods
+
+    seen = []
+
+    def fake_module_compile(self, **kwargs):  # records instead of compiling (the CPU compile takes a while)
+        seen.append(kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "compile", fake_module_compile)
+    code = main(["train", "--data", str(tiny_root), "--out", str(tmp_path / "r"), "--method", "lff", "--epochs", "1",
+                 "--tracker", "none", "--no-progress", "--compile", "reduce-overhead"])
+    assert code == 0 and seen == [{"dynamic": False, "mode": "reduce-overhead"}] * 2
+    traced = []
+    monkeypatch.setattr(torch, "compile", lambda f, **kw: traced.append(kw) or f)
+    cfgs = [TrainConfig(data=str(tiny_root), method="stdm", epochs=1, seed=s) for s in (0, 1)]
+    trainers = [Trainer(c, tmp_path / "f", tracker="none") for c in cfgs]
+    from biasbench.train.loop import load_splits
+
+    train = load_splits(cfgs[0].data, trainers[0].device)["train"]
+    FusedMethods([t.build_method(train) for t in trainers], compile_steps="max-autotune-no-cudagraphs")
+    assert traced == [{"dynamic": False, "mode": "max-autotune-no-cudagraphs"}] * 2  # the step and predict
+    with pytest.raises(BiasbenchError, match="unknown compile mode 'fast'"):
+        Trainer(cfgs[0], tmp_path / "g", tracker="none", compile_model="fast")
+    assert not (tmp_path / "g").exists()

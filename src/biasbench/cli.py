@@ -121,7 +121,7 @@ def cmd_data_export(args: argparse.Namespace) -> int:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from .config import OPTIMIZERS, PRECISIONS
+    from .config import COMPILE_MODES, OPTIMIZERS, PRECISIONS
 
     tr = sub.add_parser(
         "train", help="train one model with one method and report its bias",
@@ -148,7 +148,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--progressive", default=None, metavar="PRESET",
                     help="progressive learning with adaptive regularization: effnetv2-s, effnetv2-m, effnetv2-l "
                          "(docs/models.md); off by default")
-    tr.add_argument("--compile", action="store_true", help="torch.compile the model (static shapes per stage)")
+    tr.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES, metavar="MODE",
+                    help="torch.compile the model (static shapes per stage); MODE: " + ", ".join(COMPILE_MODES)
+                    + " (reduce-overhead adds CUDA graphs)")
     tr.add_argument("--epochs", type=int, default=30)
     tr.add_argument("--batch-size", type=int, default=128)
     tr.add_argument("--lr", type=float, default=1e-3)
@@ -200,7 +202,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                       precision=args.precision, channels_last=args.channels_last)
     log = (lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr))
     trainer = Trainer(cfg, args.out, tracker=args.tracker, device=args.device,
-                      progress=False if args.no_progress else None, log=log, compile_model=args.compile)
+                      progress=False if args.no_progress else None, log=log, compile_model=args.compile or False)
     result = trainer.run()
     if args.json:
         print(json.dumps(result, indent=2))
@@ -261,7 +263,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def _add_sweep(sub: argparse._SubParsersAction) -> None:
-    from .config import PRECISIONS
+    from .config import COMPILE_MODES, PRECISIONS
     from .sweep.spec import SCALES, presets
 
     sw = sub.add_parser(
@@ -290,7 +292,9 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
                     help="train up to N trials that differ only in seed and explicit set as one fused network "
                          "(same results as separate runs, one GPU pass for all); auto (default): 8 on a CUDA "
                          "device with --compile, else 1 (off): uncompiled fused groups were not faster on an H100")
-    sw.add_argument("--compile", action="store_true", help="torch.compile each run's (or fused group's) step")
+    sw.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES, metavar="MODE",
+                    help="torch.compile each run's (or fused group's) step; MODE: " + ", ".join(COMPILE_MODES)
+                    + " (reduce-overhead adds CUDA graphs)")
     sw.add_argument("--precision", default=None, choices=PRECISIONS,
                     help="override every trial's precision (default: the sweep's, else auto = bf16 on CUDA); "
                          "fp32 with --fuse 1 and no --compile is the plain eager path")
@@ -344,7 +348,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     tracker = args.tracker or spec.get("tracker") or "none"
     results = run_sweep(trials, spec.get("name", "sweep"), scale, args.data, args.out, args.runner, tracker,
                         args.device, args.workers, args.ray_address, args.gpus_per_trial, fuse=args.fuse,
-                        compile_model=args.compile)
+                        compile_model=args.compile or False)
     done = sum(r["status"] == "finished" for r in results)
     print(f"{len(results)} trials: {done} trained, {len(results) - done} already finished; "
           f"report with: biasbench report {args.out} --out {args.out}/report")

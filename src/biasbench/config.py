@@ -155,6 +155,8 @@ class DatasetSettings:
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "madgrad", "madgradw")
 PRECISIONS = ("auto", "fp32", "bf16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+"""``torch.compile`` modes (``--compile MODE``); ``reduce-overhead`` adds CUDA graphs on CUDA."""
 
 
 def _check_float(value: Any, what: str, lo: float, lo_open: bool = False) -> float:

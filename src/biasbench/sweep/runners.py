@@ -57,7 +57,7 @@ def write_sweep_record(out: Path, name: str, scale: str, trials: list[Trial], re
 
 
 def run_local(units: list[list[Trial]], data_root: str, out: str, tracker: str, device: str, workers: int,
-              log: Callable[[str], None], compile_model: bool = False) -> list[dict]:
+              log: Callable[[str], None], compile_model: bool | str = False) -> list[dict]:
     """Units (lists of trials, see :func:`plan_units`) one after another, or ``workers`` at a time in
     spawned processes."""
     progress = Progress([len(u) for u in units], log, workers)
@@ -84,7 +84,7 @@ def run_local(units: list[list[Trial]], data_root: str, out: str, tracker: str, 
 
 def run_ray(units: list[list[Trial]], data_root: str, out: str, tracker: str, device: str, workers: int,
             address: str | None, gpus_per_trial: float, log: Callable[[str], None],
-            compile_model: bool = False) -> list[dict]:
+            compile_model: bool | str = False) -> list[dict]:
     """Ray Tune over the units (``grid_search``), each with 1 CPU and ``gpus_per_trial`` GPUs, so several
     small units share one GPU; ``address="auto"`` joins a running cluster (records then need a folder
     every node can reach)."""
@@ -128,7 +128,7 @@ def run_ray(units: list[list[Trial]], data_root: str, out: str, tracker: str, de
 def run_sweep(trials: list[Trial], name: str, scale: str, data_root: str, out: str, runner: str = "local",
               tracker: str = "none", device: str = "auto", workers: int = 1, address: str | None = None,
               gpus_per_trial: float = 0.0, log: Callable[[str], None] | None = None, fuse: int | str = 1,
-              compile_model: bool = False) -> list[dict]:
+              compile_model: bool | str = False) -> list[dict]:
     """Run ``trials``; ``fuse``: at most this many fusable trials trained as one fused network
     (:mod:`biasbench.train.fused`); ``auto`` = 8 on a CUDA device with ``compile_model``, else 1 (off)."""
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
@@ -167,7 +167,7 @@ runs (8 runs: 0.96x), compiled ones 1.39x, with one compilation per unit instead
 (``docs/benchmarks.md``)."""
 
 
-def resolve_fuse(fuse: int | str, device: str, compile_model: bool = False) -> int:
+def resolve_fuse(fuse: int | str, device: str, compile_model: bool | str = False) -> int:
     if fuse == "auto":
         if not compile_model:
             return 1

@@ -34,13 +34,13 @@ def ensure_dataset(data_root: str | os.PathLike, settings: DatasetSettings) -> P
 
 
 def run_trial(trial: dict, data_root: str, out: str, tracker: str = "none", device: str = "auto",
-              compile_model: bool = False) -> dict:
+              compile_model: bool | str = False) -> dict:
     """Run one trial (a :meth:`Trial.to_dict`); returns a small JSON-ready result."""
     return run_unit([trial], data_root, out, tracker, device, compile_model)[0]
 
 
 def run_unit(trials: list[dict], data_root: str, out: str, tracker: str = "none", device: str = "auto",
-             compile_model: bool = False) -> list[dict]:
+             compile_model: bool | str = False) -> list[dict]:
     """Run one unit of work: a single trial alone, or several trials that :func:`plan_units` found fusable
     trained as one fused network (:func:`biasbench.train.fused.train_fused`). One result per trial."""
     from ..train.fused import train_fused

@@ -45,7 +45,7 @@ from ..config import TrainConfig
 from ..data.recipe import SPLITS
 from ..errors import BiasbenchError
 from ..methods.base import Batch, Method
-from .loop import SplitData, Trainer, compile_modules, eval_batches, load_splits, reset_compiler
+from .loop import SplitData, Trainer, compile_modules, compile_options, eval_batches, load_splits, reset_compiler
 
 FUSE_VARYING = ("seed", "explicit")
 """Configuration fields that may differ between the runs of one fused group."""
@@ -161,7 +161,7 @@ class FusedMethods:
     (R, B, classes) for one shared input; ``store(methods)`` copies the state back into the R objects.
     """
 
-    def __init__(self, methods: Sequence[Method], compile_steps: bool = False):
+    def __init__(self, methods: Sequence[Method], compile_steps: bool | str = False):
         if not methods:
             raise ValueError("nothing to fuse")
         sig = _shape_signature(methods[0])
@@ -198,9 +198,10 @@ class FusedMethods:
         self._steps = {name: self._phase_fn(name) for name, _ in self.template.phases}
         self._predict = self._predict_fn()
         if compile_steps:
+            options = compile_options(compile_steps)
             reset_compiler()
-            self._steps = {k: torch.compile(f, dynamic=False) for k, f in self._steps.items()}
-            self._predict = torch.compile(self._predict, dynamic=False)
+            self._steps = {k: torch.compile(f, **options) for k, f in self._steps.items()}
+            self._predict = torch.compile(self._predict, **options)
 
     # -- state in and out -----------------------------------------------------------------------
     def _load_optimizer_state(self, methods: Sequence[Method]) -> None:
@@ -339,7 +340,7 @@ def _stack_padded(ts: list[torch.Tensor]) -> torch.Tensor:
 
 def train_fused(cfgs: Sequence[TrainConfig], out: str | os.PathLike, tracker: str = "mlflow",
                 device: str = "auto", progress: bool | None = None, log: Callable[[str], None] | None = None,
-                compile_model: bool = False) -> list[dict]:
+                compile_model: bool | str = False) -> list[dict]:
     """Train ``cfgs`` fused, each into ``out/<run_id>`` exactly as :class:`Trainer` would; returns one
     result per config, in order (finished runs are skipped, interrupted ones resume from their checkpoints).
 
@@ -378,7 +379,7 @@ def train_fused(cfgs: Sequence[TrainConfig], out: str | os.PathLike, tracker: st
             if len(members) == 1:  # a group of one: the plain loop is faster than vmap over one run
                 i, t, method, history = members[0]
                 if compile_model:
-                    compile_modules(method)
+                    compile_modules(method, compile_model)
                 results[i] = t.train_from(data, method, history, start)
                 continue
             for (i, _, _, _), res in zip(members, _FusedLoop(members, data, start, progress, log,
@@ -401,7 +402,7 @@ class _FusedLoop:
     """The epochs of one fused group: the single-run loop of :class:`Trainer` with a run axis."""
 
     def __init__(self, members: list, data: dict[str, SplitData], start_epoch: int, progress, log,
-                 compile_model: bool):
+                 compile_model: bool | str):
         self.trainers = [m[1] for m in members]
         self.methods = [m[2] for m in members]
         self.histories = [m[3] for m in members]

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..config import TrainConfig
+from ..config import COMPILE_MODES, TrainConfig
 from ..data.biased_mnist import BiasedMNIST
 from ..data.factors import majority_mask
 from ..data.recipe import SPLITS, read_manifest
@@ -67,12 +67,23 @@ def resolve_device(device: str) -> torch.device:
 COMPILE_RECOMPILE_LIMIT = 64
 
 
-def compile_modules(method) -> None:
+def compile_options(compile_model: bool | str) -> dict:
+    """``torch.compile`` keyword arguments for a ``compile_model`` value: True or ``"default"`` (static shapes,
+    the default mode) or one of :data:`COMPILE_MODES`."""
+    if compile_model is True or compile_model == "default":
+        return {"dynamic": False}
+    if compile_model not in COMPILE_MODES:
+        raise BiasbenchError(f"unknown compile mode {compile_model!r}; expected one of: {', '.join(COMPILE_MODES)}")
+    return {"dynamic": False, "mode": compile_model}
+
+
+def compile_modules(method, compile_model: bool | str = True) -> None:
     """Compile each of a built method's modules in place (after the method built them: LfF copies the model);
     state_dict keys are unchanged, and there is one recompile per progressive stage size."""
+    options = compile_options(compile_model)
     reset_compiler()
     for module in method.modules().values():
-        module.compile(dynamic=False)
+        module.compile(**options)
 
 
 def reset_compiler() -> None:
@@ -124,8 +135,10 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, out: str | os.PathLike, tracker: str | Tracker = "mlflow",
                  device: str = "auto", progress: bool | None = None, log: Callable[[str], None] | None = None,
-                 compile_model: bool = False):
+                 compile_model: bool | str = False):
         self.cfg = cfg
+        if compile_model:
+            compile_options(compile_model)  # an unknown mode fails before anything is written
         self.compile_model = compile_model
         self.manifest = read_manifest(cfg.data)
         self.settings = self.manifest["settings"]
@@ -240,7 +253,7 @@ class Trainer:
         cfg, dev = self.cfg, self.device
         method = self.build_method(data["train"])
         if self.compile_model:
-            compile_modules(method)
+            compile_modules(method, self.compile_model)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.run_dir / "config.json",
                           self._config_record(count_parameters(method.model), method.describe()))
