@@ -48,20 +48,24 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 _REQUIRED = object()
 
 
-def read_json_record(path: str | os.PathLike, default: Any = _REQUIRED) -> Any:
+def read_json_record(path: str | os.PathLike, default: Any = _REQUIRED, key: str | None = None) -> Any:
     """Parse a JSON record. A missing file returns ``default`` (or is an error when none is given); an
-    unreadable or invalid one is a :class:`BiasbenchError` naming the file."""
+    unreadable or invalid one, or with ``key`` one that is not an object holding ``key``, is a
+    :class:`BiasbenchError` naming the file."""
     from .errors import BiasbenchError
 
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        rec = json.loads(path.read_text())
     except FileNotFoundError:
         if default is _REQUIRED:
             raise BiasbenchError(f"missing record {path}") from None
         return default
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BiasbenchError(f"corrupt record {path}: {exc}") from None
+    if key is not None and (not isinstance(rec, dict) or key not in rec):
+        raise BiasbenchError(f"corrupt record {path}: no {key!r}")
+    return rec
 
 
 def stable_hash(obj: Any, length: int = 12) -> str:

@@ -39,9 +39,7 @@ def load_run_model(run_dir: str | os.PathLike, device: torch.device) -> tuple[to
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
         raise BiasbenchError(f"{run_dir} is not a run folder (no config.json)")
-    rec = read_json_record(cfg_path)
-    if not isinstance(rec, dict) or "config" not in rec:
-        raise BiasbenchError(f"corrupt record {cfg_path}: no 'config'")
+    rec = read_json_record(cfg_path, key="config")
     cfg = rec["config"]
     ckpt_path = run_dir / "checkpoint.pt"
     if not ckpt_path.is_file():

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import BiasbenchError
-from .registry import register_model
+from .registry import pick_features, register_model
 
 PRESETS = {
     "efficientnetv2_s": ("efficientnetv2_s", {}),
@@ -64,14 +64,8 @@ class TimmEfficientNet(nn.Module):
         x = n.bn2(n.conv_head(x))
         pooled = n.forward_head(x, pre_logits=True)
         logits = n.classifier(pooled)
-        feats = {}
-        for name in names:
-            if name == "pooled2":
-                feats[name] = pooled2
-            elif name in ("pooled4", "before_logits"):
-                feats[name] = pooled
-            else:
-                raise KeyError(f"unknown feature {name!r}; EfficientNetV2 has {sorted(self.feature_dims)}")
+        feats = pick_features({"pooled2": pooled2, "pooled4": pooled, "before_logits": pooled}, names,
+                              "EfficientNetV2")
         return logits, feats
 
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .registry import register_model
+from .registry import pick_features, register_model
 
 
 class PaperCNN(nn.Module):
@@ -40,16 +40,9 @@ class PaperCNN(nn.Module):
         x = F.relu(self.conv4(x))
         pooled4 = x.mean(dim=(2, 3))
         logits = self.fc(F.dropout(pooled4, self.drop_rate, self.training) if self.drop_rate else pooled4)
-        feats = {}
-        for n in names:
-            if n == "pooled2":
-                feats[n] = hidden.mean(dim=(2, 3))
-            elif n in ("pooled4", "before_logits"):
-                feats[n] = pooled4
-            elif n == "hidden":
-                feats[n] = hidden
-            else:
-                raise KeyError(f"unknown feature {n!r}; paper_cnn has {sorted(self.feature_dims)} and 'hidden'")
+        pooled2 = hidden.mean(dim=(2, 3))
+        feats = pick_features({"pooled2": pooled2, "pooled4": pooled4, "before_logits": pooled4, "hidden": hidden},
+                              names, "paper_cnn")
         return logits, feats
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,15 @@ def register_model(name: str):
     return deco
 
 
+def pick_features(available: dict, names, model: str) -> dict:
+    """``{name: available[name]}`` for the requested feature names (``forward_features``'s contract); an
+    unknown name is a KeyError that lists the model's features."""
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise KeyError(f"unknown feature {unknown[0]!r}; {model} has {sorted(available)}")
+    return {n: available[n] for n in names}
+
+
 def list_models() -> list[str]:
     _ensure_loaded()
     return sorted(_MODELS)

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 from torchvision.models import resnet18 as tv_resnet18
 
-from .registry import register_model
+from .registry import pick_features, register_model
 
 
 class ResNet18(nn.Module):
@@ -36,14 +36,7 @@ class ResNet18(nn.Module):
         pooled2 = x.mean(dim=(2, 3))
         x = n.layer4(n.layer3(x))
         pooled4 = x.mean(dim=(2, 3))
-        feats = {}
-        for name in names:
-            if name == "pooled2":
-                feats[name] = pooled2
-            elif name in ("pooled4", "before_logits"):
-                feats[name] = pooled4
-            else:
-                raise KeyError(f"unknown feature {name!r}; resnet18 has {sorted(self.feature_dims)}")
+        feats = pick_features({"pooled2": pooled2, "pooled4": pooled4, "before_logits": pooled4}, names, "resnet18")
         return n.fc(pooled4), feats
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -47,9 +47,7 @@ def load_sweep(sweep_dir: str | os.PathLike) -> tuple[dict, list[RunRecord]]:
     path = sweep_dir / "sweep.json"
     if not path.is_file():
         raise BiasbenchError(f"{sweep_dir} holds no sweep (no sweep.json); run 'biasbench sweep' first")
-    sweep = read_json_record(path)
-    if not isinstance(sweep, dict) or "trials" not in sweep:
-        raise BiasbenchError(f"corrupt record {path}: no 'trials'")
+    sweep = read_json_record(path, key="trials")
     trials = sweep["trials"]
     runs_dir = sweep_dir / "runs"
     records = []

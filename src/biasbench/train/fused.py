@@ -45,7 +45,8 @@ from ..config import TrainConfig
 from ..data.recipe import SPLITS
 from ..errors import BiasbenchError
 from ..methods.base import Batch, Method
-from .loop import SplitData, Trainer, compile_modules, compile_options, eval_batches, load_splits, reset_compiler
+from .loop import (SplitData, Trainer, compile_modules, compile_options, eval_batches, load_splits, prep_images,
+                   reset_compiler)
 
 FUSE_VARYING = ("seed", "explicit")
 """Configuration fields that may differ between the runs of one fused group."""
@@ -196,7 +197,7 @@ class FusedMethods:
         self.tensor_lengths = {k: [t[k].shape[0] if t[k].dim() else None for t in per_run] for k in per_run[0]}
         self.tensors = {k: _stack_padded([t[k] for t in per_run]) for k in per_run[0]}
         self._steps = {name: self._phase_fn(name) for name, _ in self.template.phases}
-        self._predict = self._predict_fn()
+        self._predict = self._model_fn(None)
         if compile_steps:
             options = compile_options(compile_steps)
             reset_compiler()
@@ -264,12 +265,14 @@ class FusedMethods:
 
         return vmap(per_run)
 
-    def _predict_fn(self) -> Callable:
+    def _model_fn(self, x_dim: int | None) -> Callable:
+        """Every run's main model, vmapped: ``(params, buffers, x)`` -> (R, B, classes); ``x_dim`` None: one
+        input batch shared by all runs, 0: one batch per run."""
         def per_run(params, buffers, x):
             with PortableBatchNorm():
                 return self._nets(params, buffers)["model"](x)
 
-        return vmap(per_run, in_dims=(0, 0, None))
+        return vmap(per_run, in_dims=(0, 0, x_dim))
 
     def train(self, mode: bool = True) -> None:
         for b in self.bases.values():
@@ -294,14 +297,9 @@ class FusedMethods:
         """None if a training-mode forward and backward of every run's main model on ``x`` (R, B, C, H, W)
         runs, else the error's first line. Runs on copies of the buffers and leaves the gradients empty."""
         buffers = {n: {k: v.clone() for k, v in b.items()} for n, b in self.buffers.items()}
-
-        def per_run(params, buffers, x):
-            with PortableBatchNorm():
-                return self._nets(params, buffers)["model"](x).float().sum()
-
         self.train(True)
         try:
-            vmap(per_run)(self.params, buffers, x).sum().backward()
+            self._model_fn(0)(self.params, buffers, x).float().sum().backward()
         except RuntimeError as exc:
             return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         finally:
@@ -473,11 +471,6 @@ class _FusedLoop:
     def _layout(self, x_uint8: torch.Tensor) -> torch.Tensor:
         return fused_layout(x_uint8, self.channels_last)
 
-    def _prep(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) float, shared by every run (evaluation)."""
-        x = x_uint8.float()
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
     @torch.no_grad()
     def _predict_all(self) -> dict[str, torch.Tensor]:
         """(R, N, classes) logits per split, 2048 / R images at a time (activations grow with R)."""
@@ -488,7 +481,7 @@ class _FusedLoop:
             parts = []
             for chunk, n in eval_batches(self.data[split].images, batch):
                 with self.lead._autocast():
-                    parts.append(self.fused.predict(self._prep(chunk))[:, :n].float())
+                    parts.append(self.fused.predict(prep_images(chunk, self.channels_last))[:, :n].float())
             out[split] = torch.cat(parts, dim=1) if parts else torch.zeros((len(self.trainers), 0, 10))
         self.fused.train(True)
         return out

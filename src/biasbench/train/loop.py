@@ -67,6 +67,12 @@ def resolve_device(device: str) -> torch.device:
 COMPILE_RECOMPILE_LIMIT = 64
 
 
+def prep_images(x_uint8: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """A (B, C, H, W) uint8 batch as float (raw 0-255 values: the models normalise), channels-last if asked."""
+    x = x_uint8.float()
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
 def compile_options(compile_model: bool | str) -> dict:
     """``torch.compile`` keyword arguments for a ``compile_model`` value: True or ``"default"`` (static shapes,
     the default mode) or one of :data:`COMPILE_MODES`."""
@@ -319,10 +325,7 @@ class Trainer:
         return order.to(self.device)
 
     def _prep(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        x = x_uint8.float()
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        return prep_images(x_uint8, self.channels_last)
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
