@@ -11,6 +11,10 @@ import sys
 from . import __version__
 from .errors import BiasbenchError
 
+CUDA_GRAPHS_HELP = ("capture each training step as a CUDA graph and replay it (the same updates, without the "
+                    "per-kernel launch cost): auto (default) = on for CUDA devices unless --compile's mode makes "
+                    "its own graphs, on, off (plain eager)")
+
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
     from .data.factors import FACTORS, MODES
@@ -151,6 +155,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES, metavar="MODE",
                     help="torch.compile the model (static shapes per stage); MODE: " + ", ".join(COMPILE_MODES)
                     + " (reduce-overhead adds CUDA graphs)")
+    tr.add_argument("--cuda-graphs", default="auto", choices=("auto", "on", "off"),
+                    help=CUDA_GRAPHS_HELP)
     tr.add_argument("--epochs", type=int, default=30)
     tr.add_argument("--batch-size", type=int, default=128)
     tr.add_argument("--lr", type=float, default=1e-3)
@@ -202,7 +208,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                       precision=args.precision, channels_last=args.channels_last)
     log = (lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr))
     trainer = Trainer(cfg, args.out, tracker=args.tracker, device=args.device,
-                      progress=False if args.no_progress else None, log=log, compile_model=args.compile or False)
+                      progress=False if args.no_progress else None, log=log, compile_model=args.compile or False,
+                      cuda_graphs=args.cuda_graphs)
     result = trainer.run()
     if args.json:
         print(json.dumps(result, indent=2))
@@ -295,6 +302,7 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     sw.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES, metavar="MODE",
                     help="torch.compile each run's (or fused group's) step; MODE: " + ", ".join(COMPILE_MODES)
                     + " (reduce-overhead adds CUDA graphs)")
+    sw.add_argument("--cuda-graphs", default="auto", choices=("auto", "on", "off"), help=CUDA_GRAPHS_HELP)
     sw.add_argument("--precision", default=None, choices=PRECISIONS,
                     help="override every trial's precision (default: the sweep's, else auto = bf16 on CUDA); "
                          "fp32 with --fuse 1 and no --compile is the plain eager path")
@@ -348,7 +356,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     tracker = args.tracker or spec.get("tracker") or "none"
     results = run_sweep(trials, spec.get("name", "sweep"), scale, args.data, args.out, args.runner, tracker,
                         args.device, args.workers, args.ray_address, args.gpus_per_trial, fuse=args.fuse,
-                        compile_model=args.compile or False)
+                        compile_model=args.compile or False, cuda_graphs=args.cuda_graphs)
     done = sum(r["status"] == "finished" for r in results)
     print(f"{len(results)} trials: {done} trained, {len(results) - done} already finished; "
           f"report with: biasbench report {args.out} --out {args.out}/report")

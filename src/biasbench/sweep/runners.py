@@ -57,7 +57,8 @@ def write_sweep_record(out: Path, name: str, scale: str, trials: list[Trial], re
 
 
 def run_local(units: list[list[Trial]], data_root: str, out: str, tracker: str, device: str, workers: int,
-              log: Callable[[str], None], compile_model: bool | str = False) -> list[dict]:
+              log: Callable[[str], None], compile_model: bool | str = False,
+              cuda_graphs: bool | str = False) -> list[dict]:
     """Units (lists of trials, see :func:`plan_units`) one after another, or ``workers`` at a time in
     spawned processes."""
     progress = Progress([len(u) for u in units], log, workers)
@@ -65,7 +66,7 @@ def run_local(units: list[list[Trial]], data_root: str, out: str, tracker: str, 
     results = []
     if workers <= 1:
         for unit in payload:
-            rs = run_unit(unit, data_root, out, tracker, device, compile_model)
+            rs = run_unit(unit, data_root, out, tracker, device, compile_model, cuda_graphs)
             results += rs
             progress.finished(rs)
         return results
@@ -74,7 +75,7 @@ def run_local(units: list[list[Trial]], data_root: str, out: str, tracker: str, 
 
     ctx = mp.get_context("spawn")  # torch and threads: never fork a process that has run torch
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = [pool.submit(run_unit, unit, data_root, out, tracker, device, compile_model) for unit in payload]
+        futures = [pool.submit(run_unit, unit, data_root, out, tracker, device, compile_model, cuda_graphs) for unit in payload]
         for fut in as_completed(futures):
             rs = fut.result()
             results += rs
@@ -84,7 +85,7 @@ def run_local(units: list[list[Trial]], data_root: str, out: str, tracker: str, 
 
 def run_ray(units: list[list[Trial]], data_root: str, out: str, tracker: str, device: str, workers: int,
             address: str | None, gpus_per_trial: float, log: Callable[[str], None],
-            compile_model: bool | str = False) -> list[dict]:
+            compile_model: bool | str = False, cuda_graphs: bool | str = False) -> list[dict]:
     """Ray Tune over the units (``grid_search``), each with 1 CPU and ``gpus_per_trial`` GPUs, so several
     small units share one GPU; ``address="auto"`` joins a running cluster (records then need a folder
     every node can reach)."""
@@ -96,7 +97,7 @@ def run_ray(units: list[list[Trial]], data_root: str, out: str, tracker: str, de
     data_root, out = str(Path(data_root).resolve()), str(Path(out).resolve())
 
     def trainable(config):
-        result = run_unit(config["unit"], data_root, out, tracker, device, compile_model)
+        result = run_unit(config["unit"], data_root, out, tracker, device, compile_model, cuda_graphs)
         return {"result_json": json.dumps(result)}
 
     started_here = not ray.is_initialized()
@@ -128,9 +129,10 @@ def run_ray(units: list[list[Trial]], data_root: str, out: str, tracker: str, de
 def run_sweep(trials: list[Trial], name: str, scale: str, data_root: str, out: str, runner: str = "local",
               tracker: str = "none", device: str = "auto", workers: int = 1, address: str | None = None,
               gpus_per_trial: float = 0.0, log: Callable[[str], None] | None = None, fuse: int | str = 1,
-              compile_model: bool | str = False) -> list[dict]:
+              compile_model: bool | str = False, cuda_graphs: bool | str = False) -> list[dict]:
     """Run ``trials``; ``fuse``: at most this many fusable trials trained as one fused network
-    (:mod:`biasbench.train.fused`); ``auto`` = 8 on a CUDA device with ``compile_model``, else 1 (off)."""
+    (:mod:`biasbench.train.fused`); ``auto`` = 8 on a CUDA device with ``compile_model``, else 1 (off);
+    ``cuda_graphs``: captured training steps (:func:`biasbench.train.loop.check_cuda_graphs`)."""
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     if runner not in RUNNERS:
         raise BiasbenchError(f"unknown runner {runner!r}; expected one of: {', '.join(RUNNERS)}")
@@ -139,7 +141,9 @@ def run_sweep(trials: list[Trial], name: str, scale: str, data_root: str, out: s
     if gpus_per_trial < 0:
         raise BiasbenchError(f"--gpus-per-trial must be >= 0, got {gpus_per_trial}")
     from ..track import make_tracker
+    from ..train.loop import check_cuda_graphs, resolve_device
 
+    check_cuda_graphs(cuda_graphs, resolve_device(device), compile_model)  # bad combinations fail before training
     units = plan_units(trials, resolve_fuse(fuse, device, compile_model))
     make_tracker(tracker, str(Path(out) / "runs")).prepare()  # bad tracker: fail before training
     outp = Path(out)
@@ -148,10 +152,10 @@ def run_sweep(trials: list[Trial], name: str, scale: str, data_root: str, out: s
     fused = f", {len(units)} units (up to {max(map(len, units))} trials fused)" if len(units) < len(trials) else ""
     log(f"sweep {name} ({scale}): {len(trials)} trials{fused}, runner {runner}, workers {workers} -> {out}")
     if runner == "local":
-        results = run_local(units, data_root, out, tracker, device, workers, log, compile_model)
+        results = run_local(units, data_root, out, tracker, device, workers, log, compile_model, cuda_graphs)
     else:
         results = run_ray(units, data_root, out, tracker, device, workers, address, gpus_per_trial, log,
-                          compile_model)
+                          compile_model, cuda_graphs)
     order = {t.trial_id: i for i, t in enumerate(trials)}
     results.sort(key=lambda r: order[r["trial_id"]])
     write_sweep_record(outp, name, scale, trials, results)

@@ -34,13 +34,13 @@ def ensure_dataset(data_root: str | os.PathLike, settings: DatasetSettings) -> P
 
 
 def run_trial(trial: dict, data_root: str, out: str, tracker: str = "none", device: str = "auto",
-              compile_model: bool | str = False) -> dict:
+              compile_model: bool | str = False, cuda_graphs: bool | str = False) -> dict:
     """Run one trial (a :meth:`Trial.to_dict`); returns a small JSON-ready result."""
-    return run_unit([trial], data_root, out, tracker, device, compile_model)[0]
+    return run_unit([trial], data_root, out, tracker, device, compile_model, cuda_graphs)[0]
 
 
 def run_unit(trials: list[dict], data_root: str, out: str, tracker: str = "none", device: str = "auto",
-             compile_model: bool | str = False) -> list[dict]:
+             compile_model: bool | str = False, cuda_graphs: bool | str = False) -> list[dict]:
     """Run one unit of work: a single trial alone, or several trials that :func:`plan_units` found fusable
     trained as one fused network (:func:`biasbench.train.fused.train_fused`). One result per trial."""
     from ..train.fused import train_fused
@@ -54,9 +54,10 @@ def run_unit(trials: list[dict], data_root: str, out: str, tracker: str = "none"
     runs = Path(out) / "runs"
     if len(cfgs) == 1:
         results = [Trainer(cfgs[0], runs, tracker=tracker, device=device, progress=False,
-                           compile_model=compile_model).run()]
+                           compile_model=compile_model, cuda_graphs=cuda_graphs).run()]
     else:
-        results = train_fused(cfgs, runs, tracker=tracker, device=device, progress=False, compile_model=compile_model)
+        results = train_fused(cfgs, runs, tracker=tracker, device=device, progress=False, compile_model=compile_model,
+                              cuda_graphs=cuda_graphs)
     return [{"trial_id": t.trial_id, "run_id": r["run_id"], "status": r["status"], "fused": len(ts),
              "test_accuracy": r["final"]["test"]["accuracy"]} for t, r in zip(ts, results)]
 

@@ -338,7 +338,7 @@ def _stack_padded(ts: list[torch.Tensor]) -> torch.Tensor:
 
 def train_fused(cfgs: Sequence[TrainConfig], out: str | os.PathLike, tracker: str = "mlflow",
                 device: str = "auto", progress: bool | None = None, log: Callable[[str], None] | None = None,
-                compile_model: bool | str = False) -> list[dict]:
+                compile_model: bool | str = False, cuda_graphs: bool | str = False) -> list[dict]:
     """Train ``cfgs`` fused, each into ``out/<run_id>`` exactly as :class:`Trainer` would; returns one
     result per config, in order (finished runs are skipped, interrupted ones resume from their checkpoints).
 
@@ -355,8 +355,7 @@ def train_fused(cfgs: Sequence[TrainConfig], out: str | os.PathLike, tracker: st
     reason = fusable(cfgs[0])
     if reason:
         raise BiasbenchError(f"cannot fuse runs of this configuration: {reason}")
-    trainers = [Trainer(c, out, tracker, device, progress, log)
-                for c in cfgs]
+    trainers = [Trainer(c, out, tracker, device, progress, log, cuda_graphs=cuda_graphs) for c in cfgs]
     if len({t.run_id for t in trainers}) < len(trainers):
         raise BiasbenchError("the same run appears twice in one fused group")
     results: dict[int, dict] = {}
@@ -407,6 +406,7 @@ class _FusedLoop:
         self.data, self.start_epoch, self.progress, self.log = data, start_epoch, progress, log
         self.lead = self.trainers[0]
         self.fused = FusedMethods(self.methods, compile_steps=compile_model)
+        self.runner = None
         self.channels_last = self.lead.channels_last
         if self.channels_last and self.lead.device.type == "cuda":
             # batch norm runs as portable_batch_norm here, which avoids the failure seen on an H100 (torch
@@ -442,12 +442,13 @@ class _FusedLoop:
         return [t.finish(h) for t, h in zip(self.trainers, self.histories)]
 
     def _train_epoch(self, epoch: int) -> list[dict]:
-        lead, cfg, train = self.lead, self.lead.cfg, self.data["train"]
+        lead, cfg = self.lead, self.lead.cfg
         orders = torch.stack([t.epoch_order(m, epoch) for t, m in zip(self.trainers, self.methods)])  # (R, n)
         runs, n = orders.shape
         bs = cfg.batch_size
         steps = (n + bs - 1) // bs
         self.fused.train(True)
+        runner = self._step_runner()
         loss_sum = torch.zeros(runs, device=lead.device)
         from tqdm.auto import tqdm
 
@@ -457,7 +458,7 @@ class _FusedLoop:
         for step in range(steps):
             idx = orders[:, step * bs:(step + 1) * bs]  # (R, B): each run its own samples
             with lead._autocast():
-                stats = self.fused.update(self._layout(train.images[idx]), train.labels[idx], train.factors[idx], idx)
+                stats = runner(idx)
             loss_sum += stats["loss"].float() * idx.shape[1]
             bar.update(1)
         bar.close()
@@ -467,6 +468,31 @@ class _FusedLoop:
         # per run: its own loss; time and throughput are the group's, per run
         return [{"epoch": epoch, "split": "train_loss", "loss": loss, "seconds": seconds, "images_per_s": n / seconds,
                  "fused_runs": runs} for loss in losses]
+
+    def _step_runner(self):
+        """The fused step ``idx (R, B) -> (R,) stats`` as a :class:`GraphedStep` (captured once, when the lead
+        trainer uses CUDA graphs and the optimizers allow it)."""
+        if self.runner is not None:
+            return self.runner
+        from .graphs import GraphedStep, graph_blocker, keep_in_place
+
+        train, fused = self.data["train"], self.fused
+        graphs = self.lead.cuda_graphs
+        if graphs:
+            reason = graph_blocker(fused.optimizers)
+            if reason:
+                self.log(f"CUDA graphs off for this fused group: {reason}")
+                graphs = False
+
+        def step(idx: torch.Tensor) -> dict:
+            def update():
+                return fused.update(self._layout(train.images[idx]), train.labels[idx], train.factors[idx], idx)
+
+            return keep_in_place(fused.tensors, list(fused.tensors), update) if graphs else update()
+
+        self.runner = GraphedStep(step, fused.optimizers.values(), graphs,
+                                  state=lambda: (fused.params, fused.buffers, fused.optimizers, fused.tensors))
+        return self.runner
 
     def _layout(self, x_uint8: torch.Tensor) -> torch.Tensor:
         return fused_layout(x_uint8, self.channels_last)

@@ -105,6 +105,32 @@ def reset_compiler() -> None:
     setattr(cfg, name, max(getattr(cfg, name), COMPILE_RECOMPILE_LIMIT))
 
 
+CUDA_GRAPHS_CHOICES = ("auto", "on", "off")
+CUDA_GRAPHS_AUTO = True
+"""``--cuda-graphs auto``: on for CUDA devices (unless the compile mode makes its own graphs), off elsewhere."""
+CUDAGRAPH_COMPILE_MODES = ("reduce-overhead", "max-autotune")
+"""torch.compile modes that capture CUDA graphs themselves (they do not nest inside ours)."""
+
+
+def check_cuda_graphs(cuda_graphs: bool | str, device: torch.device, compile_model: bool | str = False) -> bool:
+    """Whether steps are captured as CUDA graphs (:mod:`biasbench.train.graphs`). ``cuda_graphs``: a bool or
+    one of :data:`CUDA_GRAPHS_CHOICES`; ``on`` for another device than CUDA, or with a compile mode that makes
+    its own graphs, is an error."""
+    if cuda_graphs in (False, None, "off"):
+        return False
+    if cuda_graphs == "auto":
+        return CUDA_GRAPHS_AUTO and device.type == "cuda" and compile_model not in CUDAGRAPH_COMPILE_MODES
+    if cuda_graphs not in (True, "on"):
+        raise BiasbenchError(f"unknown --cuda-graphs value {cuda_graphs!r}; expected one of: "
+                             f"{', '.join(CUDA_GRAPHS_CHOICES)}")
+    if device.type != "cuda":
+        raise BiasbenchError(f"CUDA graphs need a CUDA device, not {device}; use --cuda-graphs off")
+    if compile_model in CUDAGRAPH_COMPILE_MODES:
+        raise BiasbenchError(f"compile mode {compile_model} makes its own CUDA graphs: use --cuda-graphs off with "
+                             f"it, or compile with default or max-autotune-no-cudagraphs")
+    return True
+
+
 def eval_batches(images: torch.Tensor, batch: int):
     """Yield ``(chunk, n)``: ``images`` in chunks of exactly ``batch`` (the last zero-padded, static shapes
     for compiled code and cuDNN's algorithm cache), of which the first ``n`` are real. Evaluation runs in
@@ -141,7 +167,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, out: str | os.PathLike, tracker: str | Tracker = "mlflow",
                  device: str = "auto", progress: bool | None = None, log: Callable[[str], None] | None = None,
-                 compile_model: bool | str = False):
+                 compile_model: bool | str = False, cuda_graphs: bool | str = False):
         self.cfg = cfg
         if compile_model:
             compile_options(compile_model)  # an unknown mode fails before anything is written
@@ -161,6 +187,7 @@ class Trainer:
         self.out = Path(out)
         self.run_dir = self.out / self.run_id
         self.device = resolve_device(device)
+        self.cuda_graphs = check_cuda_graphs(cuda_graphs, self.device, compile_model)
         self.progress = progress
         self.log = log or (lambda s: None)
         self.tracker = make_tracker(tracker, str(self.out)) if isinstance(tracker, str) else tracker
@@ -169,6 +196,7 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
         self.amp = cfg.precision == "bf16" or (cfg.precision == "auto" and cuda)
         self.channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and cuda)
+        self._runner = None  # (method, images, GraphedStep) of the current run
 
     # -- records -----------------------------------------------------------------------------
     def _config_record(self, n_params: int, method_desc: dict) -> dict:
@@ -328,7 +356,35 @@ class Trainer:
         return prep_images(x_uint8, self.channels_last)
 
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+        # captured steps cast the weights inside the graph: no cast cache kept across the capture's boundary
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp,
+                              cache_enabled=not self.cuda_graphs)
+
+    def step_runner(self, method, train: SplitData, images: torch.Tensor):
+        """The un-augmented training step ``idx -> stats`` of ``method`` on ``images``: a :class:`GraphedStep`,
+        captured as a CUDA graph when this trainer uses them and the method's optimizers allow it (kept for
+        the run: the graph lives as long as the method and images it was captured with)."""
+        if self._runner is not None and self._runner[0] is method and self._runner[1] is images:
+            return self._runner[2]
+        from .graphs import GraphedStep, graph_blocker, keep_in_place
+
+        graphs = self.cuda_graphs
+        if graphs:  # progressive stages change sizes and dropout: their steps stay eager
+            reason = "progressive learning" if self.cfg.progressive else graph_blocker(method.optimizers())
+            if reason:
+                self.log(f"CUDA graphs off for this run: {reason}")
+                graphs = False
+
+        def step(idx: torch.Tensor) -> dict:
+            batch = Batch(self._prep(images[idx]), train.labels[idx], train.factors[idx], idx)
+            if not graphs:
+                return method.update(batch)
+            return keep_in_place(method, method.tensor_names, lambda: method.update(batch))
+
+        runner = GraphedStep(step, method.optimizers().values(), graphs,
+                             state=lambda: (method.modules(), method.optimizers(), method.tensors()))
+        self._runner = (method, images, runner)
+        return runner
 
     def _stage_images(self, stage, train: SplitData) -> torch.Tensor:
         """Training images at the stage's size, rendered from the recipe (not resized)."""
@@ -350,6 +406,7 @@ class Trainer:
         order = self.epoch_order(method, epoch)
         bs = cfg.batch_size
         steps = (len(order) + bs - 1) // bs
+        runner = self.step_runner(method, train, images) if aug_gen is None else None
         method.train(True)
         loss_sum = torch.zeros((), device=dev)
         from tqdm.auto import tqdm
@@ -359,14 +416,15 @@ class Trainer:
         t0 = time.perf_counter()
         for step in range(steps):
             idx = order[step * bs:(step + 1) * bs]
-            x, y, y_soft = self._prep(images[idx]), train.labels[idx], None
-            if aug_gen is not None:
-                x = rand_augment(x, stage.randaug, aug_gen)
+            if runner is not None:
+                with self._autocast():
+                    stats = runner(idx)
+            else:
+                x, y, y_soft = rand_augment(self._prep(images[idx]), stage.randaug, aug_gen), train.labels[idx], None
                 if stage.mixup > 0:
                     x, y_soft = mixup(x, y, stage.mixup, aug_rng, aug_gen)
-            batch = Batch(x, y, train.factors[idx], idx, y_soft)
-            with self._autocast():
-                stats = method.update(batch)
+                with self._autocast():
+                    stats = method.update(Batch(x, y, train.factors[idx], idx, y_soft))
             loss_sum += stats["loss"] * len(idx)
             bar.update(1)
             if step % 50 == 49 and not bar.disable:

@@ -1,0 +1,181 @@
+"""CUDA graphs for training steps: one replay instead of hundreds of kernel launches per step.
+
+At the paper's batch of 128 a step of the paper CNN is short on an H100, and eager PyTorch spends much
+of it launching kernels from Python (autocast casts, the forward, the backward, the optimizer); a method
+with two networks or two phases (LfF, LNL) launches twice as many. A CUDA graph records every kernel of
+one step once and replays them with one call.
+
+Contract of a step that can be captured (:class:`GraphedStep`): ``step(idx) -> dict of tensors`` reads
+its batch by gathering with the index tensor ``idx`` from tensors that stay where they are (the resident
+training split), changes state only in place (parameters, optimizer state, batch-norm buffers, and the
+method's per-run tensors through :func:`keep_in_place`), never synchronises with the host, and has no
+Python branch that depends on the step number. The methods' functional updates
+(:mod:`biasbench.methods.base`) and the fused updates (:mod:`biasbench.train.fused`) are such steps.
+
+What capture changes: nothing in the numbers but floating-point details of the kernels chosen; the
+batch order, the state after every step and the records are those of the eager loop. Limits: the
+optimizers must be capturable (:func:`graph_blocker`: fused Adam/AdamW on CUDA, SGD), the learning rate
+is fixed (it is recorded into the graph), and a batch of another shape (the last, short batch of an
+epoch) runs eagerly.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterable, Mapping
+
+import torch
+
+GRAPH_WARMUP = 3
+"""Eager steps before the capture (on a side stream, as PyTorch asks): they create the optimizer state and
+let cuDNN pick its algorithms, and are ordinary training steps."""
+
+
+def graph_blocker(optimizers: Mapping[str, torch.optim.Optimizer]) -> str | None:
+    """None when steps with these optimizers can be captured, else the reason they cannot (one line)."""
+    for name, opt in optimizers.items():
+        if isinstance(opt, (torch.optim.Adam, torch.optim.AdamW)):
+            if not all(g.get("fused") for g in opt.param_groups):
+                return f"optimizer {name} is not the fused {type(opt).__name__}"
+            if any(isinstance(g["lr"], torch.Tensor) for g in opt.param_groups):
+                return f"optimizer {name} has a tensor learning rate"
+        elif type(opt) is not torch.optim.SGD:
+            return f"optimizer {name} ({type(opt).__name__}) keeps its step count on the host"
+    return None
+
+
+@contextmanager
+def _capturable(optimizers: Iterable[torch.optim.Optimizer]):
+    """Mark Adam/AdamW groups capturable for the capture only. The fused kernels keep their step count on the
+    device either way (``capturable`` only silences the optimizer's capture check), so checkpoints keep the
+    flag the run was built with and load on the CPU too."""
+    saved = []
+    for opt in optimizers:
+        for g in opt.param_groups:
+            if "capturable" in g:
+                saved.append((g, g["capturable"]))
+                g["capturable"] = True
+    try:
+        yield
+    finally:
+        for g, v in saved:
+            g["capturable"] = v
+
+
+def keep_in_place(holder, names: Iterable[str], step: Callable[[], dict]) -> dict:
+    """Run ``step()``, which may rebind ``getattr(holder, name)`` (or ``holder[name]`` for a dict) to new
+    tensors, then copy the new values into the old tensors and rebind those: the state lives at fixed
+    addresses, which a replayed graph needs (it reads its inputs where capture found them)."""
+    get = holder.__getitem__ if isinstance(holder, dict) else (lambda k: getattr(holder, k))
+    put = holder.__setitem__ if isinstance(holder, dict) else (lambda k, v: setattr(holder, k, v))
+    before = {k: get(k) for k in names}
+    out = step()
+    for k, old in before.items():
+        new = get(k)
+        if new is not old:
+            old.copy_(new)
+            put(k, old)
+    return out
+
+
+def state_addresses(*things) -> dict[str, int]:
+    """``name -> data pointer`` of every tensor in ``things`` (modules' parameters and buffers, optimizers'
+    state, tensors, and dicts or lists of these): what a replayed graph reads and writes must stay put."""
+    out: dict[str, int] = {}
+
+    def walk(prefix: str, x) -> None:
+        if isinstance(x, torch.Tensor):
+            out[prefix] = x.data_ptr()
+        elif isinstance(x, torch.nn.Module):
+            for k, t in [*x.named_parameters(), *x.named_buffers()]:
+                out[f"{prefix}.{k}"] = t.data_ptr()
+        elif isinstance(x, torch.optim.Optimizer):
+            for i, p in enumerate(x.param_groups[0]["params"] if len(x.param_groups) == 1 else []):
+                for k, v in x.state.get(p, {}).items():
+                    walk(f"{prefix}.state{i}.{k}", v)
+        elif isinstance(x, dict):
+            for k, v in x.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        elif isinstance(x, (list, tuple)):
+            for i, v in enumerate(x):
+                walk(f"{prefix}.{i}", v)
+
+    for i, x in enumerate(things):
+        walk(str(i), x)
+    return out
+
+
+def check_in_place(before: dict[str, int], after: dict[str, int]) -> None:
+    """Raise if a state tensor appeared, vanished or moved between two :func:`state_addresses`."""
+    moved = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    if moved:
+        raise RuntimeError(f"a captured training step moved its state ({', '.join(moved[:5])}): a replay would "
+                           f"not see the new tensors; keep them in place (keep_in_place) or use --cuda-graphs off")
+
+
+class GraphedStep:
+    """Call ``step(idx)`` through a CUDA graph where it can be.
+
+    With ``enabled`` (CUDA only), the first :data:`GRAPH_WARMUP` calls with a full-size index run eagerly on
+    a side stream, the next one is captured into a graph and replayed, and every later call with an index of
+    that shape copies it into the graph's static index and replays; a call with another shape runs eagerly.
+    The returned dict holds the graph's output tensors, overwritten by the next replay: read (or add up)
+    before the next call. Without ``enabled`` every call is ``step(idx)``.
+
+    ``state()`` returns the tensors the step reads and changes (see :func:`state_addresses`); the capture
+    fails with a clear error if the captured step moved one of them, which replays would not follow.
+    """
+
+    def __init__(self, step: Callable[[torch.Tensor], dict], optimizers: Iterable[torch.optim.Optimizer],
+                 enabled: bool, state: Callable[[], tuple] = tuple, warmup: int = GRAPH_WARMUP):
+        self.step = step
+        self.state = state
+        self.optimizers = list(optimizers)
+        self.enabled = enabled
+        self.warmup = warmup
+        self.shape: torch.Size | None = None
+        self.calls = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.static_idx: torch.Tensor | None = None
+        self.out: dict | None = None
+
+    @property
+    def captured(self) -> bool:
+        return self.graph is not None
+
+    def __call__(self, idx: torch.Tensor) -> dict:
+        if not self.enabled:
+            return self.step(idx)
+        if self.shape is None:
+            self.shape = idx.shape
+        if idx.shape != self.shape:
+            return self.step(idx)
+        if self.graph is not None:
+            return self._replay(idx)
+        if self.calls < self.warmup:
+            self.calls += 1
+            return self._warm(idx)
+        return self._capture(idx)
+
+    def _warm(self, idx: torch.Tensor) -> dict:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            out = self.step(idx)
+        torch.cuda.current_stream().wait_stream(side)
+        return out
+
+    def _capture(self, idx: torch.Tensor) -> dict:
+        self.static_idx = idx.clone()
+        before = state_addresses(*self.state())
+        graph = torch.cuda.CUDAGraph()
+        with _capturable(self.optimizers), torch.cuda.graph(graph):
+            self.out = self.step(self.static_idx)
+        check_in_place(before, state_addresses(*self.state()))
+        self.graph = graph
+        graph.replay()  # capture records the kernels without running them
+        return self.out
+
+    def _replay(self, idx: torch.Tensor) -> dict:
+        self.static_idx.copy_(idx)
+        self.graph.replay()
+        return self.out
