@@ -1,14 +1,16 @@
 """Fused training throughput: R runs as one fused network against R separate runs.
 
     python benchmarks/fused.py [--device auto] [--cell-size 32] [--runs 1,2,4,8] [--method stdm] [--compile]
-                               [--compile-mode default|reduce-overhead|...]
+                               [--compile-mode default|reduce-overhead|...] [--cuda-graphs off,on]
 
 For each R: images/s summed over the R runs, for the bare fused step (``FusedMethods.update`` on one
 fixed batch per run; R = 1 is one run through the vmap path) and for the full loop (``train_fused``: an epoch of index gathers, method update,
 loss accumulation; the second epoch is timed), next to one plain (unfused) run's full loop. "x plain" is
 the fused loop's total throughput over the plain loop's: the speed-up of the sweep's fused units over
 running the same trials one at a time. On CUDA: bf16 autocast (the default), plus compiled with
-``--compile`` (largest group only); on the CPU: fp32.
+``--compile`` (largest group only); on the CPU: fp32. ``--cuda-graphs off,on`` measures every row eagerly
+and with each step captured as a CUDA graph (``+ graphs``; "x plain" then compares with a plain run that is
+captured too).
 """
 from __future__ import annotations
 
@@ -23,13 +25,14 @@ import torch
 from biasbench.config import COMPILE_MODES, DatasetSettings, TrainConfig
 from biasbench.data.biased_mnist import generate
 from biasbench.train.fused import FusedMethods, fused_layout, train_fused
+from biasbench.train.graphs import GraphedStep, keep_in_place
 from biasbench.train.loop import Trainer, load_splits
 from train import steps_per_second  # benchmarks/train.py (this folder is on sys.path when run as a script)
 
 
-def bare(cfgs: list[TrainConfig], dev: torch.device, steps: int, compiled: bool | str) -> float:
+def bare(cfgs: list[TrainConfig], dev: torch.device, steps: int, compiled: bool | str, graphs: bool = False) -> float:
     """Total images/s of the fused step on a fixed batch per run."""
-    trainers = [Trainer(c, "/nonexistent", tracker="none", device=str(dev)) for c in cfgs]
+    trainers = [Trainer(c, "/nonexistent", tracker="none", device=str(dev), cuda_graphs=graphs) for c in cfgs]
     train = load_splits(cfgs[0].data, dev)["train"]
     fused = FusedMethods([t.build_method(train) for t in trainers], compile_steps=compiled)
     bs = cfgs[0].batch_size
@@ -43,19 +46,27 @@ def bare(cfgs: list[TrainConfig], dev: torch.device, steps: int, compiled: bool 
             print(f"channels-last fails under vmap ({error}): default layout")
             x = fused_layout(train.images[idx], False)
 
+    def update(_idx):
+        return keep_in_place(fused.tensors, list(fused.tensors), lambda: fused.update(x, y, f, idx))
+
+    runner = GraphedStep(update, fused.optimizers.values(), graphs,
+                         state=lambda: (fused.params, fused.buffers, fused.optimizers, fused.tensors))
+
     def step():
         with trainers[0]._autocast():
-            fused.update(x, y, f, idx)
+            runner(idx)
 
-    return steps_per_second(step, steps, dev, 5 if compiled else 3) * bs * len(cfgs)
+    return steps_per_second(step, steps, dev, 5 if compiled or graphs else 3) * bs * len(cfgs)
 
 
-def loop(cfgs: list[TrainConfig], out: str, dev: torch.device, compiled: bool | str) -> float:
+def loop(cfgs: list[TrainConfig], out: str, dev: torch.device, compiled: bool | str, graphs: bool = False) -> float:
     """Total images/s of the second training epoch (records of ``train_fused`` or of a plain Trainer)."""
     if len(cfgs) == 1:
-        res = [Trainer(cfgs[0], out, tracker="none", device=str(dev), progress=False, compile_model=compiled).run()]
+        res = [Trainer(cfgs[0], out, tracker="none", device=str(dev), progress=False, compile_model=compiled,
+                       cuda_graphs=graphs).run()]
     else:
-        res = train_fused(cfgs, out, tracker="none", device=str(dev), progress=False, compile_model=compiled)
+        res = train_fused(cfgs, out, tracker="none", device=str(dev), progress=False, compile_model=compiled,
+                          cuda_graphs=graphs)
     total = 0.0
     for r in res:
         hist = json.loads((Path(r["run_dir"]) / "metrics.json").read_text())["history"]
@@ -75,7 +86,9 @@ def main() -> None:
                     help="also measure compiled fused steps, for the largest group (compiling takes a while)")
     ap.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
                     help="torch.compile mode with --compile (reduce-overhead adds CUDA graphs)")
+    ap.add_argument("--cuda-graphs", default="off", help="comma-separated: off (eager), on (captured steps), or both")
     args = ap.parse_args()
+    graph_settings = [{"off": False, "on": True}[g] for g in args.cuda_graphs.split(",")]
     dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                        ("cpu" if args.device == "auto" else args.device))
     cuda = dev.type == "cuda"
@@ -85,23 +98,30 @@ def main() -> None:
     name = torch.cuda.get_device_name(dev) if cuda else (platform.processor() or platform.machine())
     print(f"device: {dev} ({name}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
           f"image {3 * args.cell_size}px, method {args.method}, batch 128 per run, {n_train} images per run")
-    print(f"{'runs':>5s} {'configuration':16s}{'bare img/s':>12s}{'loop img/s':>12s}{'x plain':>9s}")
+    print(f"{'runs':>5s} {'configuration':30s}{'bare img/s':>12s}{'loop img/s':>12s}{'x plain':>9s}")
     precision = "bf16" if cuda else "fp32"
     with tempfile.TemporaryDirectory() as tmp:
         root = f"{tmp}/ds"
         generate(root, DatasetSettings(cell_size=args.cell_size, n_train=n_train, n_val=100, n_test=100))
-        plain = None
-        for compiled in ([False, args.compile_mode] if args.compile else [False]):
-            for r in (runs[-1:] if compiled else runs):
-                cfgs = [TrainConfig(data=root, method=args.method, epochs=2, eval_epochs=(2,), precision=precision,
-                                    seed=s) for s in range(r)]
-                label = precision + (" + compile" if compiled else "") + \
-                    (f" {compiled}" if compiled and compiled != "default" else "")
-                b = bare(cfgs, dev, steps, compiled)
-                lp = loop(cfgs, f"{tmp}/runs-{r}-{compiled}", dev, compiled)
-                if r == 1 and not compiled:
-                    plain = lp
-                print(f"{r:5d} {label:16s}{b:12,.0f}{lp:12,.0f}{lp / plain:9.2f}", flush=True)
+        for graphs in graph_settings:
+            plain = None
+            for compiled in ([False, args.compile_mode] if args.compile else [False]):
+                for r in (runs[-1:] if compiled else runs):
+                    cfgs = [TrainConfig(data=root, method=args.method, epochs=2, eval_epochs=(2,),
+                                        precision=precision, seed=s) for s in range(r)]
+                    label = precision + (" + compile" if compiled else "") + \
+                        (f" {compiled}" if compiled and compiled != "default" else "") + (" + graphs" if graphs else "")
+                    try:
+                        b = bare(cfgs, dev, steps, compiled, graphs)
+                        lp = loop(cfgs, f"{tmp}/runs-{r}-{compiled}-{graphs}", dev, compiled, graphs)
+                    except Exception as exc:  # keep the other rows
+                        print(f"{r:5d} {label:30s} failed: {type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}", flush=True)
+                        continue
+                    if r == 1 and not compiled:
+                        plain = lp
+                    x_plain = f"{lp / plain:9.2f}" if plain else f"{'-':>9s}"
+                    print(f"{r:5d} {label:30s}{b:12,.0f}{lp:12,.0f}{x_plain}", flush=True)
 
 
 if __name__ == "__main__":

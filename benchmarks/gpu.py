@@ -1,15 +1,19 @@
 """Everything the fast-path work needs measured, in one call on a GPU machine (issue: full Table-1 protocol
 in at most 10 minutes on one H100-class GPU):
 
-1. benchmarks (``--benchmarks``, default all): rendering speed (generate.py), training throughput, bare step
-   and full loop, fp32 eager / bf16 + channels_last / compiled (train.py --compile), fused groups against one
-   plain run (fused.py; ``--fused-runs``, compiled for the largest group only), counterfactual audit (audit.py);
+1. benchmarks (``--benchmarks``, default all): rendering speed (generate.py), every method eager and with
+   CUDA graphs (graphs.py: same results? how much faster?), training throughput, bare step and full loop,
+   fp32 eager / bf16 + channels_last / + CUDA graphs / compiled (train.py --compile; ``--train-only`` picks
+   configurations), fused groups against one plain run, eager and captured (fused.py; ``--fused-runs``,
+   compiled for the largest group only unless ``--no-bench-compile``), counterfactual audit (audit.py);
 2. the end-to-end wall time of ``biasbench sweep paper-table1 --scale full --seeds 0`` with ``--fuse F``
-   (default auto: up to 8 runs per fused unit with ``--compile``, else unfused) and W units at a time on the
-   one GPU (local runner), then its report (Table 1 against the paper).
+   (default auto: up to 8 runs per fused unit with ``--compile``, else unfused), ``--cuda-graphs G`` and W units
+   at a time on the one GPU (local runner), then its report (Table 1 against the paper). Should the sweep fail
+   with CUDA graphs on, it is run again with them off for the time left.
 
     python benchmarks/gpu.py --out DIR [--benchmarks fused,train] [--fused-runs 1,8] [--bench-limit S]
-                             [--workers 1] [--fuse auto|measured|N] [--compile [MODE]] [--scale full] [--trials N]
+                             [--workers 1] [--fuse auto|measured|N] [--cuda-graphs auto|measured|on|off]
+                             [--compile [MODE]] [--no-bench-compile] [--train-only WORDS] [--scale full] [--trials N]
                              [--first rubi,lnl] [--sweep-dir D] [--data D] [--deadline S] [--archive]
                              [--no-report] [--skip-benchmarks] [--skip-sweep]
 
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -37,17 +42,17 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 T0 = time.perf_counter()
-BENCHMARKS = ("generate", "train", "fused", "audit")
+BENCHMARKS = ("generate", "graphs", "train", "fused", "audit")
 
 
 def elapsed() -> float:
     return time.perf_counter() - T0
 
 
-def run(cmd: list[str], log: Path, limit: float | None = None) -> tuple[float, bool]:
+def run(cmd: list[str], log: Path, limit: float | None = None) -> tuple[float, bool, int]:
     """Run ``cmd`` in its own process group, echoing each output line with the elapsed seconds and writing it
     to ``log``; after ``limit`` seconds the whole group gets SIGTERM (then SIGKILL). Returns (seconds, whether
-    it was stopped)."""
+    it was stopped, exit code)."""
     print(f"[{elapsed():6.0f}s] $ " + " ".join(cmd) + (f"   (limit {limit:.0f} s)" if limit else ""), flush=True)
     t = time.perf_counter()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -80,7 +85,7 @@ def run(cmd: list[str], log: Path, limit: float | None = None) -> tuple[float, b
         print(f"[{elapsed():6.0f}s] (stopped after {dt:.0f} s)", flush=True)
     elif proc.returncode:
         print(f"[{elapsed():6.0f}s] (exit {proc.returncode})", flush=True)
-    return dt, stopped
+    return dt, stopped, proc.returncode
 
 
 def sweep_file(args, out: Path) -> Path | None:
@@ -102,20 +107,50 @@ def sweep_file(args, out: Path) -> Path | None:
     return path
 
 
-def fuse_from_benchmark(path: Path, gain: float = 1.1) -> str:
-    """``--fuse measured``: 8 when fused.py's largest eager group trained at least ``gain`` x one plain run's
-    images/s, else 1 (unfused)."""
+def table_rows(path: Path) -> list[tuple[str, list[str]]]:
+    """Rows of a benchmark's printed table: (label, the numeric cells at the end), thousands separators kept."""
     rows = []
     for line in path.read_text().splitlines() if path.is_file() else []:
         parts = line.split()
-        if len(parts) == 5 and parts[0].isdigit() and parts[1] in ("bf16", "fp32"):
-            rows.append((int(parts[0]), float(parts[4])))
+        nums = []
+        while parts and re.fullmatch(r"[0-9][0-9,]*(\.[0-9]+)?%?|-", parts[-1]):
+            nums.insert(0, parts.pop())
+        if parts and nums:
+            rows.append((" ".join(parts), nums))
+    return rows
+
+
+def fuse_from_benchmark(path: Path, graphs: bool, gain: float = 1.1) -> str:
+    """``--fuse measured``: 8 when fused.py's largest uncompiled group (captured if ``graphs``, else eager)
+    trained at least ``gain`` x one plain run's images/s (captured likewise), else 1 (unfused)."""
+    rows = []
+    for label, nums in table_rows(path):
+        words = label.split()
+        if words and words[0].isdigit() and "compile" not in label and ("graphs" in label) == graphs \
+                and len(nums) == 3 and nums[2] != "-":
+            rows.append((int(words[0]), float(nums[2])))
+    kind = "captured" if graphs else "eager"
     if not rows:
-        print("--fuse measured: no eager row in fused.txt; unfused", flush=True)
+        print(f"--fuse measured: no {kind} row in fused.txt; unfused", flush=True)
         return "1"
     runs, x_plain = max(rows)
     choice = "8" if runs > 1 and x_plain >= gain else "1"
-    print(f"--fuse measured: {runs} fused runs at {x_plain:.2f}x one plain run -> --fuse {choice}", flush=True)
+    print(f"--fuse measured: {runs} fused {kind} runs at {x_plain:.2f}x one plain run -> --fuse {choice}", flush=True)
+    return choice
+
+
+def graphs_from_benchmark(out: Path, gain: float = 1.05) -> str:
+    """``--cuda-graphs measured``: on when graphs.py ended with ``graphs: ok`` (every method captured, with
+    eager-like results) and train.py's captured loop was at least ``gain`` x the eager one, else off."""
+    check = (out / "graphs.txt").read_text().strip().splitlines()[-1:] if (out / "graphs.txt").is_file() else []
+    loops = {label: nums for label, nums in table_rows(out / "train.txt") if len(nums) == 3}
+    eager, graphed = loops.get("bf16 + channels_last"), loops.get("bf16 + channels_last + graphs")
+    check = [c for c in check if c.startswith("graphs:")]
+    ok = bool(check) and check[0] == "graphs: ok"
+    ratio = float(graphed[1].replace(",", "")) / float(eager[1].replace(",", "")) if eager and graphed else None
+    choice = "on" if ok and ratio is not None and ratio >= gain else "off"
+    print(f"--cuda-graphs measured: check {'ok' if ok else (check[0] if check else 'missing')}, captured loop "
+          f"{'%.2fx' % ratio if ratio else 'not measured'} eager -> --cuda-graphs {choice}", flush=True)
     return choice
 
 
@@ -158,6 +193,12 @@ def main() -> None:
                          "fused benchmark found 8 eager fused runs at least 1.1x one plain run, else 1")
     ap.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
                     help="the sweep's --compile [MODE]; a MODE other than default is also benchmarked")
+    ap.add_argument("--cuda-graphs", default="auto", choices=("auto", "measured", "on", "off"),
+                    help="the sweep's --cuda-graphs; measured: on if this call's graphs.py check passed and "
+                         "train.py's captured loop was at least 1.05x the eager one; the benchmarks measure "
+                         "captured steps unless off")
+    ap.add_argument("--no-bench-compile", action="store_true", help="benchmarks: no compiled configurations")
+    ap.add_argument("--train-only", default=None, help="train.py --only (e.g. channels_last)")
     ap.add_argument("--skip-sweep", action="store_true")
     ap.add_argument("--skip-benchmarks", action="store_true")
     ap.add_argument("--scale", default="full")
@@ -179,19 +220,25 @@ def main() -> None:
         sys.exit(f"error: unknown benchmarks {sorted(unknown)}; expected some of {BENCHMARKS}")
     dev = ["--device", "cuda" if args.device == "auto" else args.device]
     small = [] if "cuda" in dev[1] else ["--cell-size", "8"]
+    comp = [] if args.no_bench_compile else ["--compile"]
     cmds = {"generate": [py, str(HERE / "generate.py"), *dev],
-            "train": [py, str(HERE / "train.py"), "--compile", *dev, *small]
-            + (["--compile-modes", f"default,{args.compile}"] if args.compile not in (None, "default") else []),
-            "fused": [py, str(HERE / "fused.py"), "--compile", *dev, *small]
-            + (["--compile-mode", args.compile] if args.compile else [])
-            + (["--runs", args.fused_runs] if args.fused_runs else []),
+            "graphs": [py, str(HERE / "graphs.py"), *dev, *small],
+            "train": [py, str(HERE / "train.py"), *comp, *dev, *small]
+            + (["--compile-modes", f"default,{args.compile}"] if comp and args.compile not in (None, "default") else [])
+            + (["--only", args.train_only] if args.train_only else []),
+            "fused": [py, str(HERE / "fused.py"), *comp, *dev, *small]
+            + (["--compile-mode", args.compile] if comp and args.compile else [])
+            + (["--runs", args.fused_runs] if args.fused_runs else [])
+            + (["--cuda-graphs", "off,on"] if args.cuda_graphs != "off" and "cuda" in dev[1] else []),
             "audit": [py, str(HERE / "audit.py"), *dev, "--samples", "1000"]}
     for b in benches:
         run(cmds[b], out / f"{b}.txt", args.bench_limit)
     if args.skip_sweep:
         return
+    if args.cuda_graphs == "measured":
+        args.cuda_graphs = graphs_from_benchmark(out)
     if args.fuse == "measured":
-        args.fuse = fuse_from_benchmark(out / "fused.txt")
+        args.fuse = fuse_from_benchmark(out / "fused.txt", args.cuda_graphs == "on")
     sweep = Path(args.sweep_dir) if args.sweep_dir else out / "sweep"
     report = sweep / "report" if args.archive else out / "report"
     path = sweep_file(args, out)
@@ -200,12 +247,21 @@ def main() -> None:
            "--device", args.device, "--fuse", args.fuse] + (["--compile", args.compile] if args.compile else [])
     before, _ = count_finished(sweep)
     tail = 0 if args.no_report else 30  # seconds kept for the report and the archive
-    limit = None if args.deadline is None else args.deadline - elapsed() - tail - 10
-    seconds, stopped = run(cmd, out / "sweep.txt", limit)
+
+    def limit():
+        return None if args.deadline is None else args.deadline - elapsed() - tail - 10
+
+    seconds, stopped, rc = run(cmd + ["--cuda-graphs", args.cuda_graphs], out / "sweep.txt", limit())
+    if rc and not stopped and args.cuda_graphs != "off" and (limit() is None or limit() > 60):
+        print(f"[{elapsed():6.0f}s] the sweep failed with --cuda-graphs {args.cuda_graphs}: again with them off",
+              flush=True)
+        args.cuda_graphs = "off"
+        more, stopped, rc = run(cmd + ["--cuda-graphs", "off"], out / "sweep-eager.txt", limit())
+        seconds += more
     done, total = count_finished(sweep)
     if not args.no_report:
         run([py, "-m", "biasbench.cli", "report", str(sweep), "--out", str(report)], out / "report.txt")
-    summary = (f"paper-table1 ({args.scale}, seed 0, --fuse {args.fuse}"
+    summary = (f"paper-table1 ({args.scale}, seed 0, --fuse {args.fuse}, --cuda-graphs {args.cuda_graphs}"
                f"{' --compile ' + args.compile if args.compile else ''}, "
                f"{args.workers} units at a time): {seconds / 60:.1f} min wall time this call; "
                f"{done} of {total} trials finished ({done - before} in this call)"

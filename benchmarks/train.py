@@ -2,12 +2,14 @@
 loss accumulation, progress) against a bare forward/backward/step on one fixed float batch.
 
     python benchmarks/train.py [--device auto] [--cell-size 32] [--steps N] [--batch-size 128]
-                               [--compile [--compile-modes default,reduce-overhead]]
+                               [--compile [--compile-modes default,reduce-overhead]] [--only LABELS]
 
-On CUDA it measures fp32 eager, bf16 autocast + channels_last, and the same compiled (``--compile``,
-static shapes, once per mode of ``--compile-modes``; ``reduce-overhead`` adds CUDA graphs); on the CPU fp32
-eager (plus compiled with ``--compile``). Prints images/s per
-configuration and the loop / bare ratio.
+On CUDA it measures fp32 eager, bf16 autocast + channels_last, the same with every step captured as a CUDA
+graph (``+ graphs``: :mod:`biasbench.train.graphs`), and compiled (``--compile``, static shapes, once per
+mode of ``--compile-modes``; ``reduce-overhead`` makes its own CUDA graphs; the default mode is measured with
+our graphs too); on the CPU fp32 eager (plus compiled with ``--compile``). ``--only`` keeps the
+configurations whose labels contain one of the comma-separated words (e.g. ``--only graphs``). Prints
+images/s per configuration and the loop / bare ratio.
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ from biasbench.config import DatasetSettings, TrainConfig
 from biasbench.data.biased_mnist import generate
 from biasbench.methods import TrainInfo, get_method_class
 from biasbench.models import create_model
-from biasbench.train.loop import Trainer, compile_options, load_splits, reset_compiler
+from biasbench.train.graphs import GraphedStep
+from biasbench.train.loop import CUDAGRAPH_COMPILE_MODES, Trainer, compile_options, load_splits, reset_compiler
 from biasbench.train.optim import optimizer_factory
 
 
@@ -44,7 +47,8 @@ def steps_per_second(step, steps: int, dev, warmup: int = 3) -> float:
     return steps / (time.perf_counter() - t)
 
 
-def bare_step(cfg: TrainConfig, dev, x_u8, y, steps: int, amp: bool, cl: bool, compiled: bool | str = False) -> float:
+def bare_step(cfg: TrainConfig, dev, x_u8, y, steps: int, amp: bool, cl: bool, compiled: bool | str = False,
+              graphs: bool = False) -> float:
     torch.manual_seed(0)
     model = create_model(cfg.model).to(dev)
     if cl:
@@ -57,18 +61,22 @@ def bare_step(cfg: TrainConfig, dev, x_u8, y, steps: int, amp: bool, cl: bool, c
     if cl:
         x = x.contiguous(memory_format=torch.channels_last)
 
-    def step():
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+    def update(_idx=None):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp, cache_enabled=not graphs):
             loss = F.cross_entropy(model(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        return {"loss": loss.detach()}
 
-    return steps_per_second(step, steps, dev, 5 if compiled else 3) * len(y)
+    runner = GraphedStep(update, [opt], graphs)
+    idx = torch.zeros(1, device=dev)
+    return steps_per_second(lambda: runner(idx), steps, dev, 5 if compiled or graphs else 3) * len(y)
 
 
-def loop_epoch(cfg: TrainConfig, root: str, out: str, device: str, compiled: bool | str = False) -> float:
-    tr = Trainer(cfg, out, tracker="none", device=device, progress=False, compile_model=compiled)
+def loop_epoch(cfg: TrainConfig, root: str, out: str, device: str, compiled: bool | str = False,
+               graphs: bool = False) -> float:
+    tr = Trainer(cfg, out, tracker="none", device=device, progress=False, compile_model=compiled, cuda_graphs=graphs)
     data = load_splits(cfg.data, tr.device)
     train = data["train"]
     torch.manual_seed(0)
@@ -96,19 +104,28 @@ def main() -> None:
     ap.add_argument("--compile-modes", default="default",
                     help="with --compile: comma-separated torch.compile modes, e.g. default,reduce-overhead "
                          "(CUDA graphs)")
+    ap.add_argument("--only", default=None, help="comma-separated words: keep configurations whose labels hold one")
     args = ap.parse_args()
     dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                        ("cpu" if args.device == "auto" else args.device))
     steps = args.steps or (300 if dev.type == "cuda" else 10)
     n = steps * args.batch_size
-    configs = [("fp32 eager", "fp32", "off", False)]
-    if dev.type == "cuda":
-        configs.append(("bf16 + channels_last", "bf16", "on", False))
+    cuda = dev.type == "cuda"
+    configs = [("fp32 eager", "fp32", "off", False, False)]
+    if cuda:
+        configs += [("bf16 + channels_last", "bf16", "on", False, False),
+                    ("bf16 + channels_last + graphs", "bf16", "on", False, True)]
     for mode in args.compile_modes.split(",") if args.compile else []:
         compile_options(mode)  # an unknown mode fails here
         suffix = "" if mode == "default" else f" {mode}"
-        configs.append((("bf16 + cl + compile" if dev.type == "cuda" else "fp32 + compile") + suffix,
-                        "bf16" if dev.type == "cuda" else "fp32", "on" if dev.type == "cuda" else "off", mode))
+        label = ("bf16 + cl + compile" if cuda else "fp32 + compile") + suffix
+        prec, cl = ("bf16", "on") if cuda else ("fp32", "off")
+        configs.append((label, prec, cl, mode, False))
+        if cuda and mode not in CUDAGRAPH_COMPILE_MODES:
+            configs.append((label + " + graphs", prec, cl, mode, True))
+    if args.only:
+        words = args.only.split(",")
+        configs = [c for c in configs if any(w in c[0] for w in words)]
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
     print(f"device: {dev} ({name}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
           f"image {3 * args.cell_size}px, batch {args.batch_size}, {steps} steps")
@@ -119,12 +136,17 @@ def main() -> None:
         data = load_splits(root, dev)
         x_u8 = data["train"].images[:args.batch_size]
         y = data["train"].labels[:args.batch_size]
-        for label, precision, cl, compiled in configs:
+        for label, precision, cl, compiled, graphs in configs:
             cfg = TrainConfig(data=root, epochs=2, batch_size=args.batch_size, precision=precision,
                               channels_last=cl, eval_epochs=(2,))
-            bare = bare_step(cfg, dev, x_u8, y, steps, precision == "bf16", cl == "on", compiled)
-            loop = loop_epoch(cfg, root, f"{tmp}/runs", str(dev), compiled)
-            print(f"{label:40s}{bare:12,.0f}{loop:12,.0f}{loop / bare:11.1%}")
+            try:
+                bare = bare_step(cfg, dev, x_u8, y, steps, precision == "bf16", cl == "on", compiled, graphs)
+                loop = loop_epoch(cfg, root, f"{tmp}/runs", str(dev), compiled, graphs)
+            except Exception as exc:  # one configuration failing must not hide the others' numbers
+                print(f"{label:40s} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                      flush=True)
+                continue
+            print(f"{label:40s}{bare:12,.0f}{loop:12,.0f}{loop / bare:11.1%}", flush=True)
 
 
 if __name__ == "__main__":

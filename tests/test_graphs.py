@@ -21,8 +21,16 @@ from biasbench.train.graphs import (GraphedStep, _capturable, check_in_place, gr
 from biasbench.train.loop import Trainer, check_cuda_graphs
 
 
+class _Recorded:
+    """A "graph" that runs the recorded step again on the static index when replayed."""
+
+    def __init__(self, run):
+        self.replay = run
+
+
 class EmulatedGraph(GraphedStep):
-    """GraphedStep with the CUDA calls replaced by eager ones and the replay contract checked."""
+    """GraphedStep with the CUDA calls replaced by eager ones (recording runs nothing, a replay runs the step
+    on the static index), and the replay contract checked on every replay."""
 
     instances: list["EmulatedGraph"] = []
 
@@ -34,20 +42,15 @@ class EmulatedGraph(GraphedStep):
     def _warm(self, idx):
         return self.step(idx)
 
-    def _capture(self, idx):
-        self.static_idx = idx.clone()
+    def _record(self, static_idx):
         self.addresses = state_addresses(*self.state())
-        self.graph = "emulated"
-        self.out = self.step(self.static_idx)
-        check_in_place(self.addresses, state_addresses(*self.state()))
-        return self.out
+        return _Recorded(lambda: setattr(self, "out", self.step(static_idx)))
 
     def _replay(self, idx):
-        self.static_idx.copy_(idx)
-        self.out = self.step(self.static_idx)
+        out = super()._replay(idx)
         check_in_place(self.addresses, state_addresses(*self.state()))
         self.replays += 1
-        return self.out
+        return out
 
 
 @pytest.fixture
@@ -92,12 +95,35 @@ def test_captured_fused_steps_give_the_fused_records(tiny_root, tmp_path, emulat
         assert _history(a["run_dir"]) == _history(b["run_dir"])
 
 
-def test_a_step_that_moves_its_state_cannot_be_captured(tiny_root, tmp_path, emulated, monkeypatch):
-    """Without keep_in_place, LfF's EMAs would be new tensors after every step: the capture refuses."""
-    monkeypatch.setattr(graphs, "keep_in_place", lambda holder, names, step: step())
+def test_a_step_that_moves_its_state_is_not_replayed(tiny_root, tmp_path, emulated, monkeypatch):
+    """Without keep_in_place, LfF's EMAs would be new tensors after every step, which replays would not see:
+    the graph runs its one step, is dropped with a log line, and the run ends eagerly with the eager records."""
     cfg = TrainConfig(data=str(tiny_root), method="lff", epochs=1, batch_size=256, eval_epochs=(1,))
-    with pytest.raises(RuntimeError, match="moved its state .*ema_biased"):
-        Trainer(cfg, tmp_path, tracker="none", progress=False, cuda_graphs=True).run()
+    eager = Trainer(cfg, tmp_path / "eager", tracker="none", progress=False).run()
+    monkeypatch.setattr(graphs, "keep_in_place", lambda holder, names, step: step())
+    logs = []
+    res = Trainer(cfg, tmp_path / "graph", tracker="none", progress=False, cuda_graphs=True, log=logs.append).run()
+    runner = [g for g in emulated if g.enabled or g.failure][-1]
+    assert runner.replays == 0 and "moved its state" in runner.failure and "ema_biased" in runner.failure
+    assert any(line.startswith("CUDA graphs off for the rest of this run") for line in logs)
+    assert _history(eager["run_dir"]) == _history(res["run_dir"])
+
+
+def test_a_failed_capture_runs_the_step_eagerly(tiny_root, tmp_path, emulated, monkeypatch):
+    """A capture that raises (on a GPU: an operation a graph cannot hold) runs nothing; that step then runs
+    eagerly and so does the rest of the run: the eager records, and one log line."""
+    cfg = TrainConfig(data=str(tiny_root), method="group_dro", epochs=1, batch_size=256, eval_epochs=(1,),
+                      explicit=("texture",))
+    eager = Trainer(cfg, tmp_path / "eager", tracker="none", progress=False).run()
+
+    def failing_record(self, static_idx):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(EmulatedGraph, "_record", failing_record)
+    logs = []
+    res = Trainer(cfg, tmp_path / "graph", tracker="none", progress=False, cuda_graphs=True, log=logs.append).run()
+    assert any("capture failed (RuntimeError: operation not permitted" in line for line in logs)
+    assert _history(eager["run_dir"]) == _history(res["run_dir"])
 
 
 def test_keep_in_place_on_objects_and_dicts():
@@ -118,6 +144,14 @@ def test_keep_in_place_on_objects_and_dicts():
     q, g = d["q"], d["g"]
     keep_in_place(d, list(d), lambda: d.update(q=d["q"] * 3))
     assert d["q"] is q and d["g"] is g and d["q"].tolist() == [3.0, 3.0]
+
+    def rebinds_then_fails():
+        h.a = h.a * 0 - 5
+        raise RuntimeError("capture failed")
+
+    with pytest.raises(RuntimeError):  # a failed capture: the old tensor is bound again, its values untouched
+        keep_in_place(h, ["a"], rebinds_then_fails)
+    assert h.a is old and h.a.tolist() == [1.0, 1.0, 1.0]
 
 
 def test_which_optimizers_can_be_captured():

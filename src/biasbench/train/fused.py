@@ -439,6 +439,8 @@ class _FusedLoop:
             for t in self.trainers:
                 t.tracker.finish("KILLED")
             raise
+        finally:
+            self.runner = None  # the graph's memory pool goes with it
         return [t.finish(h) for t, h in zip(self.trainers, self.histories)]
 
     def _train_epoch(self, epoch: int) -> list[dict]:
@@ -491,7 +493,8 @@ class _FusedLoop:
             return keep_in_place(fused.tensors, list(fused.tensors), update) if graphs else update()
 
         self.runner = GraphedStep(step, fused.optimizers.values(), graphs,
-                                  state=lambda: (fused.params, fused.buffers, fused.optimizers, fused.tensors))
+                                  state=lambda: (fused.params, fused.buffers, fused.optimizers, fused.tensors),
+                                  log=self.log)
         return self.runner
 
     def _layout(self, x_uint8: torch.Tensor) -> torch.Tensor:

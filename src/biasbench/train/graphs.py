@@ -68,7 +68,12 @@ def keep_in_place(holder, names: Iterable[str], step: Callable[[], dict]) -> dic
     get = holder.__getitem__ if isinstance(holder, dict) else (lambda k: getattr(holder, k))
     put = holder.__setitem__ if isinstance(holder, dict) else (lambda k, v: setattr(holder, k, v))
     before = {k: get(k) for k in names}
-    out = step()
+    try:
+        out = step()
+    except BaseException:  # a failed capture: the old tensors, never written, are the state
+        for k, old in before.items():
+            put(k, old)
+        raise
     for k, old in before.items():
         new = get(k)
         if new is not old:
@@ -104,6 +109,11 @@ def state_addresses(*things) -> dict[str, int]:
     return out
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
 def check_in_place(before: dict[str, int], after: dict[str, int]) -> None:
     """Raise if a state tensor appeared, vanished or moved between two :func:`state_addresses`."""
     moved = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
@@ -121,14 +131,19 @@ class GraphedStep:
     The returned dict holds the graph's output tensors, overwritten by the next replay: read (or add up)
     before the next call. Without ``enabled`` every call is ``step(idx)``.
 
-    ``state()`` returns the tensors the step reads and changes (see :func:`state_addresses`); the capture
-    fails with a clear error if the captured step moved one of them, which replays would not follow.
+    ``state()`` returns the tensors the step reads and changes (see :func:`state_addresses`). A graph is
+    never worth a wrong run: if the capture fails, the step runs eagerly, and if the captured step moved a
+    state tensor (replays would not follow it), the graph runs once for this step and is dropped; either way
+    ``log`` gets one line and the run goes on eagerly (``failure`` holds the reason).
     """
 
     def __init__(self, step: Callable[[torch.Tensor], dict], optimizers: Iterable[torch.optim.Optimizer],
-                 enabled: bool, state: Callable[[], tuple] = tuple, warmup: int = GRAPH_WARMUP):
+                 enabled: bool, state: Callable[[], tuple] = tuple, warmup: int = GRAPH_WARMUP,
+                 log: Callable[[str], None] | None = None):
         self.step = step
         self.state = state
+        self.log = log or (lambda s: None)
+        self.failure: str | None = None
         self.optimizers = list(optimizers)
         self.enabled = enabled
         self.warmup = warmup
@@ -164,18 +179,38 @@ class GraphedStep:
         torch.cuda.current_stream().wait_stream(side)
         return out
 
+    def _record(self, static_idx: torch.Tensor):
+        """Capture one step on ``static_idx`` (its kernels are recorded, not run); returns the graph."""
+        graph = torch.cuda.CUDAGraph()
+        with _capturable(self.optimizers), torch.cuda.graph(graph):
+            self.out = self.step(static_idx)
+        return graph
+
     def _capture(self, idx: torch.Tensor) -> dict:
         self.static_idx = idx.clone()
         before = state_addresses(*self.state())
-        graph = torch.cuda.CUDAGraph()
-        with _capturable(self.optimizers), torch.cuda.graph(graph):
-            self.out = self.step(self.static_idx)
-        check_in_place(before, state_addresses(*self.state()))
+        try:
+            graph = self._record(self.static_idx)
+        except Exception as exc:  # nothing ran: the step's kernels were only being recorded
+            self._give_up(f"capture failed ({_first_line(exc)})")
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            return self.step(idx)
+        graph.replay()  # this step's update
+        try:
+            check_in_place(before, state_addresses(*self.state()))
+        except RuntimeError as exc:  # this step ran (the replay); later ones must not replay it
+            self._give_up(_first_line(exc))
+            return self.out
         self.graph = graph
-        graph.replay()  # capture records the kernels without running them
         return self.out
 
     def _replay(self, idx: torch.Tensor) -> dict:
         self.static_idx.copy_(idx)
         self.graph.replay()
         return self.out
+
+    def _give_up(self, reason: str) -> None:
+        self.enabled = False
+        self.failure = reason
+        self.log(f"CUDA graphs off for the rest of this run: {reason}")

@@ -262,6 +262,8 @@ class Trainer:
         except BaseException:
             self.tracker.finish("KILLED")
             raise
+        finally:
+            self._runner = None  # a captured graph holds its memory pool until dropped (a sweep trains many runs)
         return self.finish(history)
 
     def skipped(self) -> dict:
@@ -382,7 +384,7 @@ class Trainer:
             return keep_in_place(method, method.tensor_names, lambda: method.update(batch))
 
         runner = GraphedStep(step, method.optimizers().values(), graphs,
-                             state=lambda: (method.modules(), method.optimizers(), method.tensors()))
+                             state=lambda: (method.modules(), method.optimizers(), method.tensors()), log=self.log)
         self._runner = (method, images, runner)
         return runner
 
