@@ -5,7 +5,8 @@ in at most 10 minutes on one H100-class GPU):
    CUDA graphs (graphs.py: same results? how much faster?), training throughput, bare step and full loop,
    fp32 eager / bf16 + channels_last / + CUDA graphs / compiled (train.py --compile; ``--train-only`` picks
    configurations), fused groups against one plain run, eager and captured (fused.py; ``--fused-runs``,
-   compiled for the largest group only unless ``--no-bench-compile``), counterfactual audit (audit.py);
+   compiled for the largest group only unless ``--no-bench-compile``), several captured runs on separate CUDA
+   streams against one after another (streams.py), counterfactual audit (audit.py);
 2. the end-to-end wall time of ``biasbench sweep paper-table1 --scale full --seeds 0`` with ``--fuse F``
    (default auto: up to 8 runs per fused unit with ``--compile``, else unfused), ``--cuda-graphs G`` and W units
    at a time on the one GPU (local runner), then its report (Table 1 against the paper). Should the sweep fail
@@ -42,7 +43,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 T0 = time.perf_counter()
-BENCHMARKS = ("generate", "graphs", "train", "fused", "audit")
+BENCHMARKS = ("generate", "graphs", "train", "fused", "streams", "audit")
 
 
 def elapsed() -> float:
@@ -230,6 +231,7 @@ def main() -> None:
             + (["--compile-mode", args.compile] if comp and args.compile else [])
             + (["--runs", args.fused_runs] if args.fused_runs else [])
             + (["--cuda-graphs", "off,on"] if args.cuda_graphs != "off" and "cuda" in dev[1] else []),
+            "streams": [py, str(HERE / "streams.py"), *dev, *small],
             "audit": [py, str(HERE / "audit.py"), *dev, "--samples", "1000"]}
     for b in benches:
         run(cmds[b], out / f"{b}.txt", args.bench_limit)
