@@ -25,7 +25,7 @@ import torch
 from biasbench.config import COMPILE_MODES, DatasetSettings, TrainConfig
 from biasbench.data.biased_mnist import generate
 from biasbench.train.fused import FusedMethods, fused_layout, train_fused
-from biasbench.train.graphs import GraphedStep, keep_in_place
+from biasbench.train.graphs import step_runner
 from biasbench.train.loop import Trainer, load_splits
 from train import steps_per_second  # benchmarks/train.py (this folder is on sys.path when run as a script)
 
@@ -46,11 +46,9 @@ def bare(cfgs: list[TrainConfig], dev: torch.device, steps: int, compiled: bool 
             print(f"channels-last fails under vmap ({error}): default layout")
             x = fused_layout(train.images[idx], False)
 
-    def update(_idx):
-        return keep_in_place(fused.tensors, list(fused.tensors), lambda: fused.update(x, y, f, idx))
-
-    runner = GraphedStep(update, fused.optimizers.values(), graphs,
-                         state=lambda: (fused.params, fused.buffers, fused.optimizers, fused.tensors))
+    runner = step_runner(lambda _idx: fused.update(x, y, f, idx), fused.tensors, list(fused.tensors),
+                         fused.optimizers, lambda: (fused.params, fused.buffers, fused.optimizers, fused.tensors),
+                         graphs, print)
 
     def step():
         with trainers[0]._autocast():

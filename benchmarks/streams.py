@@ -22,7 +22,8 @@ import torch
 
 from biasbench.config import DatasetSettings, TrainConfig
 from biasbench.data.biased_mnist import generate
-from biasbench.train.graphs import GraphedStep, keep_in_place
+from biasbench.methods import Batch
+from biasbench.train.graphs import step_runner
 from biasbench.train.loop import Trainer, load_splits
 
 
@@ -37,14 +38,11 @@ def build_runs(root: str, method: str, runs: int, dev: str) -> list:
         m = tr.build_method(train)
         idx = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(seed))[:128].to(dev)
 
-        def step(i, tr=tr, m=m):
-            from biasbench.methods import Batch
+        def update(i, tr=tr, m=m):
+            return m.update(Batch(tr._prep(train.images[i]), train.labels[i], train.factors[i], i))
 
-            batch = Batch(tr._prep(train.images[i]), train.labels[i], train.factors[i], i)
-            return keep_in_place(m, m.tensor_names, lambda: m.update(batch)) if cuda else m.update(batch)
-
-        runner = GraphedStep(step, m.optimizers().values(), cuda,
-                             state=lambda m=m: (m.modules(), m.optimizers(), m.tensors()), log=print)
+        runner = step_runner(update, m, m.tensor_names, m.optimizers(),
+                             lambda m=m: (m.modules(), m.optimizers(), m.tensors()), cuda, print)
         out.append((tr, m, runner, idx))
     return out
 

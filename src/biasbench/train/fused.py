@@ -476,25 +476,16 @@ class _FusedLoop:
         trainer uses CUDA graphs and the optimizers allow it)."""
         if self.runner is not None:
             return self.runner
-        from .graphs import GraphedStep, graph_blocker, keep_in_place
+        from .graphs import step_runner
 
         train, fused = self.data["train"], self.fused
-        graphs = self.lead.cuda_graphs
-        if graphs:
-            reason = graph_blocker(fused.optimizers)
-            if reason:
-                self.log(f"CUDA graphs off for this fused group: {reason}")
-                graphs = False
 
-        def step(idx: torch.Tensor) -> dict:
-            def update():
-                return fused.update(self._layout(train.images[idx]), train.labels[idx], train.factors[idx], idx)
+        def update(idx: torch.Tensor) -> dict:
+            return fused.update(self._layout(train.images[idx]), train.labels[idx], train.factors[idx], idx)
 
-            return keep_in_place(fused.tensors, list(fused.tensors), update) if graphs else update()
-
-        self.runner = GraphedStep(step, fused.optimizers.values(), graphs,
-                                  state=lambda: (fused.params, fused.buffers, fused.optimizers, fused.tensors),
-                                  log=self.log)
+        self.runner = step_runner(update, fused.tensors, list(fused.tensors), fused.optimizers,
+                                  lambda: (fused.params, fused.buffers, fused.optimizers, fused.tensors),
+                                  self.lead.cuda_graphs, self.log, what="this fused group")
         return self.runner
 
     def _layout(self, x_uint8: torch.Tensor) -> torch.Tensor:

@@ -124,6 +124,25 @@ def check_in_place(before: dict[str, int], after: dict[str, int]) -> None:
                            f"not see the new tensors; keep them in place (keep_in_place) or use --cuda-graphs off")
 
 
+def step_runner(update: Callable[[torch.Tensor], dict], holder, names: Iterable[str],
+                optimizers: Mapping[str, torch.optim.Optimizer], state: Callable[[], tuple], enabled: bool,
+                log: Callable[[str], None], what: str = "this run", blocked: str | None = None) -> "GraphedStep":
+    """A :class:`GraphedStep` for ``update(idx)``, the way the training loops use one: captured when
+    ``enabled`` and neither ``blocked`` (a reason the caller knows) nor :func:`graph_blocker` objects (then
+    ``log`` says so, naming ``what``); when captured, the state ``update`` rebinds (``names`` of ``holder``)
+    is kept in place."""
+    if enabled:
+        reason = blocked or graph_blocker(optimizers)
+        if reason:
+            log(f"CUDA graphs off for {what}: {reason}")
+            enabled = False
+
+    def step(idx: torch.Tensor) -> dict:
+        return keep_in_place(holder, names, lambda: update(idx)) if enabled else update(idx)
+
+    return GraphedStep(step, optimizers.values(), enabled, state=state, log=log)
+
+
 class GraphedStep:
     """Call ``step(idx)`` through a CUDA graph where it can be.
 

@@ -368,23 +368,15 @@ class Trainer:
         the run: the graph lives as long as the method and images it was captured with)."""
         if self._runner is not None and self._runner[0] is method and self._runner[1] is images:
             return self._runner[2]
-        from .graphs import GraphedStep, graph_blocker, keep_in_place
+        from .graphs import step_runner
 
-        graphs = self.cuda_graphs
-        if graphs:  # progressive stages change sizes and dropout: their steps stay eager
-            reason = "progressive learning" if self.cfg.progressive else graph_blocker(method.optimizers())
-            if reason:
-                self.log(f"CUDA graphs off for this run: {reason}")
-                graphs = False
+        def update(idx: torch.Tensor) -> dict:
+            return method.update(Batch(self._prep(images[idx]), train.labels[idx], train.factors[idx], idx))
 
-        def step(idx: torch.Tensor) -> dict:
-            batch = Batch(self._prep(images[idx]), train.labels[idx], train.factors[idx], idx)
-            if not graphs:
-                return method.update(batch)
-            return keep_in_place(method, method.tensor_names, lambda: method.update(batch))
-
-        runner = GraphedStep(step, method.optimizers().values(), graphs,
-                             state=lambda: (method.modules(), method.optimizers(), method.tensors()), log=self.log)
+        # progressive stages change sizes and dropout: their steps stay eager
+        runner = step_runner(update, method, method.tensor_names, method.optimizers(),
+                             lambda: (method.modules(), method.optimizers(), method.tensors()), self.cuda_graphs,
+                             self.log, blocked="progressive learning" if self.cfg.progressive else None)
         self._runner = (method, images, runner)
         return runner
 
