@@ -6,7 +6,8 @@ in at most 10 minutes on one H100-class GPU):
    fp32 eager / bf16 + channels_last / + CUDA graphs / compiled (train.py --compile; ``--train-only`` picks
    configurations), fused groups against one plain run, eager and captured (fused.py; ``--fused-runs``,
    compiled for the largest group only unless ``--no-bench-compile``), several captured runs on separate CUDA
-   streams against one after another (streams.py), counterfactual audit (audit.py);
+   streams against one after another (streams.py), where a StdM step's device time goes, per operator and
+   kernel (anatomy.py), counterfactual audit (audit.py);
 2. the end-to-end wall time of ``biasbench sweep paper-table1 --scale full --seeds 0`` with ``--fuse F``
    (default auto: up to 8 runs per fused unit with ``--compile``, else unfused), ``--cuda-graphs G`` and W units
    at a time on the one GPU (local runner), then its report (Table 1 against the paper). Should the sweep fail
@@ -43,7 +44,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 T0 = time.perf_counter()
-BENCHMARKS = ("generate", "graphs", "train", "fused", "streams", "audit")
+BENCHMARKS = ("generate", "graphs", "train", "fused", "streams", "anatomy", "audit")
 
 
 def elapsed() -> float:
@@ -232,6 +233,7 @@ def main() -> None:
             + (["--runs", args.fused_runs] if args.fused_runs else [])
             + (["--cuda-graphs", "off,on"] if args.cuda_graphs != "off" and "cuda" in dev[1] else []),
             "streams": [py, str(HERE / "streams.py"), *dev, *small],
+            "anatomy": [py, str(HERE / "anatomy.py"), *dev, *small],
             "audit": [py, str(HERE / "audit.py"), *dev, "--samples", "1000"]}
     for b in benches:
         run(cmds[b], out / f"{b}.txt", args.bench_limit)
