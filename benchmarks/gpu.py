@@ -6,15 +6,18 @@ in at most 10 minutes on one H100-class GPU):
    fp32 eager / bf16 + channels_last / + CUDA graphs / compiled (train.py --compile; ``--train-only`` picks
    configurations), fused groups against one plain run, eager and captured (fused.py; ``--fused-runs``,
    compiled for the largest group only unless ``--no-bench-compile``), several captured runs on separate CUDA
-   streams against one after another (streams.py), where a StdM step's device time goes, per operator and
+   streams, from one thread or one thread each, against one after another (streams.py), where a StdM step's device time goes, per operator and
    kernel (anatomy.py), counterfactual audit (audit.py);
 2. the end-to-end wall time of ``biasbench sweep paper-table1 --scale full --seeds 0`` with ``--fuse F``
-   (default auto: up to 8 runs per fused unit with ``--compile``, else unfused), ``--cuda-graphs G`` and W units
-   at a time on the one GPU (local runner), then its report (Table 1 against the paper). Should the sweep fail
-   with CUDA graphs on, it is run again with them off for the time left.
+   (default auto: up to 8 runs per fused unit with ``--compile``, else unfused), ``--cuda-graphs G``, W units
+   at a time in processes (``--workers``) or S in threads, one CUDA stream each (``--streams``), on the one GPU
+   (local runner), then its report (Table 1 against the paper). Should the sweep fail with several streams,
+   it is run again with one unit at a time, and should it fail with CUDA graphs on, again with them off, for
+   the time left.
 
     python benchmarks/gpu.py --out DIR [--benchmarks fused,train] [--fused-runs 1,8] [--bench-limit S]
-                             [--workers 1] [--fuse auto|measured|N] [--cuda-graphs auto|measured|on|off]
+                             [--workers 1] [--streams 1|measured|N] [--fuse auto|measured|N]
+                             [--cuda-graphs auto|measured|on|off]
                              [--compile [MODE]] [--no-bench-compile] [--train-only WORDS] [--scale full] [--trials N]
                              [--first rubi,lnl] [--sweep-dir D] [--data D] [--deadline S] [--archive]
                              [--no-report] [--skip-benchmarks] [--skip-sweep]
@@ -156,6 +159,22 @@ def graphs_from_benchmark(out: Path, gain: float = 1.05) -> str:
     return choice
 
 
+def streams_from_benchmark(path: Path, gain: float = 1.15) -> str:
+    """``--streams measured``: the number of runs R whose threads, one stream each (streams.py's last column,
+    what ``sweep --streams R`` does), trained at the highest images/s over one run alone, if that is at least
+    ``gain`` x; else 1."""
+    best = (1, 1.0)
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        cells = line.split()  # a row: runs, then three (images/s, x) pairs
+        if len(cells) == 7 and cells[0].isdigit() and re.fullmatch(r"[0-9.]+", cells[6]):
+            if float(cells[6]) > best[1]:
+                best = (int(cells[0]), float(cells[6]))
+    choice = str(best[0]) if best[1] >= gain else "1"
+    print(f"--streams measured: best {best[0]} threaded runs at {best[1]:.2f}x one run -> --streams {choice}",
+          flush=True)
+    return choice
+
+
 def count_finished(sweep: Path) -> tuple[int, int]:
     try:
         trials = json.loads((sweep / "sweep.json").read_text())["trials"]
@@ -189,7 +208,10 @@ def main() -> None:
     ap.add_argument("--benchmarks", default=",".join(BENCHMARKS), help=f"comma-separated subset of {BENCHMARKS}")
     ap.add_argument("--fused-runs", default=None, help="fused.py --runs (default 1,2,4,8 on CUDA)")
     ap.add_argument("--bench-limit", type=float, default=None, help="seconds each benchmark may run")
-    ap.add_argument("--workers", type=int, default=1, help="units of work at a time on the GPU")
+    ap.add_argument("--workers", type=int, default=1, help="units of work at a time on the GPU (processes)")
+    ap.add_argument("--streams", default="1",
+                    help="the sweep's --streams N (units at a time in threads, one CUDA stream each); measured: the "
+                         "best R of this call's streams benchmark if its threads gave at least 1.15x, else 1")
     ap.add_argument("--fuse", default="auto",
                     help="the sweep's --fuse (auto: 8 on CUDA with --compile, else 1); measured: 8 if this call's "
                          "fused benchmark found 8 eager fused runs at least 1.1x one plain run, else 1")
@@ -241,6 +263,8 @@ def main() -> None:
         return
     if args.cuda_graphs == "measured":
         args.cuda_graphs = graphs_from_benchmark(out)
+    if args.streams == "measured":
+        args.streams = streams_from_benchmark(out / "streams.txt")
     if args.fuse == "measured":
         args.fuse = fuse_from_benchmark(out / "fused.txt", args.cuda_graphs == "on")
     sweep = Path(args.sweep_dir) if args.sweep_dir else out / "sweep"
@@ -248,7 +272,8 @@ def main() -> None:
     path = sweep_file(args, out)
     cmd = [py, "-m", "biasbench.cli", "sweep", str(path or "paper-table1"), "--scale", args.scale, "--seeds", "0",
            "--data", args.data or str(out / "data"), "--out", str(sweep), "--workers", str(args.workers),
-           "--device", args.device, "--fuse", args.fuse] + (["--compile", args.compile] if args.compile else [])
+           "--device", args.device, "--fuse", args.fuse, "--streams", args.streams] \
+        + (["--compile", args.compile] if args.compile else [])
     before, _ = count_finished(sweep)
     tail = 0 if args.no_report else 30  # seconds kept for the report and the archive
 
@@ -256,6 +281,13 @@ def main() -> None:
         return None if args.deadline is None else args.deadline - elapsed() - tail - 10
 
     seconds, stopped, rc = run(cmd + ["--cuda-graphs", args.cuda_graphs], out / "sweep.txt", limit())
+    if rc and not stopped and args.streams != "1" and (limit() is None or limit() > 60):
+        print(f"[{elapsed():6.0f}s] the sweep failed with --streams {args.streams}: again with one unit at a time",
+              flush=True)
+        args.streams = "1"
+        cmd[cmd.index("--streams") + 1] = "1"
+        more, stopped, rc = run(cmd + ["--cuda-graphs", args.cuda_graphs], out / "sweep-one.txt", limit())
+        seconds += more
     if rc and not stopped and args.cuda_graphs != "off" and (limit() is None or limit() > 60):
         print(f"[{elapsed():6.0f}s] the sweep failed with --cuda-graphs {args.cuda_graphs}: again with them off",
               flush=True)
@@ -267,7 +299,7 @@ def main() -> None:
         run([py, "-m", "biasbench.cli", "report", str(sweep), "--out", str(report)], out / "report.txt")
     summary = (f"paper-table1 ({args.scale}, seed 0, --fuse {args.fuse}, --cuda-graphs {args.cuda_graphs}"
                f"{' --compile ' + args.compile if args.compile else ''}, "
-               f"{args.workers} units at a time): {seconds / 60:.1f} min wall time this call; "
+               f"{args.workers} processes, {args.streams} streams): {seconds / 60:.1f} min wall time this call; "
                f"{done} of {total} trials finished ({done - before} in this call)"
                + ("; stopped at the deadline" if stopped else ""))
     (out / "summary.txt").write_text(summary + "\n")

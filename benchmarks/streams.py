@@ -4,19 +4,22 @@
 
 R independent runs of one method (seeds 0..R-1, each its own model, optimizer and batch), each step captured
 as a CUDA graph (:class:`biasbench.train.graphs.GraphedStep`). Per R it times R x ``--steps`` steps replayed
-one run after another on one stream, and the same replays with run r on its own stream r, so that the GPU
-may overlap one run's small kernels (the 12- and 24-px layers, the loss, the optimizer) with another's.
-Prints images/s summed over the runs and the ratio to R = 1. A captured run is bound by the GPU's kernels
+one run after another on one stream; the same replays issued from one thread with run r on its own stream
+r, so that the GPU may overlap one run's small kernels (the 12- and 24-px layers, the loss, the optimizer)
+with another's; and run r replayed by its own thread on its own stream, as ``biasbench sweep --streams R``
+trains trials. Prints images/s summed over the runs and the ratio to R = 1. A captured run is bound by the GPU's kernels
 (about 49k images/s for StdM on an H100) and fusing R runs into grouped convolutions did not add throughput
-(docs/benchmarks.md); if streams do, a sweep could train several trials per process this way. On the CPU
-(no graphs, no streams) it times the sequential eager steps only, to check the script.
+(docs/benchmarks.md); if streams do, ``sweep --streams R`` trains R trials at a time this way. On the CPU
+(no graphs, no streams) it times the sequential and the threaded eager steps, to check the script.
 """
 from __future__ import annotations
 
 import argparse
 import platform
 import tempfile
+import threading
 import time
+from contextlib import nullcontext
 
 import torch
 
@@ -72,7 +75,8 @@ def main() -> None:
     name = torch.cuda.get_device_name(dev) if cuda else (platform.processor() or platform.machine())
     print(f"device: {dev} ({name}), torch {torch.__version__}, image {3 * args.cell_size}px, method {args.method}, "
           f"batch 128 per run, {steps} steps per run, {'captured steps' if cuda else 'eager steps (CPU)'}")
-    print(f"{'runs':>5s}{'one stream img/s':>18s}{'x':>6s}{'R streams img/s':>18s}{'x':>6s}")
+    print(f"{'runs':>5s}{'one stream img/s':>18s}{'x':>6s}{'R streams img/s':>18s}{'x':>6s}"
+          f"{'R threads img/s':>18s}{'x':>6s}")
     base = None
     with tempfile.TemporaryDirectory() as tmp:
         root = f"{tmp}/ds"
@@ -107,9 +111,25 @@ def main() -> None:
                         main_stream.wait_stream(s)
 
                 par = r * steps * 128 / timed(parallel, dev)
+
+            def threaded():
+                def loop(tr, runner, idx):
+                    with (torch.cuda.stream(torch.cuda.Stream()) if cuda else nullcontext()), tr._autocast():
+                        for _ in range(steps):
+                            runner(idx)
+                        if cuda:
+                            torch.cuda.current_stream().synchronize()
+
+                threads = [threading.Thread(target=loop, args=(tr, runner, idx)) for tr, m, runner, idx in runs]
+                for th in threads:
+                    th.start()
+                for th in threads:
+                    th.join()
+
+            thr = r * steps * 128 / timed(threaded, dev)
             base = base or seq
             par_cells = f"{par:18,.0f}{par / base:6.2f}" if par else f"{'-':>18s}{'-':>6s}"
-            print(f"{r:5d}{seq:18,.0f}{seq / base:6.2f}{par_cells}", flush=True)
+            print(f"{r:5d}{seq:18,.0f}{seq / base:6.2f}{par_cells}{thr:18,.0f}{thr / base:6.2f}", flush=True)
 
 
 if __name__ == "__main__":

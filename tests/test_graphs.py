@@ -154,6 +154,61 @@ def test_keep_in_place_on_objects_and_dicts():
     assert h.a is old and h.a.tolist() == [1.0, 1.0, 1.0]
 
 
+def test_warm_up_and_capture_stay_on_a_threads_own_stream(monkeypatch):
+    """On the default stream a step warms up and captures on one side stream of its own (taken once); on a
+    thread's own stream (``sweep --streams``) it takes none from torch's pool, which hands out a few
+    streams in turn and could give it another thread's, and captures on the thread's stream."""
+    from contextlib import contextmanager
+
+    class FakeStream:
+        device = "cuda:0"
+
+        def __init__(self, name):
+            self.name = name
+
+        def wait_stream(self, other):
+            pass
+
+    default, own, current, taken, captures = FakeStream("default"), FakeStream("own"), [], [], []
+    current.append(default)
+
+    @contextmanager
+    def on(stream):
+        current.append(stream)
+        yield
+        current.pop()
+
+    @contextmanager
+    def fake_graph(graph, stream=None, capture_error_mode="global"):
+        captures.append((stream.name, capture_error_mode))
+        with on(stream):
+            yield
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current[-1])
+    monkeypatch.setattr(torch.cuda, "default_stream", lambda device=None: default)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda *a, **k: taken.append(FakeStream(f"side{len(taken)}")) or taken[-1])
+    monkeypatch.setattr(torch.cuda, "stream", on)
+    monkeypatch.setattr(torch.cuda, "graph", fake_graph)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", object)
+    ran_on = []
+
+    def step(idx):
+        ran_on.append(current[-1].name)
+        return {}
+
+    g = GraphedStep(step, [], True)
+    g._warm(None)
+    g._warm(None)
+    g._record(None)
+    assert ran_on == ["side0"] * 3 and [s.name for s in taken] == ["side0"] and captures == [("side0", "thread_local")]
+    ran_on.clear()
+    with on(own):
+        t = GraphedStep(step, [], True)
+        t._warm(None)
+        t._record(None)
+    assert ran_on == ["own", "own"] and len(taken) == 1 and captures[-1] == ("own", "thread_local")
+
+
 def test_which_optimizers_can_be_captured():
     p = [torch.nn.Parameter(torch.zeros(2))]
     assert graph_blocker({"o": torch.optim.Adam(p, fused=True)}) is None

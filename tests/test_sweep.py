@@ -219,6 +219,48 @@ def test_parallel_local_workers_match_sequential(tmp_path):
         assert [h.get("metrics") for h in a] == [h.get("metrics") for h in b]
 
 
+def _histories(sweep: Path) -> dict[str, list]:
+    """Per run: every record of its history but the timings (losses and evaluation metrics)."""
+    out = {}
+    for f in (sweep / "runs").glob("*/metrics.json"):
+        hist = json.loads(f.read_text())["history"]
+        out[f.parent.name] = [{k: v for k, v in h.items() if k not in ("seconds", "images_per_s")} for h in hist]
+    return out
+
+
+def test_stream_threads_match_sequential(tmp_path):
+    """--streams 2: four trials (two methods, two seeds) in two threads of one process give exactly the records
+    of one trial after another (losses and every evaluation metric)."""
+    trials = expand(load_spec(_write(tmp_path, MICRO)))
+    run_sweep(trials, "micro", "tiny", str(tmp_path / "data"), str(tmp_path / "seq"), log=lambda s: None)
+    lines = []
+    res = run_sweep(trials, "micro", "tiny", str(tmp_path / "data"), str(tmp_path / "thr"), streams=2,
+                    log=lines.append)
+    assert sorted(r["status"] for r in res) == ["finished"] * 4
+    assert [r["trial_id"] for r in res] == [t.trial_id for t in trials]
+    assert "runner local, 2 streams" in lines[0] and any("[4/4 done, 0 left" in line for line in lines)
+    seq, thr = _histories(tmp_path / "seq"), _histories(tmp_path / "thr")
+    assert len(seq) == 4 and seq == thr
+    again = run_sweep(trials, "micro", "tiny", str(tmp_path / "data"), str(tmp_path / "thr"), streams=2,
+                      log=lambda s: None)
+    assert [r["status"] for r in again] == ["skipped"] * 4
+
+
+def test_stream_threads_refuse_what_they_cannot_run(tmp_path):
+    trials = expand(load_spec(_write(tmp_path, MICRO)))
+    with pytest.raises(BiasbenchError, match="--workers 1"):
+        run_sweep(trials, "micro", "tiny", str(tmp_path / "data"), str(tmp_path / "o"), streams=2, workers=2)
+    with pytest.raises(BiasbenchError, match="--streams must be between 1 and 16"):
+        run_sweep(trials, "micro", "tiny", str(tmp_path / "data"), str(tmp_path / "o"), streams=0)
+    drop = expand(load_spec(_write(tmp_path, MICRO.replace("base: {", "base: {model_kwargs: {drop_rate: 0.2}, "))))
+    with pytest.raises(BiasbenchError, match="dropout"):
+        run_sweep(drop, "micro", "tiny", str(tmp_path / "data"), str(tmp_path / "o"), streams=2)
+    assert not (tmp_path / "o").exists()  # refused before anything was written
+    rc = main(["sweep", _write(tmp_path, MICRO), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "c"),
+               "--streams", "2", "--runner", "ray"])
+    assert rc == 2 and not (tmp_path / "c").exists()
+
+
 def test_ray_runner_matches_local(tmp_path):
     pytest.importorskip("ray", reason="the [ray] extra is not installed")
     path = _write(tmp_path, MICRO.replace("method: [stdm, upweight]", "method: [stdm]"))

@@ -292,6 +292,10 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     sw.add_argument("--workers", type=int, default=1,
                     help="units of work (a trial, or a fused group of trials) at a time: processes or Ray slots; "
                          "default 1")
+    sw.add_argument("--streams", type=int, default=1, metavar="N",
+                    help="local runner: N units of work at a time in threads of this one process, each on its own "
+                         "CUDA stream, so that one trial's kernels can fill the GPU where another's leave it idle "
+                         "(same records as one at a time; not with --workers or dropout); default 1")
     sw.add_argument("--ray-address", default=None, metavar="ADDR", help="join a Ray cluster (e.g. auto)")
     sw.add_argument("--gpus-per-trial", type=float, default=0.0,
                     help="Ray: GPU share per unit of work (a trial, or a fused group of trials), e.g. 0.25")
@@ -356,7 +360,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     tracker = args.tracker or spec.get("tracker") or "none"
     results = run_sweep(trials, spec.get("name", "sweep"), scale, args.data, args.out, args.runner, tracker,
                         args.device, args.workers, args.ray_address, args.gpus_per_trial, fuse=args.fuse,
-                        compile_model=args.compile or False, cuda_graphs=args.cuda_graphs)
+                        compile_model=args.compile or False, cuda_graphs=args.cuda_graphs, streams=args.streams)
     done = sum(r["status"] == "finished" for r in results)
     print(f"{len(results)} trials: {done} trained, {len(results) - done} already finished; "
           f"report with: biasbench report {args.out} --out {args.out}/report")

@@ -1,22 +1,29 @@
 """Runners: the same unit function (:func:`run_unit`: one trial, or several fused) sequentially, in N local
-processes, or on Ray. Units come from :func:`plan_units` (``--fuse``).
+processes, in N threads of this process each on its own CUDA stream (``--streams``), or on Ray. Units come
+from :func:`plan_units` (``--fuse``).
 
 Progress is printed as trials end: done / running / left and an ETA from the mean trial time.
 """
 from __future__ import annotations
 
 import json
+import queue
 import sys
+import threading
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
 
 from ..errors import BiasbenchError
 from ..utils import atomic_write_json
 from .spec import Trial
-from .trial import plan_units, run_unit
+from .trial import ensure_dataset, plan_units, run_unit
 
 RUNNERS = ("local", "ray")
+MAX_STREAMS = 16
+"""``--streams`` at most. Torch's stream pool has 32 streams per device and priority, handed out in turn, so
+the threads' streams, taken one after another, are distinct; the cap keeps well inside the pool."""
 
 
 class Progress:
@@ -83,6 +90,81 @@ def run_local(units: list[list[Trial]], data_root: str, out: str, tracker: str, 
     return results
 
 
+def shared_rng_users(trials: list[Trial]) -> list[str]:
+    """Trials that draw from torch's process-wide generators while they train: dropout (progressive
+    learning's stages, a model's ``drop_rate`` / ``drop_path_rate``). In threads their draws would depend on
+    how the threads interleave."""
+    out = []
+    for t in trials:
+        kw = t.config.get("model_kwargs") or {}
+        if t.config.get("progressive") or any(float(kw.get(k) or 0) > 0 for k in ("drop_rate", "drop_path_rate")):
+            out.append(t.trial_id)
+    return out
+
+
+def run_threads(units: list[list[Trial]], data_root: str, out: str, tracker: str, device: str, streams: int,
+                log: Callable[[str], None], compile_model: bool | str = False,
+                cuda_graphs: bool | str = False) -> list[dict]:
+    """Units ``streams`` at a time in this process, one thread each. On CUDA each thread issues its unit's
+    work on its own stream, so the GPU may run one trial's kernels where another's leave it idle (a captured
+    step costs the host only a replay call, so the threads do not wait on each other for the GIL). Records
+    equal those of one trial after another: the one use of the process-wide generator, model initialisation,
+    is serialised (:data:`biasbench.train.loop.GLOBAL_RNG_LOCK`) and everything else has its own generator;
+    trials with dropout are refused (:func:`shared_rng_users`). Datasets are made first, in this thread.
+    A failing unit stops the hand-out of new ones; the units already running finish, then the error is
+    raised. On a CPU the threads share the cores: no faster than one at a time (a check of the runner)."""
+    import torch
+
+    from ..train.loop import resolve_device
+
+    dev = resolve_device(device)
+    for ds in {json.dumps(t.dataset.to_dict(), sort_keys=True): t.dataset for u in units for t in u}.values():
+        ensure_dataset(data_root, ds)  # before the threads: two trials must not render one dataset at once
+    progress = Progress([len(u) for u in units], log, streams)
+    jobs: queue.Queue = queue.Queue()
+    for unit in units:
+        jobs.put([t.to_dict() for t in unit])
+    done: queue.Queue = queue.Queue()
+    stop = threading.Event()
+
+    n = min(streams, len(units))
+    # one stream per thread, taken here at once: torch hands out its pool's MAX_STREAMS streams in turn, so n
+    # consecutive ones are distinct (the threads' captures run on these too: graphs.GraphedStep._stream)
+    own = [torch.cuda.Stream(dev) if dev.type == "cuda" else None for _ in range(n)]
+
+    def worker(stream):
+        with torch.cuda.stream(stream) if stream is not None else nullcontext():
+            while not stop.is_set():
+                try:
+                    unit = jobs.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    done.put((run_unit(unit, data_root, out, tracker, device, compile_model, cuda_graphs), None))
+                except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which raises it
+                    stop.set()
+                    done.put((None, exc))
+
+    threads = [threading.Thread(target=worker, args=(own[i],), name=f"biasbench-stream-{i}", daemon=True)
+               for i in range(n)]
+    for th in threads:
+        th.start()
+    results, error = [], None
+    while any(th.is_alive() for th in threads) or not done.empty():
+        try:
+            rs, exc = done.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        if exc is not None:
+            error = error or exc
+            continue
+        results += rs
+        progress.finished(rs)
+    if error is not None:
+        raise error
+    return results
+
+
 def run_ray(units: list[list[Trial]], data_root: str, out: str, tracker: str, device: str, workers: int,
             address: str | None, gpus_per_trial: float, log: Callable[[str], None],
             compile_model: bool | str = False, cuda_graphs: bool | str = False) -> list[dict]:
@@ -129,10 +211,11 @@ def run_ray(units: list[list[Trial]], data_root: str, out: str, tracker: str, de
 def run_sweep(trials: list[Trial], name: str, scale: str, data_root: str, out: str, runner: str = "local",
               tracker: str = "none", device: str = "auto", workers: int = 1, address: str | None = None,
               gpus_per_trial: float = 0.0, log: Callable[[str], None] | None = None, fuse: int | str = 1,
-              compile_model: bool | str = False, cuda_graphs: bool | str = False) -> list[dict]:
+              compile_model: bool | str = False, cuda_graphs: bool | str = False, streams: int = 1) -> list[dict]:
     """Run ``trials``; ``fuse``: at most this many fusable trials trained as one fused network
     (:mod:`biasbench.train.fused`); ``auto`` = 8 on a CUDA device with ``compile_model``, else 1 (off);
-    ``cuda_graphs``: captured training steps (:func:`biasbench.train.loop.check_cuda_graphs`)."""
+    ``cuda_graphs``: captured training steps (:func:`biasbench.train.loop.check_cuda_graphs`); ``streams``:
+    local runner, this many units at a time in threads of this process (:func:`run_threads`)."""
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     if runner not in RUNNERS:
         raise BiasbenchError(f"unknown runner {runner!r}; expected one of: {', '.join(RUNNERS)}")
@@ -140,6 +223,15 @@ def run_sweep(trials: list[Trial], name: str, scale: str, data_root: str, out: s
         raise BiasbenchError(f"--workers must be >= 1, got {workers}")
     if gpus_per_trial < 0:
         raise BiasbenchError(f"--gpus-per-trial must be >= 0, got {gpus_per_trial}")
+    if not 1 <= streams <= MAX_STREAMS:
+        raise BiasbenchError(f"--streams must be between 1 and {MAX_STREAMS}, got {streams}")
+    if streams > 1 and (runner != "local" or workers > 1):
+        raise BiasbenchError("--streams runs units in threads of one local process: use it with the local runner "
+                             "and --workers 1")
+    dropout = shared_rng_users(trials) if streams > 1 else []
+    if dropout:
+        raise BiasbenchError(f"--streams: {len(dropout)} trial(s) use dropout (e.g. {dropout[0]}), whose draws come "
+                             f"from the process's shared generator and would depend on thread timing; use --workers")
     from ..track import make_tracker
     from ..train.loop import check_cuda_graphs, resolve_device
 
@@ -150,8 +242,11 @@ def run_sweep(trials: list[Trial], name: str, scale: str, data_root: str, out: s
     outp.mkdir(parents=True, exist_ok=True)
     write_sweep_record(outp, name, scale, trials, [])
     fused = f", {len(units)} units (up to {max(map(len, units))} trials fused)" if len(units) < len(trials) else ""
-    log(f"sweep {name} ({scale}): {len(trials)} trials{fused}, runner {runner}, workers {workers} -> {out}")
-    if runner == "local":
+    slots = f"{streams} streams" if streams > 1 else f"workers {workers}"
+    log(f"sweep {name} ({scale}): {len(trials)} trials{fused}, runner {runner}, {slots} -> {out}")
+    if streams > 1:
+        results = run_threads(units, data_root, out, tracker, device, streams, log, compile_model, cuda_graphs)
+    elif runner == "local":
         results = run_local(units, data_root, out, tracker, device, workers, log, compile_model, cuda_graphs)
     else:
         results = run_ray(units, data_root, out, tracker, device, workers, address, gpus_per_trial, log,

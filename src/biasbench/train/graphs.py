@@ -173,6 +173,7 @@ class GraphedStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static_idx: torch.Tensor | None = None
         self.out: dict | None = None
+        self._side: torch.cuda.Stream | None = None
 
     @property
     def captured(self) -> bool:
@@ -192,18 +193,34 @@ class GraphedStep:
             return self._warm(idx)
         return self._capture(idx)
 
+    def _stream(self) -> torch.cuda.Stream:
+        """Where warm-up and capture run: the current stream when it is not the default one (a thread of
+        ``sweep --streams`` trains on a stream of its own, and a stream taken from torch's pool here could be
+        another thread's: its kernels would land in this capture), else one side stream of this step's own."""
+        cur = torch.cuda.current_stream()
+        if cur != torch.cuda.default_stream(cur.device):
+            return cur
+        if self._side is None:
+            self._side = torch.cuda.Stream()
+        return self._side
+
     def _warm(self, idx: torch.Tensor) -> dict:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
+        cur, side = torch.cuda.current_stream(), self._stream()
+        if side == cur:
+            return self.step(idx)
+        side.wait_stream(cur)
         with torch.cuda.stream(side):
             out = self.step(idx)
-        torch.cuda.current_stream().wait_stream(side)
+        cur.wait_stream(side)
         return out
 
     def _record(self, static_idx: torch.Tensor):
         """Capture one step on ``static_idx`` (its kernels are recorded, not run); returns the graph."""
         graph = torch.cuda.CUDAGraph()
-        with _capturable(self.optimizers), torch.cuda.graph(graph):
+        # thread_local: runs trained in other threads (``sweep --streams``) keep launching on their own streams
+        # while this one captures; only this thread's calls are checked for capture safety
+        with _capturable(self.optimizers), \
+                torch.cuda.graph(graph, stream=self._stream(), capture_error_mode="thread_local"):
             self.out = self.step(static_idx)
         return graph
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,11 @@ from ..utils import atomic_write, atomic_write_json, read_json_record, stable_ha
 from .optim import optimizer_factory
 
 RUN_FORMAT = "1"
+GLOBAL_RNG_LOCK = threading.RLock()
+"""Held while a run seeds and draws from torch's process-wide generators (model initialisation) or restores
+them from a checkpoint, so that runs trained in threads (``biasbench sweep --streams``) initialise exactly
+as they would alone. Nothing else in a run draws from them: shuffles, samplers and augmentation have their
+own generators."""
 TUNING = "tuning"
 """Pseudo-split for the alpha-weighted accuracies: val and balanced_val together."""
 
@@ -274,14 +280,15 @@ class Trainer:
     def build_method(self, train: SplitData):
         """The model and method exactly as this run builds them (seeded by the run's seed)."""
         cfg, dev = self.cfg, self.device
-        torch.manual_seed(cfg.seed)
-        model = create_model(cfg.model, num_classes=10, **cfg.model_kwargs).to(dev)
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
         info = TrainInfo(num_train=len(train.labels), num_classes=10, labels=train.labels, factors=train.factors,
                          mode=self.settings["mode"], explicit=cfg.explicit, grouping=cfg.grouping,
                          batch_size=cfg.batch_size)
-        return get_method_class(cfg.method)(model, optimizer_factory(cfg, dev), info, cfg.method_hparams)
+        with GLOBAL_RNG_LOCK:  # every initialisation (the method's own networks too) draws from the seeded generator
+            torch.manual_seed(cfg.seed)
+            model = create_model(cfg.model, num_classes=10, **cfg.model_kwargs).to(dev)
+            if self.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            return get_method_class(cfg.method)(model, optimizer_factory(cfg, dev), info, cfg.method_hparams)
 
     def prepare(self, data: dict[str, SplitData], state: str):
         """Build the method, write ``config.json``, resume from the checkpoint when there is one and start the
@@ -302,9 +309,10 @@ class Trainer:
             method.load_state_dict(ckpt["method"])
             history = ckpt["history"]
             start_epoch = int(ckpt["epoch"])
-            torch.set_rng_state(ckpt["torch_rng"])
-            if dev.type == "cuda" and ckpt.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state(ckpt["cuda_rng"], dev)
+            with GLOBAL_RNG_LOCK:
+                torch.set_rng_state(ckpt["torch_rng"])
+                if dev.type == "cuda" and ckpt.get("cuda_rng") is not None:
+                    torch.cuda.set_rng_state(ckpt["cuda_rng"], dev)
             self.log(f"resuming run {self.run_id} after epoch {start_epoch}")
         atomic_write_json(self.run_dir / "status.json", {"state": "running", "epoch": start_epoch})
 
