@@ -250,6 +250,9 @@ def test_stream_threads_refuse_what_they_cannot_run(tmp_path):
     trials = expand(load_spec(_write(tmp_path, MICRO)))
     with pytest.raises(BiasbenchError, match="--workers 1"):
         run_sweep(trials, "micro", "tiny", str(tmp_path / "data"), str(tmp_path / "o"), streams=2, workers=2)
+    with pytest.raises(BiasbenchError, match="not safe to run in several threads"):
+        run_sweep(trials, "micro", "tiny", str(tmp_path / "data"), str(tmp_path / "o"), streams=2,
+                  compile_model="default")
     with pytest.raises(BiasbenchError, match="--streams must be between 1 and 16"):
         run_sweep(trials, "micro", "tiny", str(tmp_path / "data"), str(tmp_path / "o"), streams=0)
     drop = expand(load_spec(_write(tmp_path, MICRO.replace("base: {", "base: {model_kwargs: {drop_rate: 0.2}, "))))

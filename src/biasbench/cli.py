@@ -295,7 +295,7 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     sw.add_argument("--streams", type=int, default=1, metavar="N",
                     help="local runner: N units of work at a time in threads of this one process, each on its own "
                          "CUDA stream, so that one trial's kernels can fill the GPU where another's leave it idle "
-                         "(same records as one at a time; not with --workers or dropout); default 1")
+                         "(same records as one at a time; not with --workers, --compile or dropout); default 1")
     sw.add_argument("--ray-address", default=None, metavar="ADDR", help="join a Ray cluster (e.g. auto)")
     sw.add_argument("--gpus-per-trial", type=float, default=0.0,
                     help="Ray: GPU share per unit of work (a trial, or a fused group of trials), e.g. 0.25")

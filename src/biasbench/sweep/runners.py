@@ -228,6 +228,9 @@ def run_sweep(trials: list[Trial], name: str, scale: str, data_root: str, out: s
     if streams > 1 and (runner != "local" or workers > 1):
         raise BiasbenchError("--streams runs units in threads of one local process: use it with the local runner "
                              "and --workers 1")
+    if streams > 1 and compile_model:
+        raise BiasbenchError("--streams with --compile: torch.compile traces and compiles in the thread that first "
+                             "calls a model, and is not safe to run in several threads at once; use one of them")
     dropout = shared_rng_users(trials) if streams > 1 else []
     if dropout:
         raise BiasbenchError(f"--streams: {len(dropout)} trial(s) use dropout (e.g. {dropout[0]}), whose draws come "
