@@ -256,6 +256,14 @@ class TrainConfig:
             raise BiasbenchError(f"evaluation epochs {list(bad or ev)} are outside the run (1..{self.epochs})")
         object.__setattr__(self, "eval_epochs", ev)
 
+    def random_masks(self) -> list[str]:
+        """The settings that make training draw random masks (dropout, drop-path) from torch's process-wide
+        generator: progressive learning (dropout per stage) and ``drop*`` model options above 0. Such runs
+        cannot be fused (vmap would not draw the masks of separate runs) nor trained in threads (the draws
+        would depend on how the threads interleave)."""
+        return (["progressive"] if self.progressive else []) + \
+            sorted(k for k, v in self.model_kwargs.items() if "drop" in k and v)
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["eval_epochs"] = list(self.eval_epochs)

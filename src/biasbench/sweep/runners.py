@@ -91,15 +91,9 @@ def run_local(units: list[list[Trial]], data_root: str, out: str, tracker: str, 
 
 
 def shared_rng_users(trials: list[Trial]) -> list[str]:
-    """Trials that draw from torch's process-wide generators while they train: dropout (progressive
-    learning's stages, a model's ``drop_rate`` / ``drop_path_rate``). In threads their draws would depend on
-    how the threads interleave."""
-    out = []
-    for t in trials:
-        kw = t.config.get("model_kwargs") or {}
-        if t.config.get("progressive") or any(float(kw.get(k) or 0) > 0 for k in ("drop_rate", "drop_path_rate")):
-            out.append(t.trial_id)
-    return out
+    """Trials that draw random masks from torch's process-wide generator while they train
+    (:meth:`TrainConfig.random_masks`); in threads their draws would depend on how the threads interleave."""
+    return [t.trial_id for t in trials if t.train_config("-").random_masks()]
 
 
 def run_threads(units: list[list[Trial]], data_root: str, out: str, tracker: str, device: str, streams: int,
@@ -110,7 +104,7 @@ def run_threads(units: list[list[Trial]], data_root: str, out: str, tracker: str
     step costs the host only a replay call, so the threads do not wait on each other for the GIL). Records
     equal those of one trial after another: the one use of the process-wide generator, model initialisation,
     is serialised (:data:`biasbench.train.loop.GLOBAL_RNG_LOCK`) and everything else has its own generator;
-    trials with dropout are refused (:func:`shared_rng_users`). Datasets are made first, in this thread.
+    trials with random masks (dropout) are refused (:func:`shared_rng_users`). Datasets are made first, in this thread.
     A failing unit stops the hand-out of new ones; the units already running finish, then the error is
     raised. On a CPU the threads share the cores: no faster than one at a time (a check of the runner)."""
     import torch

@@ -66,7 +66,7 @@ def fusable(cfg: TrainConfig) -> str | None:
     """None when ``cfg`` can be trained fused, else the reason it cannot."""
     if cfg.progressive:
         return "progressive learning changes the image size per stage"
-    drops = [k for k, v in cfg.model_kwargs.items() if "drop" in k and v]
+    drops = cfg.random_masks()
     if drops:  # random masks under vmap would not be the random masks of separate runs
         return f"random regularisation ({', '.join(sorted(drops))}) is not fused"
     from ..methods import get_method_class
