@@ -182,3 +182,15 @@ def test_compile_mode_reaches_torch_compile(tiny_root, tmp_path, monkeypatch):
     with pytest.raises(BiasbenchError, match="unknown compile mode 'fast'"):
         Trainer(cfgs[0], tmp_path / "g", tracker="none", compile_model="fast")
     assert not (tmp_path / "g").exists()
+
+
+def test_prep_images_converts_once_in_the_asked_layout():
+    import torch
+
+    from biasbench.train.loop import prep_images
+
+    x = torch.randint(0, 256, (4, 3, 6, 5), dtype=torch.uint8)
+    cl = prep_images(x, True)
+    assert cl.dtype == torch.float32 and cl.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(cl, x.float()) and torch.equal(prep_images(x, False), x.float())
+    assert prep_images(x, False).is_contiguous()

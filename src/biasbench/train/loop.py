@@ -74,9 +74,12 @@ COMPILE_RECOMPILE_LIMIT = 64
 
 
 def prep_images(x_uint8: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """A (B, C, H, W) uint8 batch as float (raw 0-255 values: the models normalise), channels-last if asked."""
-    x = x_uint8.float()
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    """A (B, C, H, W) uint8 batch as float (raw 0-255 values: the models normalise), channels-last if asked.
+    The layout changes while the batch is uint8 (a quarter of the bytes) and the conversion keeps it: one
+    float tensor written, not two."""
+    if channels_last:
+        x_uint8 = x_uint8.contiguous(memory_format=torch.channels_last)
+    return x_uint8.float()
 
 
 def compile_options(compile_model: bool | str) -> dict:
