@@ -19,7 +19,6 @@ StdM step at batch 128 on an H100 go to. On the CPU the same tables show CPU tim
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
 import time
 
@@ -31,6 +30,7 @@ from biasbench.data.biased_mnist import generate
 from biasbench.methods import Batch, get_method_class
 from biasbench.train.graphs import step_runner
 from biasbench.train.loop import Trainer, load_splits
+from common import device_name, pick_device  # benchmarks/common.py (scripts run from benchmarks/)
 
 
 def device_time(evt, cuda: bool) -> float:
@@ -83,11 +83,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="profiled steps (default 20 CUDA, 3 CPU)")
     ap.add_argument("--top", type=int, default=15, help="rows per table")
     args = ap.parse_args()
-    dev = "cuda" if args.device == "auto" and torch.cuda.is_available() else \
-        ("cpu" if args.device == "auto" else args.device)
+    dev = pick_device(args.device)
     cuda = dev.startswith("cuda")
     steps = args.steps or (20 if cuda else 3)
-    name = torch.cuda.get_device_name(dev) if cuda else (platform.processor() or platform.machine())
+    name = device_name(dev)
     unit = "device" if cuda else "CPU"
     print(f"device: {dev} ({name}), torch {torch.__version__}, image {3 * args.cell_size}px, method {args.method}, "
           f"batch 128, {'bf16 + channels_last' if cuda else 'fp32'}, {steps} profiled steps")

@@ -8,7 +8,6 @@ images is 7 factors x 9 alternative values (8 for the position) = 620,000 counte
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
 import time
 
@@ -19,6 +18,7 @@ from biasbench.data.biased_mnist import BiasedMNIST, generate
 from biasbench.eval.audit import counterfactual_audit
 from biasbench.models import create_model
 from biasbench.train.loop import resolve_device
+from common import device_name  # benchmarks/common.py (scripts run from benchmarks/)
 
 
 def main() -> None:
@@ -40,7 +40,7 @@ def main() -> None:
         res = counterfactual_audit(model, ds, dev, samples=args.samples, progress=False)
         dt = time.perf_counter() - t
     n = sum(r["n_pairs"] for r in res["factors"].values()) + res["n_images"]
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
+    name = device_name(dev)
     print(f"device: {dev} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'image':>8s}{'images audited':>16s}{'counterfactuals':>17s}{'seconds':>9s}{'images/s':>11s}"
           f"{'full test audit (est.)':>24s}")

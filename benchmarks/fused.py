@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from biasbench.train.fused import FusedMethods, fused_layout, train_fused
 from biasbench.train.graphs import step_runner
 from biasbench.train.loop import Trainer, load_splits
 from train import steps_per_second  # benchmarks/train.py (this folder is on sys.path when run as a script)
+from common import device_name, pick_device  # benchmarks/common.py (scripts run from benchmarks/)
 
 
 def bare(cfgs: list[TrainConfig], dev: torch.device, steps: int, compiled: bool | str, graphs: bool = False) -> float:
@@ -87,13 +87,12 @@ def main() -> None:
     ap.add_argument("--cuda-graphs", default="off", help="comma-separated: off (eager), on (captured steps), or both")
     args = ap.parse_args()
     graph_settings = [{"off": False, "on": True}[g] for g in args.cuda_graphs.split(",")]
-    dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if args.device == "auto" else args.device))
+    dev = torch.device(pick_device(args.device))
     cuda = dev.type == "cuda"
     runs = [int(r) for r in (args.runs or ("1,2,4,8" if cuda else "1,2,4")).split(",")]
     n_train = args.n_train or (20_000 if cuda else 1024)
     steps = args.steps or (100 if cuda else 5)
-    name = torch.cuda.get_device_name(dev) if cuda else (platform.processor() or platform.machine())
+    name = device_name(dev)
     print(f"device: {dev} ({name}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
           f"image {3 * args.cell_size}px, method {args.method}, batch 128 per run, {n_train} images per run")
     print(f"{'runs':>5s} {'configuration':30s}{'bare img/s':>12s}{'loop img/s':>12s}{'x plain':>9s}")

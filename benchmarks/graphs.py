@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from biasbench.data.biased_mnist import generate
 from biasbench.methods import get_method_class, list_methods
 from biasbench.train.fused import train_fused
 from biasbench.train.loop import Trainer
+from common import device_name, pick_device  # benchmarks/common.py (scripts run from benchmarks/)
 
 
 def last_epoch(result: dict) -> tuple[float, float, float]:
@@ -56,11 +56,10 @@ def main() -> None:
     ap.add_argument("--fused", type=int, default=0, help="also R fused runs per method (0: none)")
     ap.add_argument("--explicit", default="texture", help="the explicit factor of bias-label methods")
     args = ap.parse_args()
-    dev = "cuda" if args.device == "auto" and torch.cuda.is_available() else \
-        ("cpu" if args.device == "auto" else args.device)
+    dev = pick_device(args.device)
     cuda = dev.startswith("cuda")
     methods = list_methods() if args.methods == "all" else args.methods.split(",")
-    name = torch.cuda.get_device_name(dev) if cuda else (platform.processor() or platform.machine())
+    name = device_name(dev)
     print(f"device: {dev} ({name}), torch {torch.__version__}, image {3 * args.cell_size}px, {args.n_train} "
           f"training images, {args.epochs} epochs, batch 128, bf16 on CUDA")
     print(f"{'method':10s}{'runs':>5s}  {'eager loss':>10s}{'graph loss':>11s}{'eager acc':>10s}{'graph acc':>10s}"

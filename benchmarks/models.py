@@ -8,7 +8,6 @@ one image; training images/s is a forward/backward/Adam step on a fixed batch.
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import torch
@@ -16,6 +15,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from biasbench.models import count_parameters, create_model, list_models
+from common import device_name, pick_device  # benchmarks/common.py (scripts run from benchmarks/)
 
 
 def main() -> None:
@@ -26,10 +26,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--models", default=None)
     args = ap.parse_args()
-    dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if args.device == "auto" else args.device))
+    dev = torch.device(pick_device(args.device))
     names = args.models.split(",") if args.models else list_models()
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
+    name = device_name(dev)
     print(f"device: {dev} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.size} px, batch {args.batch_size}")
     print(f"{'model':22s}{'params':>12s}{'MACs/image':>14s}{'train img/s':>13s}")

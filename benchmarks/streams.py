@@ -15,7 +15,6 @@ trains trials. Prints images/s summed over the runs and the ratio to R = 1. A ca
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
 import threading
 import time
@@ -28,6 +27,7 @@ from biasbench.data.biased_mnist import generate
 from biasbench.methods import Batch
 from biasbench.train.graphs import step_runner
 from biasbench.train.loop import Trainer, load_splits
+from common import device_name, pick_device  # benchmarks/common.py (scripts run from benchmarks/)
 
 
 def build_runs(root: str, method: str, runs: int, dev: str) -> list:
@@ -68,11 +68,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="steps per run (default 200 CUDA, 3 CPU)")
     ap.add_argument("--method", default="stdm")
     args = ap.parse_args()
-    dev = "cuda" if args.device == "auto" and torch.cuda.is_available() else \
-        ("cpu" if args.device == "auto" else args.device)
+    dev = pick_device(args.device)
     cuda = dev.startswith("cuda")
     steps = args.steps or (200 if cuda else 3)
-    name = torch.cuda.get_device_name(dev) if cuda else (platform.processor() or platform.machine())
+    name = device_name(dev)
     print(f"device: {dev} ({name}), torch {torch.__version__}, image {3 * args.cell_size}px, method {args.method}, "
           f"batch 128 per run, {steps} steps per run, {'captured steps' if cuda else 'eager steps (CPU)'}")
     print(f"{'runs':>5s}{'one stream img/s':>18s}{'x':>6s}{'R streams img/s':>18s}{'x':>6s}"

@@ -14,7 +14,6 @@ images/s per configuration and the loop / bare ratio.
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
 import time
 
@@ -28,6 +27,7 @@ from biasbench.models import create_model
 from biasbench.train.graphs import GraphedStep
 from biasbench.train.loop import CUDAGRAPH_COMPILE_MODES, Trainer, compile_options, load_splits, reset_compiler
 from biasbench.train.optim import optimizer_factory
+from common import device_name, pick_device  # benchmarks/common.py (scripts run from benchmarks/)
 
 
 def _sync(dev):
@@ -106,8 +106,7 @@ def main() -> None:
                          "(CUDA graphs)")
     ap.add_argument("--only", default=None, help="comma-separated words: keep configurations whose labels hold one")
     args = ap.parse_args()
-    dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if args.device == "auto" else args.device))
+    dev = torch.device(pick_device(args.device))
     steps = args.steps or (300 if dev.type == "cuda" else 10)
     n = steps * args.batch_size
     cuda = dev.type == "cuda"
@@ -126,7 +125,7 @@ def main() -> None:
     if args.only:
         words = args.only.split(",")
         configs = [c for c in configs if any(w in c[0] for w in words)]
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
+    name = device_name(dev)
     print(f"device: {dev} ({name}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
           f"image {3 * args.cell_size}px, batch {args.batch_size}, {steps} steps")
     print(f"{'configuration':40s}{'bare img/s':>12s}{'loop img/s':>12s}{'loop/bare':>11s}")
