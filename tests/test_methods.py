@@ -222,6 +222,38 @@ def test_lnl_reversed_gradient_reaches_the_main_network_with_opposite_sign(tiny_
     assert m.predictor[0].in_features == 32  # the 32-d pooled feature after the second conv
 
 
+def test_lnl_update_is_the_reference_trainers_two_passes(tiny_root):
+    """Three LNL updates equal, parameter for parameter, the reference LNLTrainer's procedure written out
+    step by step on copies of the same networks: (a) zero both gradients, CE + lambda * mean sum p log p
+    (p = softmax + 1e-8), backward, step the main model only, zero both; (b) a fresh forward, the pooled
+    feature through the gradient multiplier rho, CE of the predictor against the bias label, backward, step
+    the main model and the predictor."""
+    import copy
+
+    m, data = _method("lnl", tiny_root)
+    model, pred = copy.deepcopy(m.model), copy.deepcopy(m.predictor)
+    make_opt = optimizer_factory(TrainConfig(data=str(tiny_root)), torch.device("cpu"))
+    opt, pred_opt = make_opt(model.parameters()), make_opt(pred.parameters())
+    lam, rho = m.hparams["entropy_weight"], m.hparams["grad_mult"]
+    start = m.predictor[0].weight.detach().clone()
+    for step in range(3):
+        batch = _batch(data, np.arange(step * 64, step * 64 + 64))
+        m.update(batch)
+        opt.zero_grad(), pred_opt.zero_grad()
+        logits, feats = model.forward_features(batch.x, ("pooled2",))
+        p = F.softmax(pred(feats["pooled2"]), dim=1) + 1e-8
+        (F.cross_entropy(logits, batch.y) + lam * (p * p.log()).sum(1).mean()).backward()
+        opt.step()
+        opt.zero_grad(), pred_opt.zero_grad()
+        _, feats = model.forward_features(batch.x, ("pooled2",))
+        F.cross_entropy(pred(grad_multiply(feats["pooled2"], rho)), m.groups[batch.index]).backward()
+        opt.step(), pred_opt.step()
+    for ours, ref in ((m.model, model), (m.predictor, pred)):
+        for (name, a), b in zip(ours.named_parameters(), ref.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    assert not torch.allclose(m.predictor[0].weight, start)  # the predictor did learn
+
+
 def test_upweight_and_gdro_raise_minority_accuracy_over_stdm(tmp_path):
     """Two-factor data: the digit and background colour (p 0.9), every other factor fixed."""
     fac = "background_color"
