@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -31,6 +30,7 @@ from biasbench.methods import Batch, get_method_class
 from biasbench.train.graphs import step_runner
 from biasbench.train.loop import Trainer, load_splits
 from common import device_name, pick_device  # benchmarks/common.py (scripts run from benchmarks/)
+from train import steps_per_second  # benchmarks/train.py
 
 
 def device_time(evt, cuda: bool) -> float:
@@ -64,17 +64,6 @@ def build(root: str, method: str, dev: str):
     return tr, m, update, train
 
 
-def timed_steps(fn, idx, steps: int, dev: str) -> float:
-    """Seconds per call of ``fn(idx)`` over ``steps`` calls (device synchronised around them)."""
-    sync = torch.cuda.synchronize if dev.startswith("cuda") else (lambda: None)
-    sync()
-    t = time.perf_counter()
-    for _ in range(steps):
-        fn(idx)
-    sync()
-    return (time.perf_counter() - t) / steps
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="auto")
@@ -98,7 +87,7 @@ def main() -> None:
         with tr._autocast():
             for _ in range(3):
                 update(idx)
-            eager_s = timed_steps(update, idx, steps, dev)
+            eager_s = 1 / steps_per_second(lambda: update(idx), steps, torch.device(dev), warmup=0)
             activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
             with profile(activities=activities, record_shapes=True) as prof:
                 for _ in range(steps):
@@ -111,7 +100,7 @@ def main() -> None:
                                      lambda: (m.modules(), m.optimizers(), m.tensors()), True, print)
                 for _ in range(5):  # eager warm-up steps, then the capture
                     runner(idx)
-                graph_s = timed_steps(runner, idx, steps, dev)
+                graph_s = 1 / steps_per_second(lambda: runner(idx), steps, torch.device(dev), warmup=0)
 
     events = prof.key_averages(group_by_input_shape=True)
     kernels = [e for e in prof.key_averages() if cuda and getattr(e, "device_type", None) is not None

@@ -113,14 +113,15 @@ def sweep_file(args, out: Path) -> Path | None:
 
 
 def table_rows(path: Path) -> list[tuple[str, list[str]]]:
-    """Rows of a benchmark's printed table: (label, the numeric cells at the end), thousands separators kept."""
+    """Rows of a benchmark's printed table: (label, the numeric cells at the end), thousands separators kept;
+    the label is empty in a row of numbers only (streams.py's)."""
     rows = []
     for line in path.read_text().splitlines() if path.is_file() else []:
         parts = line.split()
         nums = []
         while parts and re.fullmatch(r"[0-9][0-9,]*(\.[0-9]+)?%?|-", parts[-1]):
             nums.insert(0, parts.pop())
-        if parts and nums:
+        if nums:
             rows.append((" ".join(parts), nums))
     return rows
 
@@ -164,11 +165,9 @@ def streams_from_benchmark(path: Path, gain: float = 1.15) -> str:
     what ``sweep --streams R`` does), trained at the highest images/s over one run alone, if that is at least
     ``gain`` x; else 1."""
     best = (1, 1.0)
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        cells = line.split()  # a row: runs, then three (images/s, x) pairs
-        if len(cells) == 7 and cells[0].isdigit() and re.fullmatch(r"[0-9.]+", cells[6]):
-            if float(cells[6]) > best[1]:
-                best = (int(cells[0]), float(cells[6]))
+    for label, cells in table_rows(path):  # a row: runs, then three (images/s, x) pairs
+        if not label and len(cells) == 7 and cells[0].isdigit() and cells[6] != "-" and float(cells[6]) > best[1]:
+            best = (int(cells[0]), float(cells[6]))
     choice = str(best[0]) if best[1] >= gain else "1"
     print(f"--streams measured: best {best[0]} threaded runs at {best[1]:.2f}x one run -> --streams {choice}",
           flush=True)

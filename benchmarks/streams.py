@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import tempfile
 import threading
-import time
 from contextlib import nullcontext
 
 import torch
@@ -28,6 +27,7 @@ from biasbench.methods import Batch
 from biasbench.train.graphs import step_runner
 from biasbench.train.loop import Trainer, load_splits
 from common import device_name, pick_device  # benchmarks/common.py (scripts run from benchmarks/)
+from train import steps_per_second  # benchmarks/train.py: one call of the whole loop, timed
 
 
 def build_runs(root: str, method: str, runs: int, dev: str) -> list:
@@ -48,16 +48,6 @@ def build_runs(root: str, method: str, runs: int, dev: str) -> list:
                              lambda m=m: (m.modules(), m.optimizers(), m.tensors()), cuda, print)
         out.append((tr, m, runner, idx))
     return out
-
-
-def timed(fn, dev: str) -> float:
-    if dev.startswith("cuda"):
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    fn()
-    if dev.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - t
 
 
 def main() -> None:
@@ -93,7 +83,7 @@ def main() -> None:
                         with tr._autocast():
                             runner(idx)
 
-            seq = r * steps * 128 / timed(sequential, dev)
+            seq = r * steps * 128 * steps_per_second(sequential, 1, torch.device(dev), warmup=0)
             par = None
             if cuda:
                 streams = [torch.cuda.Stream() for _ in runs]
@@ -109,7 +99,7 @@ def main() -> None:
                     for s in streams:
                         main_stream.wait_stream(s)
 
-                par = r * steps * 128 / timed(parallel, dev)
+                par = r * steps * 128 * steps_per_second(parallel, 1, torch.device(dev), warmup=0)
 
             def threaded():
                 def loop(tr, runner, idx):
@@ -125,7 +115,7 @@ def main() -> None:
                 for th in threads:
                     th.join()
 
-            thr = r * steps * 128 / timed(threaded, dev)
+            thr = r * steps * 128 * steps_per_second(threaded, 1, torch.device(dev), warmup=0)
             base = base or seq
             par_cells = f"{par:18,.0f}{par / base:6.2f}" if par else f"{'-':>18s}{'-':>6s}"
             print(f"{r:5d}{seq:18,.0f}{seq / base:6.2f}{par_cells}{thr:18,.0f}{thr / base:6.2f}", flush=True)

@@ -122,7 +122,7 @@ def run_threads(units: list[list[Trial]], data_root: str, out: str, tracker: str
     stop = threading.Event()
 
     n = min(streams, len(units))
-    # one stream per thread, taken here at once: torch hands out its pool's MAX_STREAMS streams in turn, so n
+    # one stream per thread, taken here at once: torch hands out its pool's 32 streams in turn, so n <= MAX_STREAMS
     # consecutive ones are distinct (the threads' captures run on these too: graphs.GraphedStep._stream)
     own = [torch.cuda.Stream(dev) if dev.type == "cuda" else None for _ in range(n)]
 
