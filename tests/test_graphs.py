@@ -154,59 +154,174 @@ def test_keep_in_place_on_objects_and_dicts():
     assert h.a is old and h.a.tolist() == [1.0, 1.0, 1.0]
 
 
-def test_warm_up_and_capture_stay_on_a_threads_own_stream(monkeypatch):
-    """On the default stream a step warms up and captures on one side stream of its own (taken once); on a
-    thread's own stream (``sweep --streams``) it takes none from torch's pool, which hands out a few
-    streams in turn and could give it another thread's, and captures on the thread's stream."""
+class FakeStream:
+    device = "cuda:0"
+
+    def __init__(self, name):
+        self.name = name
+
+    def wait_stream(self, other):
+        pass
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """torch.cuda's stream and graph calls replaced by fakes that record what happens: ``current`` is this
+    thread's stack of current streams, ``taken`` the streams made, ``captures`` (stream, mode) per capture,
+    ``on(stream)`` the fake ``torch.cuda.stream``. ``hooks['capture']`` runs inside every capture."""
     from contextlib import contextmanager
+    from types import SimpleNamespace
+    import threading
 
-    class FakeStream:
-        device = "cuda:0"
-
-        def __init__(self, name):
-            self.name = name
-
-        def wait_stream(self, other):
-            pass
-
-    default, own, current, taken, captures = FakeStream("default"), FakeStream("own"), [], [], []
-    current.append(default)
+    default = FakeStream("default")
+    local = threading.local()
+    fake = SimpleNamespace(default=default, taken=[], captures=[], hooks={"capture": lambda: None})
+    fake.current = lambda: getattr(local, "stack", None) or local.__dict__.setdefault("stack", [default])
 
     @contextmanager
     def on(stream):
-        current.append(stream)
+        fake.current().append(stream)
         yield
-        current.pop()
+        fake.current().pop()
 
     @contextmanager
     def fake_graph(graph, stream=None, capture_error_mode="global"):
-        captures.append((stream.name, capture_error_mode))
+        fake.captures.append((stream.name, capture_error_mode))
         with on(stream):
+            fake.hooks["capture"]()
             yield
 
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current[-1])
+    fake.on = on
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: fake.current()[-1])
     monkeypatch.setattr(torch.cuda, "default_stream", lambda device=None: default)
-    monkeypatch.setattr(torch.cuda, "Stream", lambda *a, **k: taken.append(FakeStream(f"side{len(taken)}")) or taken[-1])
+    monkeypatch.setattr(torch.cuda, "Stream",
+                        lambda *a, **k: fake.taken.append(FakeStream(f"side{len(fake.taken)}")) or fake.taken[-1])
     monkeypatch.setattr(torch.cuda, "stream", on)
     monkeypatch.setattr(torch.cuda, "graph", fake_graph)
-    monkeypatch.setattr(torch.cuda, "CUDAGraph", object)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: SimpleNamespace(replay=lambda: None))
+    return fake
+
+
+def test_warm_up_and_capture_stay_on_a_threads_own_stream(fake_cuda):
+    """On the default stream a step warms up and captures on one side stream of its own (taken once); on a
+    thread's own stream (``sweep --streams``) it takes none from torch's pool, which hands out a few
+    streams in turn and could give it another thread's, and captures on the thread's stream."""
     ran_on = []
 
     def step(idx):
-        ran_on.append(current[-1].name)
+        ran_on.append(fake_cuda.current()[-1].name)
         return {}
 
     g = GraphedStep(step, [], True)
     g._warm(None)
     g._warm(None)
     g._record(None)
-    assert ran_on == ["side0"] * 3 and [s.name for s in taken] == ["side0"] and captures == [("side0", "thread_local")]
+    assert ran_on == ["side0"] * 3 and [s.name for s in fake_cuda.taken] == ["side0"]
+    assert fake_cuda.captures == [("side0", "thread_local")]
     ran_on.clear()
-    with on(own):
+    with fake_cuda.on(FakeStream("own")):
         t = GraphedStep(step, [], True)
         t._warm(None)
         t._record(None)
-    assert ran_on == ["own", "own"] and len(taken) == 1 and captures[-1] == ("own", "thread_local")
+    assert ran_on == ["own", "own"] and len(fake_cuda.taken) == 1 and fake_cuda.captures[-1] == ("own", "thread_local")
+
+
+def test_threads_never_synchronise_while_another_captures(fake_cuda, monkeypatch):
+    """What failed on an H100 with ``sweep --streams 4``: CUDA refuses a device-wide synchronisation while any
+    stream captures, and ``torch.cuda.graph`` synchronises the device as it begins, as does cuDNN's algorithm
+    search in an eager step. Here both are a fake ``synchronize`` that fails during another thread's capture,
+    and four threads warm up and capture at once (each capture takes 30 ms); through the process's
+    CaptureGate none of them fails and every step is captured."""
+    import threading
+    import time
+
+    capturing, errors = [], []
+
+    def synchronize():
+        if capturing:
+            raise RuntimeError("operation not permitted when stream is capturing")
+
+    def capture():
+        synchronize()  # torch.cuda.graph's __enter__
+        capturing.append(1)
+        time.sleep(0.03)
+        capturing.pop()
+
+    fake_cuda.hooks["capture"] = capture
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "synchronize", synchronize)
+
+    def step(idx):
+        synchronize()  # an eager step's cuDNN search
+        time.sleep(0.002)
+        return {}
+
+    start = threading.Barrier(4)
+    steps = []
+
+    def train(i):
+        try:
+            with fake_cuda.on(FakeStream(f"own{i}")):
+                g = GraphedStep(step, [], True, log=errors.append)
+                steps.append(g)
+                start.wait()
+                for _ in range(8):
+                    g(torch.zeros(4, dtype=torch.long))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=train, args=(i,)) for i in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == [] and len(steps) == 4 and all(g.captured for g in steps)
+
+
+def test_capture_gate_lets_a_capture_run_alone():
+    """Shared sections run together; a capture waits for them and keeps new ones out (also while it waits);
+    shared sections nest within a thread; a thread inside one cannot capture."""
+    import threading
+
+    gate = graphs.CaptureGate()
+    log, inside = [], threading.Event()
+    release = threading.Event()
+
+    def reader(name, hold):
+        with gate.shared():
+            log.append(f"{name} in")
+            inside.set()
+            if hold:
+                release.wait(5)
+            log.append(f"{name} out")
+
+    def capture():
+        with gate.exclusive():
+            log.append("capture")
+
+    r1 = threading.Thread(target=reader, args=("r1", True))
+    r1.start()
+    inside.wait(5)
+    cap = threading.Thread(target=capture)
+    cap.start()
+    while not gate._waiting:  # the capture is waiting for r1
+        pass
+    r2 = threading.Thread(target=reader, args=("r2", False))
+    r2.start()
+    r2.join(0.1)
+    assert r2.is_alive() and log == ["r1 in"]  # r2 waits behind the waiting capture
+    release.set()
+    for th in (r1, cap, r2):
+        th.join(5)
+    assert log == ["r1 in", "r1 out", "capture", "r2 in", "r2 out"]
+    with gate.shared():
+        with gate.shared():
+            pass
+        with pytest.raises(RuntimeError, match="wait for itself"):
+            with gate.exclusive():
+                pass
+    with gate.exclusive():  # the nested sections left nothing behind
+        pass
 
 
 def test_which_optimizers_can_be_captured():

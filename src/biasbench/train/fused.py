@@ -45,6 +45,7 @@ from ..config import TrainConfig
 from ..data.recipe import SPLITS
 from ..errors import BiasbenchError
 from ..methods.base import Batch, Method
+from .graphs import CAPTURE_GATE
 from .loop import (SplitData, Trainer, compile_modules, compile_options, eval_batches, load_splits, prep_images,
                    reset_compiler)
 
@@ -499,9 +500,10 @@ class _FusedLoop:
         out = {}
         for split in SPLITS:
             parts = []
-            for chunk, n in eval_batches(self.data[split].images, batch):
-                with self.lead._autocast():
-                    parts.append(self.fused.predict(prep_images(chunk, self.channels_last))[:, :n].float())
+            with CAPTURE_GATE.shared():
+                for chunk, n in eval_batches(self.data[split].images, batch):
+                    with self.lead._autocast():
+                        parts.append(self.fused.predict(prep_images(chunk, self.channels_last))[:, :n].float())
             out[split] = torch.cat(parts, dim=1) if parts else torch.zeros((len(self.trainers), 0, 10))
         self.fused.train(True)
         return out

@@ -22,6 +22,7 @@ epoch) runs eagerly.
 """
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from typing import Callable, Iterable, Mapping
 
@@ -30,6 +31,70 @@ import torch
 GRAPH_WARMUP = 3
 """Eager steps before the capture (on a side stream, as PyTorch asks): they create the optimizer state and
 let cuDNN pick its algorithms, and are ordinary training steps."""
+
+
+class CaptureGate:
+    """A process-wide gate between graph captures and the other GPU work of the threads of ``sweep --streams``.
+
+    While one thread captures, CUDA refuses work that would have to wait on the capturing stream: a
+    device-wide ``torch.cuda.synchronize()`` in another thread fails with "operation not permitted when
+    stream is capturing" (seen on an H100 with 4 threads: ``torch.cuda.graph`` itself synchronises the device
+    before it begins), and cuDNN's algorithm search, which a thread's first step of a new shape runs,
+    synchronises too. Replays are safe. So a capture runs :meth:`exclusive`: it waits until no thread is
+    inside a :meth:`shared` section and keeps new ones out until it ends; the eager GPU work that may
+    synchronise or search (warm-up and eager steps, evaluation, loading a split, building a model) runs
+    :meth:`shared`, any number of threads at once. A waiting capture goes before new shared sections, so a
+    stream of evaluations cannot starve it. Shared sections nest within a thread; a thread inside one may
+    not capture (it would wait for itself: :class:`RuntimeError`). Uncontended, a section costs one lock
+    acquisition; one thread alone never waits."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._shared = 0  # threads inside a shared section
+        self._exclusive = False
+        self._waiting = 0  # captures waiting to begin
+        self._depth = threading.local()
+
+    @contextmanager
+    def shared(self):
+        depth = getattr(self._depth, "n", 0)
+        if depth == 0:
+            with self._cond:
+                while self._exclusive or self._waiting:
+                    self._cond.wait()
+                self._shared += 1
+        self._depth.n = depth + 1
+        try:
+            yield
+        finally:
+            self._depth.n = depth
+            if depth == 0:
+                with self._cond:
+                    self._shared -= 1
+                    self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self):
+        if getattr(self._depth, "n", 0):
+            raise RuntimeError("a graph capture inside a CaptureGate.shared section would wait for itself")
+        with self._cond:
+            self._waiting += 1
+            try:
+                while self._exclusive or self._shared:
+                    self._cond.wait()
+            finally:
+                self._waiting -= 1
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
+CAPTURE_GATE = CaptureGate()
+"""The one gate of this process (see :class:`CaptureGate`)."""
 
 
 def graph_blocker(optimizers: Mapping[str, torch.optim.Optimizer]) -> str | None:
@@ -180,18 +245,17 @@ class GraphedStep:
         return self.graph is not None
 
     def __call__(self, idx: torch.Tensor) -> dict:
-        if not self.enabled:
-            return self.step(idx)
-        if self.shape is None:
-            self.shape = idx.shape
-        if idx.shape != self.shape:
-            return self.step(idx)
-        if self.graph is not None:
+        if self.graph is not None and idx.shape == self.shape:
             return self._replay(idx)
-        if self.calls < self.warmup:
-            self.calls += 1
-            return self._warm(idx)
-        return self._capture(idx)
+        if self.enabled and self.shape is None:
+            self.shape = idx.shape
+        if self.enabled and idx.shape == self.shape and self.calls >= self.warmup:
+            return self._capture(idx)
+        with CAPTURE_GATE.shared():  # eager: may search cuDNN algorithms, which another thread's capture forbids
+            if self.enabled and idx.shape == self.shape:
+                self.calls += 1
+                return self._warm(idx)
+            return self.step(idx)
 
     def _stream(self) -> torch.cuda.Stream:
         """Where warm-up and capture run: the current stream when it is not the default one (a thread of
@@ -227,13 +291,17 @@ class GraphedStep:
     def _capture(self, idx: torch.Tensor) -> dict:
         self.static_idx = idx.clone()
         before = state_addresses(*self.state())
-        try:
-            graph = self._record(self.static_idx)
-        except Exception as exc:  # nothing ran: the step's kernels were only being recorded
-            self._give_up(f"capture failed ({_first_line(exc)})")
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            return self.step(idx)
+        with CAPTURE_GATE.exclusive():  # no other thread synchronises the device while this one captures
+            try:
+                graph = self._record(self.static_idx)
+            except Exception as exc:  # nothing ran: the step's kernels were only being recorded
+                self._give_up(f"capture failed ({_first_line(exc)})")
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                graph = None
+        if graph is None:
+            with CAPTURE_GATE.shared():
+                return self.step(idx)
         graph.replay()  # this step's update
         try:
             check_in_place(before, state_addresses(*self.state()))

@@ -40,6 +40,7 @@ from ..methods import Batch, TrainInfo, get_method_class
 from ..models import count_parameters, create_model
 from ..track import Tracker, flatten, make_tracker
 from ..utils import atomic_write, atomic_write_json, read_json_record, stable_hash
+from . import graphs
 from .optim import optimizer_factory
 
 RUN_FORMAT = "1"
@@ -165,7 +166,8 @@ def load_splits(data: str, device: torch.device) -> dict[str, SplitData]:
     out = {}
     for split in SPLITS:
         ds = BiasedMNIST(data, split=split, download=False)
-        t = ds.tensors(device)
+        with graphs.CAPTURE_GATE.shared():
+            t = ds.tensors(device)
         out[split] = SplitData(t["images"], t["labels"], t["factors"], ds.labels.astype(np.int64),
                                ds.factors.astype(np.int64))
     return out
@@ -286,7 +288,7 @@ class Trainer:
         info = TrainInfo(num_train=len(train.labels), num_classes=10, labels=train.labels, factors=train.factors,
                          mode=self.settings["mode"], explicit=cfg.explicit, grouping=cfg.grouping,
                          batch_size=cfg.batch_size)
-        with GLOBAL_RNG_LOCK:  # every initialisation (the method's own networks too) draws from the seeded generator
+        with GLOBAL_RNG_LOCK, graphs.CAPTURE_GATE.shared():  # initialisations draw from the seeded generator
             torch.manual_seed(cfg.seed)
             model = create_model(cfg.model, num_classes=10, **cfg.model_kwargs).to(dev)
             if self.channels_last:
@@ -447,9 +449,10 @@ class Trainer:
     def _predict(self, method, images: torch.Tensor, batch: int = 1024) -> torch.Tensor:
         method.train(False)
         outs = []
-        for chunk, n in eval_batches(images, batch):
-            with self._autocast():
-                outs.append(method.predict(self._prep(chunk))[:n].float())
+        with graphs.CAPTURE_GATE.shared():
+            for chunk, n in eval_batches(images, batch):
+                with self._autocast():
+                    outs.append(method.predict(self._prep(chunk))[:n].float())
         method.train(True)
         return torch.cat(outs) if outs else torch.zeros((0, 10))
 
