@@ -101,7 +101,7 @@ def tuning_figure(data: dict, path: Path) -> Path | None:
     if not data:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(9, 4.2))
     cmap = plt.get_cmap("tab10")
     for i, m in enumerate(m for m in METHOD_ORDER if m in data):
         alphas = sorted(data[m])
@@ -112,7 +112,7 @@ def tuning_figure(data: dict, path: Path) -> Path | None:
     ax.set_xlabel("tuning distribution alpha (−1 inverted, 0 balanced, 1 training, 2 more biased)")
     ax.set_ylabel("test accuracy (%), mean over factors")
     ax.set_title("Sensitivity to the tuning distribution (epoch/hyperparameters chosen under alpha)", fontsize=10)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: 16 lines cross the middle
     fig.tight_layout()
     return _save(fig, path)
 
