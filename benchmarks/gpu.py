@@ -6,19 +6,20 @@ in at most 10 minutes on one H100-class GPU):
    fp32 eager / bf16 + channels_last / + CUDA graphs / compiled (train.py --compile; ``--train-only`` picks
    configurations), fused groups against one plain run, eager and captured (fused.py; ``--fused-runs``,
    compiled for the largest group only unless ``--no-bench-compile``), several captured runs on separate CUDA
-   streams, from one thread or one thread each, against one after another (streams.py), where a StdM step's device time goes, per operator and
-   kernel (anatomy.py), counterfactual audit (audit.py);
-2. the end-to-end wall time of ``biasbench sweep paper-table1 --scale full --seeds 0`` with ``--fuse F``
-   (default auto: up to 8 runs per fused unit with ``--compile``, else unfused), ``--cuda-graphs G``, W units
-   at a time in processes (``--workers``) or S in threads, one CUDA stream each (``--streams``), on the one GPU
-   (local runner), then its report (Table 1 against the paper). Should the sweep fail with several streams,
-   it is run again with one unit at a time, and should it fail with CUDA graphs on, again with them off, for
-   the time left.
+   streams, from one thread or one thread each, against one after another (streams.py), where a StdM step's
+   device time goes, per operator and kernel (anatomy.py), counterfactual audit (audit.py);
+2. the end-to-end wall time of ``biasbench sweep paper-table1 --scale full --seeds S`` (``--seed``, default 0)
+   with ``--fuse F`` (default auto: up to 8 runs per fused unit with ``--compile``, else unfused),
+   ``--cuda-graphs G``, W units at a time in processes (``--workers``) or N in threads, one CUDA stream each
+   (``--streams``), on the one GPU (local runner), then its report (Table 1 against the paper). Should the
+   sweep fail with several streams, it is run again with one unit at a time, and should it fail with CUDA
+   graphs on, again with them off, for the time left.
 
     python benchmarks/gpu.py --out DIR [--benchmarks fused,train] [--fused-runs 1,8] [--bench-limit S]
                              [--workers 1] [--streams 1|measured|N] [--fuse auto|measured|N]
                              [--cuda-graphs auto|measured|on|off]
-                             [--compile [MODE]] [--no-bench-compile] [--train-only WORDS] [--scale full] [--trials N]
+                             [--compile [MODE]] [--no-bench-compile] [--train-only WORDS] [--scale full]
+                             [--seed S] [--trials N]
                              [--first rubi,lnl] [--sweep-dir D] [--data D] [--deadline S] [--archive]
                              [--no-report] [--skip-benchmarks] [--skip-sweep]
 
@@ -101,7 +102,7 @@ def sweep_file(args, out: Path) -> Path | None:
 
     from biasbench.sweep.spec import expand, presets
 
-    trials = expand(presets()["paper-table1"], args.scale, [0])
+    trials = expand(presets()["paper-table1"], args.scale, [args.seed])
     first = [m for m in (args.first or "").split(",") if m]
     trials.sort(key=lambda t: first.index(t.config["method"]) if t.config["method"] in first else len(first))
     trials = trials[: args.trials] if args.trials else trials
@@ -225,6 +226,7 @@ def main() -> None:
     ap.add_argument("--skip-sweep", action="store_true")
     ap.add_argument("--skip-benchmarks", action="store_true")
     ap.add_argument("--scale", default="full")
+    ap.add_argument("--seed", type=int, default=0, help="the sweep's seed (default 0)")
     ap.add_argument("--trials", type=int, default=None, help="only the first N trials (to check the script)")
     ap.add_argument("--first", default=None, help="comma-separated methods whose trials run first")
     ap.add_argument("--sweep-dir", default=None, help="the sweep folder (default OUT/sweep)")
@@ -269,7 +271,8 @@ def main() -> None:
     sweep = Path(args.sweep_dir) if args.sweep_dir else out / "sweep"
     report = sweep / "report" if args.archive else out / "report"
     path = sweep_file(args, out)
-    cmd = [py, "-m", "biasbench.cli", "sweep", str(path or "paper-table1"), "--scale", args.scale, "--seeds", "0",
+    cmd = [py, "-m", "biasbench.cli", "sweep", str(path or "paper-table1"), "--scale", args.scale,
+           "--seeds", str(args.seed),
            "--data", args.data or str(out / "data"), "--out", str(sweep), "--workers", str(args.workers),
            "--device", args.device, "--fuse", args.fuse, "--streams", args.streams] \
         + (["--compile", args.compile] if args.compile else [])
@@ -296,7 +299,7 @@ def main() -> None:
     done, total = count_finished(sweep)
     if not args.no_report:
         run([py, "-m", "biasbench.cli", "report", str(sweep), "--out", str(report)], out / "report.txt")
-    summary = (f"paper-table1 ({args.scale}, seed 0, --fuse {args.fuse}, --cuda-graphs {args.cuda_graphs}"
+    summary = (f"paper-table1 ({args.scale}, seed {args.seed}, --fuse {args.fuse}, --cuda-graphs {args.cuda_graphs}"
                f"{' --compile ' + args.compile if args.compile else ''}, "
                f"{args.workers} processes, {args.streams} streams): {seconds / 60:.1f} min wall time this call; "
                f"{done} of {total} trials finished ({done - before} in this call)"
