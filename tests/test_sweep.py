@@ -168,6 +168,7 @@ def test_report_table_values_are_exact(tmp_path):
     runs += [{"method": "upweight", "seed": 0, "explicit": [f], "acc": 10.0 * (k + 1)} for k, f in enumerate(singles)]
     runs += [{"method": "upweight", "seed": 1, "explicit": [f], "acc": 20.0} for f in singles]
     runs += [{"method": "upweight", "seed": 0, "explicit": singles[:2], "acc": 99.0}]  # Fig. 5 only, not Table 1
+    runs += [{"method": "sd", "seed": 0, "acc": 41.0}]  # one seed: no spread to show
     _fake_sweep(tmp_path / "sw", runs)
     rep = build_report(tmp_path / "sw", tmp_path / "rep")
     rows = {r["method"]: r for r in rep["table1"]}
@@ -177,9 +178,16 @@ def test_report_table_values_are_exact(tmp_path):
     assert rows["lff"]["seeds"] == 0
     md = (tmp_path / "rep" / "table1.md").read_text()
     assert "| StdM | 42.0 ± 2.8 | 2 | 1 | 42.0 | +0.0 |" in md and "| LfF | – |" in md
+    assert "| SD | 41.0 | 1 | 1 | 41.3 | -0.3 |" in md
     csv = (tmp_path / "rep" / "table1.csv").read_text()
-    assert "UpWt,30.00,14.14,2,7,30.1" in csv
-    assert "\\begin{tabular}" in (tmp_path / "rep" / "table1.tex").read_text()
+    assert "UpWt,30.00,14.14,2,7,30.1" in csv and "SD,41.00,–,1,1,41.3" in csv
+    tex = (tmp_path / "rep" / "table1.tex").read_text()
+    assert "\\begin{tabular}" in tex and "SD & 41.0 & 41.3" in tex
+    strict = json.loads((tmp_path / "rep" / "report.json").read_text(),
+                        parse_constant=lambda c: pytest.fail(f"report.json holds {c}"))
+    sd_row = next(r for r in strict["table1"] if r["method"] == "sd")
+    lff_row = next(r for r in strict["table1"] if r["method"] == "lff")
+    assert sd_row["std"] is None and lff_row["mean"] is None
     iosm = {r["method"]: r for r in rep["iosm"]}
     # upweight seed 0 runs vs StdM seed 0 (40): mean over 8 runs of (acc - 40); seed 1: (20 - 44) x 7
     diffs = [10.0 * (k + 1) - 40 for k in range(7)] + [99.0 - 40] + [20.0 - 44] * 7

@@ -5,6 +5,7 @@ Works on a partial sweep: whatever runs have evaluation records are used; missin
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -23,6 +24,17 @@ NOTES = {
             "this is ours): a method's test accuracy minus StdM's on the same seed and dataset, overall and on the "
             "majority and minority groups (mean over the seven factors), in points.",
 }
+
+
+def _json_safe(obj):
+    """NaN (a missing cell, the spread of one seed) as null: strict JSON has no NaN."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
 
 
 def build_report(sweep_dir: str | os.PathLike, out: str | os.PathLike, rule: str = "final") -> dict:
@@ -55,7 +67,7 @@ def build_report(sweep_dir: str | os.PathLike, out: str | os.PathLike, rule: str
                "trials": len(sweep.get("trials", [])), "runs_with_records": len(records),
                "table1": t1, "iosm": io_rows, "tuning": {m: {str(a): v for a, v in d.items()} for m, d in tuning.items()},
                "figures": {k: (p.name if p else None) for k, p in figs.items()}}
-    atomic_write_json(out / "report.json", summary)
+    atomic_write_json(out / "report.json", _json_safe(summary))
     scale_note = ("" if sweep.get("scale") == "full" else
                   f" This sweep ran at scale '{sweep.get('scale')}' (smaller images, fewer samples and epochs than "
                   f"the paper): its numbers are not comparable to the paper's column.")

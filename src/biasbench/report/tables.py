@@ -2,7 +2,8 @@
 
 Conventions (stated in the report): accuracies in percent on the unbiased (p = 0.1) test set;
 explicit methods are first averaged over their single-explicit-variable runs of one seed (as the paper's
-Table 1 averages its seven runs), then mean +- sample std over seeds; missing cells are "–".
+Table 1 averages its seven runs), then mean +- sample std over seeds (the mean alone from one seed); missing
+cells are "–".
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ MISSING = "–"
 def _ms(values: list[float]) -> tuple[float, float]:
     if not values:
         return math.nan, math.nan
-    return mean(values), (stdev(values) if len(values) > 1 else 0.0)
+    return mean(values), (stdev(values) if len(values) > 1 else math.nan)  # one seed: no spread to show
 
 
 def test_metrics(run: RunRecord, epoch: int) -> dict:
@@ -60,11 +61,18 @@ def _fmt(v: float, digits: int = 1) -> str:
     return MISSING if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
+def _mean_std(r: dict, pm: str) -> str | None:
+    """``mean pm std``, the mean alone from one seed, None when the method has no runs."""
+    if math.isnan(r["mean"]):
+        return None
+    return f"{r['mean']:.1f}" if math.isnan(r["std"]) else f"{r['mean']:.1f} {pm} {r['std']:.1f}"
+
+
 def table1_markdown(rows: list[dict]) -> str:
     lines = ["| method | unbiased acc. (mean ± std) | seeds | runs averaged per seed | paper (Table 1) | difference |",
              "|---|---|---|---|---|---|"]
     for r in rows:
-        val = MISSING if math.isnan(r["mean"]) else f"{r['mean']:.1f} ± {r['std']:.1f}"
+        val = _mean_std(r, "±") or MISSING
         diff = MISSING if math.isnan(r["mean"]) or math.isnan(r["paper"]) else f"{r['mean'] - r['paper']:+.1f}"
         lines.append(f"| {r['name']} | {val} | {r['seeds'] or MISSING} | {r['runs_per_seed'] or MISSING} | "
                      f"{_fmt(r['paper'])} | {diff} |")
@@ -84,7 +92,7 @@ def table1_csv(rows: list[dict]) -> str:
 def table1_latex(rows: list[dict]) -> str:
     lines = [r"\begin{tabular}{lrr}", r"\toprule", r"Method & Unbiased acc. (ours) & Paper \\", r"\midrule"]
     for r in rows:
-        val = "--" if math.isnan(r["mean"]) else f"{r['mean']:.1f} $\\pm$ {r['std']:.1f}"
+        val = _mean_std(r, "$\\pm$") or "--"
         lines.append(f"{r['name']} & {val} & {_fmt(r['paper']).replace(MISSING, '--')} \\\\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines)
