@@ -110,6 +110,8 @@ class Renderer:
             self._textures = torch.from_numpy(self._textures_np).to(d)
             self._resize = torch.from_numpy(self._resize_np).to(d)
             self._tables = torch.from_numpy(self._tables_np).to(d)
+            if d.type == "cuda":  # shared (get_renderer): other threads render on their own streams, which do not
+                torch.cuda.current_stream(d).synchronize()  # wait for these copies on this one
 
     def render(self, digits: torch.Tensor | np.ndarray, factors: torch.Tensor | np.ndarray,
                out: torch.Tensor | None = None) -> torch.Tensor:
