@@ -2,14 +2,17 @@
 loss accumulation, progress) against a bare forward/backward/step on one fixed float batch.
 
     python benchmarks/train.py [--device auto] [--cell-size 32] [--steps N] [--batch-size 128]
-                               [--compile [--compile-modes default,reduce-overhead]] [--only LABELS]
+                               [--compile [--compile-modes default,reduce-overhead]] [--fold-input-bn]
+                               [--only LABELS]
 
 On CUDA it measures fp32 eager, bf16 autocast + channels_last, the same with every step captured as a CUDA
 graph (``+ graphs``: :mod:`biasbench.train.graphs`), and compiled (``--compile``, static shapes, once per
 mode of ``--compile-modes``; ``reduce-overhead`` makes its own CUDA graphs; the default mode is measured with
 our graphs too); on the CPU fp32 eager (plus compiled with ``--compile``). ``--only`` keeps the
-configurations whose labels contain one of the comma-separated words (e.g. ``--only graphs``). Prints
-images/s per configuration and the loop / bare ratio.
+configurations whose labels contain one of the comma-separated words (e.g. ``--only graphs``).
+``--fold-input-bn`` adds each configuration again with the paper CNN's input batch norm folded into conv1
+(``+ fold``, :class:`biasbench.models.paper_cnn.PaperCNN`). Prints images/s per configuration and the loop /
+bare ratio.
 """
 from __future__ import annotations
 
@@ -50,7 +53,7 @@ def steps_per_second(step, steps: int, dev, warmup: int = 3) -> float:
 def bare_step(cfg: TrainConfig, dev, x_u8, y, steps: int, amp: bool, cl: bool, compiled: bool | str = False,
               graphs: bool = False) -> float:
     torch.manual_seed(0)
-    model = create_model(cfg.model).to(dev)
+    model = create_model(cfg.model, **cfg.model_kwargs).to(dev)
     if cl:
         model = model.to(memory_format=torch.channels_last)
     if compiled:
@@ -80,7 +83,7 @@ def loop_epoch(cfg: TrainConfig, root: str, out: str, device: str, compiled: boo
     data = load_splits(cfg.data, tr.device)
     train = data["train"]
     torch.manual_seed(0)
-    model = create_model(cfg.model).to(tr.device)
+    model = create_model(cfg.model, **cfg.model_kwargs).to(tr.device)
     if tr.channels_last:
         model = model.to(memory_format=torch.channels_last)
     info = TrainInfo(len(train.labels), 10, train.labels, train.factors, "paper")
@@ -104,6 +107,8 @@ def main() -> None:
     ap.add_argument("--compile-modes", default="default",
                     help="with --compile: comma-separated torch.compile modes, e.g. default,reduce-overhead "
                          "(CUDA graphs)")
+    ap.add_argument("--fold-input-bn", action="store_true",
+                    help="also measure every configuration with the input batch norm folded into conv1")
     ap.add_argument("--only", default=None, help="comma-separated words: keep configurations whose labels hold one")
     args = ap.parse_args()
     dev = torch.device(pick_device(args.device))
@@ -122,6 +127,9 @@ def main() -> None:
         configs.append((label, prec, cl, mode, False))
         if cuda and mode not in CUDAGRAPH_COMPILE_MODES:
             configs.append((label + " + graphs", prec, cl, mode, True))
+    configs = [c + ({},) for c in configs]
+    if args.fold_input_bn:
+        configs += [(c[0] + " + fold",) + c[1:-1] + ({"fold_input_bn": True},) for c in configs]
     if args.only:
         words = args.only.split(",")
         configs = [c for c in configs if any(w in c[0] for w in words)]
@@ -135,9 +143,9 @@ def main() -> None:
         data = load_splits(root, dev)
         x_u8 = data["train"].images[:args.batch_size]
         y = data["train"].labels[:args.batch_size]
-        for label, precision, cl, compiled, graphs in configs:
+        for label, precision, cl, compiled, graphs, model_kwargs in configs:
             cfg = TrainConfig(data=root, epochs=2, batch_size=args.batch_size, precision=precision,
-                              channels_last=cl, eval_epochs=(2,))
+                              channels_last=cl, eval_epochs=(2,), model_kwargs=model_kwargs)
             try:
                 bare = bare_step(cfg, dev, x_u8, y, steps, precision == "bf16", cl == "on", compiled, graphs)
                 loop = loop_epoch(cfg, root, f"{tmp}/runs", str(dev), compiled, graphs)

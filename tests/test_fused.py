@@ -205,6 +205,7 @@ def test_fuse_rules():
     assert "progressive" in fusable(TrainConfig(data="d", model="effnetv2_s_w025", progressive="effnetv2-s"))
     assert "drop_path_rate" in fusable(TrainConfig(data="d", model="effnetv2_s_w025",
                                                    model_kwargs={"drop_path_rate": 0.1}))
+    assert "fold_input_bn" in fusable(TrainConfig(data="d", model_kwargs={"fold_input_bn": True}))
 
 
 def _history(run_dir):

@@ -45,6 +45,56 @@ def test_paper_cnn_pools_before_its_relu_bit_for_bit(channels_last):
     assert (m.conv1(m.input_bn(x)) < 0).any()  # windows with negative values were there to get right
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_folded_input_batch_norm_trains_like_the_batch_norm(channels_last):
+    """fold_input_bn: in float64, three Adam steps give the ordinary network's logits, every parameter
+    gradient, the parameters and the running statistics (gamma and beta away from 1 and 0, so their folding
+    into conv1 and the zero padding's border term are exercised); evaluation is the ordinary path."""
+    import copy
+
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    ref = create_model("paper_cnn").double()
+    with torch.no_grad():
+        ref.input_bn.weight.copy_(torch.tensor([1.3, 0.7, 2.0]))
+        ref.input_bn.bias.copy_(torch.tensor([0.1, -0.4, 0.3]))
+    fold = copy.deepcopy(ref)
+    fold.fold_input_bn = True
+    x = torch.randint(0, 256, (3, 8, 3, 24, 24)).double()
+    y = torch.randint(0, 10, (3, 8))
+    if channels_last:
+        ref, fold = ref.to(memory_format=torch.channels_last), fold.to(memory_format=torch.channels_last)
+        x = torch.stack([b.contiguous(memory_format=torch.channels_last) for b in x])
+    opts = [torch.optim.Adam(m.parameters(), lr=1e-2) for m in (ref, fold)]
+    for step in range(3):
+        outs = []
+        for m, opt in zip((ref, fold), opts):
+            opt.zero_grad()
+            logits = m(x[step])
+            F.cross_entropy(logits, y[step]).backward()
+            outs.append((logits.detach(), {n: p.grad.clone() for n, p in m.named_parameters()}))
+            opt.step()
+        (a, ga), (b, gb) = outs
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+        for n in ga:
+            torch.testing.assert_close(ga[n], gb[n], rtol=1e-9, atol=1e-12, msg=f"gradient of {n}")
+    for (n, a), (_, b) in zip(ref.state_dict().items(), fold.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=n)
+    assert fold.input_bn.num_batches_tracked.item() == 3
+    plain = copy.deepcopy(fold)
+    plain.fold_input_bn = False
+    plain.eval(), fold.eval()
+    assert torch.equal(plain(x[0]), fold(x[0]))  # evaluation: the ordinary path
+    plain.train(), fold.train()
+    assert not torch.equal(plain(x[0]), fold(x[0]))  # training: the folded path (it rounds differently)
+
+
+def test_fold_input_bn_takes_only_a_boolean():
+    with pytest.raises(BiasbenchError, match="fold_input_bn must be true or false"):
+        create_model("paper_cnn", fold_input_bn="maybe")
+
+
 def test_resnet18_stems():
     big = create_model("resnet18")
     small = create_model("resnet18", small_stem=True)

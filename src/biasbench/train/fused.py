@@ -70,6 +70,8 @@ def fusable(cfg: TrainConfig) -> str | None:
     drops = cfg.random_masks()
     if drops:  # random masks under vmap would not be the random masks of separate runs
         return f"random regularisation ({', '.join(sorted(drops))}) is not fused"
+    if cfg.model_kwargs.get("fold_input_bn"):  # it updates the batch norm's running statistics itself
+        return "fold_input_bn is not fused"
     from ..methods import get_method_class
 
     if get_method_class(cfg.method).predict is not Method.predict:
