@@ -7,7 +7,8 @@ in at most 10 minutes on one H100-class GPU):
    configurations), fused groups against one plain run, eager and captured (fused.py; ``--fused-runs``,
    compiled for the largest group only unless ``--no-bench-compile``), several captured runs on separate CUDA
    streams, from one thread or one thread each, against one after another (streams.py), where a StdM step's
-   device time goes, per operator and kernel (anatomy.py), counterfactual audit (audit.py);
+   device time goes, per operator and kernel (anatomy.py), the first block's forms and layouts
+   (firstblock.py), counterfactual audit (audit.py);
 2. the end-to-end wall time of ``biasbench sweep paper-table1 --scale full --seeds S`` (``--seed``, default 0)
    with ``--fuse F`` (default auto: up to 8 runs per fused unit with ``--compile``, else unfused),
    ``--cuda-graphs G``, W units at a time in processes (``--workers``) or N in threads, one CUDA stream each
@@ -49,7 +50,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 T0 = time.perf_counter()
-BENCHMARKS = ("generate", "graphs", "train", "fused", "streams", "anatomy", "audit")
+BENCHMARKS = ("generate", "graphs", "train", "fused", "streams", "anatomy", "firstblock", "audit")
 
 
 def elapsed() -> float:
@@ -261,6 +262,7 @@ def main() -> None:
             + (["--cuda-graphs", "off,on"] if args.cuda_graphs != "off" and "cuda" in dev[1] else []),
             "streams": [py, str(HERE / "streams.py"), *dev, *small],
             "anatomy": [py, str(HERE / "anatomy.py"), *dev, *small],
+            "firstblock": [py, str(HERE / "firstblock.py"), *dev, *small, *comp],
             "audit": [py, str(HERE / "audit.py"), *dev, "--samples", "1000"]}
     for b in benches:
         run(cmds[b], out / f"{b}.txt", args.bench_limit)

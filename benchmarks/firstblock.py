@@ -1,0 +1,117 @@
+"""The paper CNN's first block (input batch norm -> conv1 5x5 -> max-pool 3x3/2 -> ReLU) in other layouts and forms.
+
+    python benchmarks/firstblock.py [--device cuda] [--cell-size 32] [--batch-size 128] [--steps 200] [--compile]
+
+On an H100 three quarters of a captured training step's kernel time is this block at 96x96 (``anatomy.py``):
+conv1's forward and backward, the max-pool's forward and backward (NHWC kernels, int64 indices) and the bias
+add. This times its forward and backward alone, per batch, in each variant, and prints how far each variant's
+output and conv1 weight gradient are from the current form's (the same function; only rounding may differ):
+
+- ``channels_last`` (what ``biasbench train`` runs on CUDA: bf16 autocast, channels-last);
+- ``nchw``: the block in the default layout (other conv and max-pool kernels), its output then copied to
+  channels-last for conv2 as the network would need;
+- ``cl conv, nchw pool``: conv1 channels-last, its 96x96 output copied to the default layout for the max-pool;
+- ``... + fold``: the input batch norm folded into conv1 (``fold_input_bn``, ``docs/models.md``);
+- with ``--compile``: the channels-last block through ``torch.compile`` (Inductor's own max-pool with
+  one-byte offsets and fused elementwise kernels).
+
+The question it answers: which form of the first block the next step of the fast path (issue 9) should take.
+On the CPU it runs fp32, to check the script. The gradient column is not zero for a change of layout alone:
+in fp32 the layouts' rounding differences move some max-pool windows' maximum to another element (float64
+agrees to 1e-12), so a relative difference of order 1e-3 is rounding, not a different function.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from biasbench.models import create_model
+from common import device_name, pick_device  # benchmarks/common.py (scripts run from benchmarks/)
+from train import steps_per_second  # benchmarks/train.py
+
+
+def block(model, x: torch.Tensor, pool_nchw: bool = False, out_cl: bool = False) -> torch.Tensor:
+    """relu(maxpool(conv1(bn(x)))) as PaperCNN runs it, optionally pooling in the default layout and handing on a
+    channels-last output."""
+    y = model._conv1_of_input(x)
+    if pool_nchw:
+        y = y.contiguous()
+    y = F.relu(model.pool1(y))
+    return y.contiguous(memory_format=torch.channels_last) if out_cl else y
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--cell-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=None, help="timed calls per variant (default 200 GPU, 5 CPU)")
+    ap.add_argument("--compile", action="store_true", help="also the channels-last block through torch.compile")
+    args = ap.parse_args()
+    dev = torch.device(pick_device(args.device))
+    cuda = dev.type == "cuda"
+    steps = args.steps or (200 if cuda else 5)
+    size = 3 * args.cell_size
+    torch.manual_seed(0)
+    x = (torch.rand(args.batch_size, 3, size, size, device=dev) * 255).round()
+    base = create_model("paper_cnn").to(dev)
+    variants = []  # (label, model, input, options)
+    for fold in (False, True):
+        tag = " + fold" if fold else ""
+        m_cl = copy.deepcopy(base).to(memory_format=torch.channels_last)
+        m_cl.fold_input_bn = fold
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        m_nchw = copy.deepcopy(base)
+        m_nchw.fold_input_bn = fold
+        variants += [("channels_last" + tag, m_cl, x_cl, {}),
+                     ("nchw" + tag, m_nchw, x, {"out_cl": True}),
+                     ("cl conv, nchw pool" + tag, m_cl, x_cl, {"pool_nchw": True, "out_cl": True})]
+    if args.compile:
+        m_c = copy.deepcopy(base).to(memory_format=torch.channels_last)
+        variants.append(("channels_last compiled", m_c, x.contiguous(memory_format=torch.channels_last),
+                         {"compiled": True}))
+
+    print(f"device: {dev} ({device_name(dev)}), torch {torch.__version__}, image {size}px, batch {args.batch_size}, "
+          f"{'bf16 autocast' if cuda else 'fp32'}, {steps} calls per variant (forward + backward of the block)")
+    print(f"{'variant':32s}{'ms/batch':>10s}{'img/s':>12s}{'x first':>9s}{'max |out diff|':>16s}{'rel grad diff':>15s}")
+    ref = None
+    for label, model, inp, opts in variants:
+        model.train()
+        fn = block
+        if opts.pop("compiled", False):
+            fn = torch.compile(block)
+        g = None
+
+        def call():
+            nonlocal g
+            model.zero_grad(set_to_none=True)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
+                out = fn(model, inp, **opts)
+            if g is None:  # the same values for every variant, in the output's layout
+                g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(dev, out.dtype)
+                if not out.is_contiguous():
+                    g = g.contiguous(memory_format=torch.channels_last)
+            out.backward(g)
+            return out
+
+        try:
+            rate = steps_per_second(call, steps, dev)
+            out = call().detach().float()
+            grad = model.conv1.weight.grad.detach().float()
+        except Exception as exc:  # one variant failing must not hide the others' numbers
+            print(f"{label:32s} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                  flush=True)
+            continue
+        if ref is None:
+            ref = (rate, out, grad)
+        diff = (out - ref[1]).abs().max().item()
+        rel = ((grad - ref[2]).norm() / ref[2].norm().clamp_min(1e-30)).item()
+        print(f"{label:32s}{1000 / rate:10.3f}{rate * args.batch_size:12,.0f}{rate / ref[0]:9.2f}{diff:16.3g}"
+              f"{rel:15.2e}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
