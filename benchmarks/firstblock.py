@@ -11,6 +11,8 @@ output and conv1 weight gradient are from the current form's (the same function;
 - ``nchw``: the block in the default layout (other conv and max-pool kernels), its output then copied to
   channels-last for conv2 as the network would need;
 - ``cl conv, nchw pool``: conv1 channels-last, its 96x96 output copied to the default layout for the max-pool;
+- ``channels_last, triton pool``: the max-pool through :mod:`biasbench.models.maxpool` (``pool_kernel``; on
+  the CPU, where Triton does not run, it is PyTorch's);
 - ``... + fold``: the input batch norm folded into conv1 (``fold_input_bn``, ``docs/models.md``);
 - with ``--compile``: the channels-last block through ``torch.compile`` (Inductor's own max-pool with
   one-byte offsets and fused elementwise kernels).
@@ -39,8 +41,36 @@ def block(model, x: torch.Tensor, pool_nchw: bool = False, out_cl: bool = False)
     y = model._conv1_of_input(x)
     if pool_nchw:
         y = y.contiguous()
-    y = F.relu(model.pool1(y))
+    y = F.relu(model._pool(y))
     return y.contiguous(memory_format=torch.channels_last) if out_cl else y
+
+
+def check_triton_pool(dev, size: int, batch: int) -> str:
+    """One line: whether the Triton max-pool gives F.max_pool2d's output and (float32-summed) input gradient bit
+    for bit on this device, on a bf16 channels-last map with many tied windows."""
+    from biasbench.models import maxpool
+
+    torch.manual_seed(0)
+    x = (torch.randn(batch, 32, size, size, device=dev) * 3).round().to(torch.bfloat16)
+    x = x.contiguous(memory_format=torch.channels_last)
+    if not maxpool.usable(x):
+        return "triton pool: not usable here (needs CUDA, or TRITON_INTERPRET=1), PyTorch's pool measured instead"
+    g = torch.randn(batch, 32, (size - 1) // 2 + 1, (size - 1) // 2 + 1, device=dev).to(torch.bfloat16)
+    t = x.float().requires_grad_(True)
+    F.max_pool2d(t, 3, 2, 1).backward(g.float())
+    ref_out, ref_grad = F.max_pool2d(x, 3, 2, 1), t.grad.to(torch.bfloat16)
+    v = x.clone().requires_grad_(True)
+    F.max_pool2d(v, 3, 2, 1).backward(g.contiguous(memory_format=torch.channels_last))  # PyTorch's bf16 kernel
+    u = x.clone().requires_grad_(True)
+    out = maxpool.max_pool_3x3_s2(u)
+    out.backward(g.contiguous(memory_format=torch.channels_last))
+
+    def word(same: bool) -> str:
+        return "equal" if same else "DIFFERENT"
+
+    return (f"triton pool against F.max_pool2d on {batch}x32x{size}x{size} bf16 with ties: output "
+            f"{word(torch.equal(out, ref_out))}, input gradient {word(torch.equal(u.grad, ref_grad))} to the "
+            f"float32-summed one, {word(torch.equal(u.grad, v.grad))} to PyTorch's bf16 kernel's")
 
 
 def main() -> None:
@@ -66,9 +96,12 @@ def main() -> None:
         x_cl = x.contiguous(memory_format=torch.channels_last)
         m_nchw = copy.deepcopy(base)
         m_nchw.fold_input_bn = fold
+        m_tr = copy.deepcopy(m_cl)
+        m_tr.pool_kernel = "triton"
         variants += [("channels_last" + tag, m_cl, x_cl, {}),
                      ("nchw" + tag, m_nchw, x, {"out_cl": True}),
-                     ("cl conv, nchw pool" + tag, m_cl, x_cl, {"pool_nchw": True, "out_cl": True})]
+                     ("cl conv, nchw pool" + tag, m_cl, x_cl, {"pool_nchw": True, "out_cl": True}),
+                     ("channels_last, triton pool" + tag, m_tr, x_cl, {})]
     if args.compile:
         m_c = copy.deepcopy(base).to(memory_format=torch.channels_last)
         variants.append(("channels_last compiled", m_c, x.contiguous(memory_format=torch.channels_last),
@@ -76,6 +109,7 @@ def main() -> None:
 
     print(f"device: {dev} ({device_name(dev)}), torch {torch.__version__}, image {size}px, batch {args.batch_size}, "
           f"{'bf16 autocast' if cuda else 'fp32'}, {steps} calls per variant (forward + backward of the block)")
+    print(check_triton_pool(dev, size, args.batch_size), flush=True)
     print(f"{'variant':32s}{'ms/batch':>10s}{'img/s':>12s}{'x first':>9s}{'max |out diff|':>16s}{'rel grad diff':>15s}")
     ref = None
     for label, model, inp, opts in variants:

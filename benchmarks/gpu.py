@@ -19,7 +19,7 @@ in at most 10 minutes on one H100-class GPU):
     python benchmarks/gpu.py --out DIR [--benchmarks fused,train] [--fused-runs 1,8] [--bench-limit S]
                              [--workers 1] [--streams 1|measured|N] [--fuse auto|measured|N]
                              [--cuda-graphs auto|measured|on|off]
-                             [--compile [MODE]] [--no-bench-compile] [--train-only WORDS] [--train-fold]
+                             [--compile [MODE]] [--no-bench-compile] [--train-only WORDS] [--train-options O]
                              [--scale full]
                              [--seed S] [--trials N]
                              [--first rubi,lnl] [--sweep-dir D] [--data D] [--deadline S] [--archive]
@@ -225,8 +225,8 @@ def main() -> None:
                          "captured steps unless off")
     ap.add_argument("--no-bench-compile", action="store_true", help="benchmarks: no compiled configurations")
     ap.add_argument("--train-only", default=None, help="train.py --only (e.g. channels_last)")
-    ap.add_argument("--train-fold", action="store_true",
-                    help="train.py --fold-input-bn: every configuration also with the input batch norm folded")
+    ap.add_argument("--train-options", default=None,
+                    help="train.py --options (e.g. fold,triton,fold+triton): paper CNN options to measure too")
     ap.add_argument("--skip-sweep", action="store_true")
     ap.add_argument("--skip-benchmarks", action="store_true")
     ap.add_argument("--scale", default="full")
@@ -255,7 +255,7 @@ def main() -> None:
             "train": [py, str(HERE / "train.py"), *comp, *dev, *small]
             + (["--compile-modes", f"default,{args.compile}"] if comp and args.compile not in (None, "default") else [])
             + (["--only", args.train_only] if args.train_only else [])
-            + (["--fold-input-bn"] if args.train_fold else []),
+            + (["--options", args.train_options] if args.train_options else []),
             "fused": [py, str(HERE / "fused.py"), *comp, *dev, *small]
             + (["--compile-mode", args.compile] if comp and args.compile else [])
             + (["--runs", args.fused_runs] if args.fused_runs else [])

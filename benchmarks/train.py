@@ -2,17 +2,17 @@
 loss accumulation, progress) against a bare forward/backward/step on one fixed float batch.
 
     python benchmarks/train.py [--device auto] [--cell-size 32] [--steps N] [--batch-size 128]
-                               [--compile [--compile-modes default,reduce-overhead]] [--fold-input-bn]
-                               [--only LABELS]
+                               [--compile [--compile-modes default,reduce-overhead]]
+                               [--options fold,triton,fold+triton] [--only LABELS]
 
 On CUDA it measures fp32 eager, bf16 autocast + channels_last, the same with every step captured as a CUDA
 graph (``+ graphs``: :mod:`biasbench.train.graphs`), and compiled (``--compile``, static shapes, once per
 mode of ``--compile-modes``; ``reduce-overhead`` makes its own CUDA graphs; the default mode is measured with
 our graphs too); on the CPU fp32 eager (plus compiled with ``--compile``). ``--only`` keeps the
 configurations whose labels contain one of the comma-separated words (e.g. ``--only graphs``).
-``--fold-input-bn`` adds each configuration again with the paper CNN's input batch norm folded into conv1
-(``+ fold``, :class:`biasbench.models.paper_cnn.PaperCNN`). Prints images/s per configuration and the loop /
-bare ratio.
+``--options`` adds each configuration again with paper CNN options (:class:`biasbench.models.paper_cnn.PaperCNN`):
+``fold`` (the input batch norm folded into conv1), ``triton`` (the Triton max-pool, CUDA only), or both
+(``fold+triton``). Prints images/s per configuration and the loop / bare ratio.
 """
 from __future__ import annotations
 
@@ -31,6 +31,10 @@ from biasbench.train.graphs import GraphedStep
 from biasbench.train.loop import CUDAGRAPH_COMPILE_MODES, Trainer, compile_options, load_splits, reset_compiler
 from biasbench.train.optim import optimizer_factory
 from common import device_name, pick_device  # benchmarks/common.py (scripts run from benchmarks/)
+
+
+OPTIONS = {"fold": {"fold_input_bn": True}, "triton": {"pool_kernel": "triton"}}
+"""``--options`` words: paper CNN keyword arguments."""
 
 
 def _sync(dev):
@@ -107,8 +111,9 @@ def main() -> None:
     ap.add_argument("--compile-modes", default="default",
                     help="with --compile: comma-separated torch.compile modes, e.g. default,reduce-overhead "
                          "(CUDA graphs)")
-    ap.add_argument("--fold-input-bn", action="store_true",
-                    help="also measure every configuration with the input batch norm folded into conv1")
+    ap.add_argument("--options", default="",
+                    help="comma-separated paper CNN options to measure every configuration with too: fold "
+                         "(input batch norm folded into conv1), triton (Triton max-pool), fold+triton")
     ap.add_argument("--only", default=None, help="comma-separated words: keep configurations whose labels hold one")
     args = ap.parse_args()
     dev = torch.device(pick_device(args.device))
@@ -128,8 +133,14 @@ def main() -> None:
         if cuda and mode not in CUDAGRAPH_COMPILE_MODES:
             configs.append((label + " + graphs", prec, cl, mode, True))
     configs = [c + ({},) for c in configs]
-    if args.fold_input_bn:
-        configs += [(c[0] + " + fold",) + c[1:-1] + ({"fold_input_bn": True},) for c in configs]
+    extra = []
+    for opt in [o for o in args.options.split(",") if o]:
+        words = opt.split("+")
+        if not set(words) <= set(OPTIONS):
+            ap.error(f"unknown option {opt!r}; expected fold, triton or fold+triton")
+        kwargs = {k: v for w in words for k, v in OPTIONS[w].items()}
+        extra += [(c[0] + " + " + opt,) + c[1:-1] + (kwargs,) for c in configs]
+    configs += extra
     if args.only:
         words = args.only.split(",")
         configs = [c for c in configs if any(w in c[0] for w in words)]

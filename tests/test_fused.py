@@ -206,6 +206,7 @@ def test_fuse_rules():
     assert "drop_path_rate" in fusable(TrainConfig(data="d", model="effnetv2_s_w025",
                                                    model_kwargs={"drop_path_rate": 0.1}))
     assert "fold_input_bn" in fusable(TrainConfig(data="d", model_kwargs={"fold_input_bn": True}))
+    assert "pool_kernel=triton" in fusable(TrainConfig(data="d", model_kwargs={"pool_kernel": "triton"}))
 
 
 def _history(run_dir):

@@ -1,0 +1,92 @@
+"""The paper CNN's max-pool (3x3, stride 2, padding 1) on channels-last CUDA tensors as two Triton kernels.
+
+Why: on an H100, PyTorch's NHWC max-pool kernels take 0.72 ms of a captured 2.46 ms training step at batch
+128 (``docs/benchmarks.md``, ``anatomy``): the forward writes int64 indices (75 MB per step) and the backward
+reads them and runs at about a tenth of the memory bandwidth. These kernels keep a one-byte window offset
+per output instead and move about 100 MB each way.
+
+Contract: the same numbers as ``F.max_pool2d(x, 3, 2, 1)``, bit for bit, forward and backward:
+
+- forward: each output is the maximum of its window; its offset ``kh * 3 + kw`` is the first element in
+  row-major order that is greater than every earlier one, or NaN (PyTorch's rule: ``val > max or isnan(val)``),
+  starting from the window's first element inside the image;
+- backward: each input element sums, in float32 and in PyTorch's order (window rows, then columns, ascending),
+  the output gradients of the windows (at most 4) whose offset points at it, then rounds to its dtype.
+
+Tested against ``F.max_pool2d`` on the CPU through Triton's interpreter (``TRITON_INTERPRET=1``), float32
+and bfloat16, ties and padding included. Used by ``paper_cnn`` with ``pool_kernel="triton"`` on CUDA
+(channels-last inputs); any other input goes to ``F.max_pool2d``.
+"""
+from __future__ import annotations
+
+import functools
+import threading
+
+import torch
+import torch.nn.functional as F
+
+BLOCK = 1024
+_LAUNCH_LOCK = threading.Lock()  # a first launch compiles; threads of ``sweep --streams`` must not race on it
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels():
+    """(forward, backward) kernels, imported on first use."""
+    from . import _maxpool_kernels as k
+
+    return k.forward_kernel, k.backward_kernel
+
+
+def _geometry(x: torch.Tensor) -> tuple[int, int, int, int, int]:
+    n, c, h, w = x.shape
+    return c, h, w, (h - 1) // 2 + 1, (w - 1) // 2 + 1
+
+
+class _TritonMaxPool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        c, h, w, oh, ow = _geometry(x)
+        shape = (x.shape[0], c, oh, ow)
+        out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+        off = torch.empty(shape, dtype=torch.uint8, device=x.device, memory_format=torch.channels_last)
+        total = out.numel()
+        fwd, _ = _kernels()
+        with _LAUNCH_LOCK:
+            fwd[(triton_cdiv(total, BLOCK),)](x, out, off, total, c, h, w, oh, ow, BLOCK_SIZE=BLOCK)
+        ctx.save_for_backward(off)
+        ctx.geometry = (x.shape, c, h, w, oh, ow)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (off,) = ctx.saved_tensors
+        shape, c, h, w, oh, ow = ctx.geometry
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        gin = torch.empty(shape, dtype=grad.dtype, device=grad.device, memory_format=torch.channels_last)
+        total = gin.numel()
+        _, bwd = _kernels()
+        with _LAUNCH_LOCK:
+            bwd[(triton_cdiv(total, BLOCK),)](grad, off, gin, total, c, h, w, oh, ow, BLOCK_SIZE=BLOCK)
+        return gin
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+def usable(x: torch.Tensor) -> bool:
+    """Whether the Triton kernels take ``x``: a 4-d channels-last tensor (not also NCHW-contiguous, which a
+    one-channel or 1x1 map is) of a floating dtype, under 2**31 elements, on CUDA, or on the CPU under Triton's
+    interpreter."""
+    import os
+
+    on_device = x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    return (on_device and x.dim() == 4 and x.is_floating_point() and x.numel() < 2 ** 31
+            and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+
+
+def max_pool_3x3_s2(x: torch.Tensor) -> torch.Tensor:
+    """``F.max_pool2d(x, 3, 2, 1)``, through the Triton kernels where :func:`usable`, bit for bit the same."""
+    if not usable(x):
+        return F.max_pool2d(x, 3, 2, 1)
+    return _TritonMaxPool.apply(x)

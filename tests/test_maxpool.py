@@ -1,0 +1,112 @@
+"""The Triton max-pool (biasbench.models.maxpool) against F.max_pool2d, bit for bit, through Triton's CPU
+interpreter: the kernels that run on a GPU, executed element by element on the CPU."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+triton = pytest.importorskip("triton")
+
+from biasbench.models import maxpool  # noqa: E402
+
+
+@pytest.fixture
+def interpreted(monkeypatch):
+    """Triton's interpreter on: the kernels' module is imported afresh, as Triton reads the setting when a
+    kernel is defined."""
+    import sys
+
+    def fresh():
+        sys.modules.pop("biasbench.models._maxpool_kernels", None)
+        maxpool._kernels.cache_clear()
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    fresh()
+    yield
+    fresh()
+
+
+def _reference(x, g):
+    """F.max_pool2d's output, and its input gradient as CUDA computes it: summed in float32 and rounded once
+    (the CPU's bfloat16 kernel rounds after every addition, CUDA's accumulates in float32)."""
+    out = F.max_pool2d(x, 3, 2, 1)
+    t = x.detach().float().requires_grad_(True)  # exact: the same values, so the same maxima and ties
+    F.max_pool2d(t, 3, 2, 1).backward(g.to(x.dtype).float())
+    return out, t.grad.to(x.dtype)
+
+
+def _triton(x, g):
+    t = x.detach().clone().requires_grad_(True)
+    out = maxpool.max_pool_3x3_s2(t)
+    out.backward(g.to(out.dtype))
+    return out.detach(), t.grad
+
+
+def _windows_with_ties(x) -> int:
+    cols = F.unfold(F.pad(x.float(), (1, 1, 1, 1), value=float("-inf")), 3, stride=2)
+    cols = cols.view(x.shape[0], x.shape[1], 9, -1)
+    return int(((cols == cols.amax(dim=2, keepdim=True)).sum(dim=2) > 1).sum())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("size", [(2, 5, 12, 12), (1, 3, 7, 9)])
+def test_triton_max_pool_equals_torch_bit_for_bit(interpreted, dtype, size):
+    """Values, and gradients routed to the same element and summed in the same order, ties included: the
+    input is rounded to a few levels, so many windows hold their maximum twice or more."""
+    torch.manual_seed(0)
+    x = (torch.randn(size) * 2).round().to(dtype).contiguous(memory_format=torch.channels_last)
+    assert maxpool.usable(x)
+    n, c, h, w = size
+    g = torch.randn(n, c, (h - 1) // 2 + 1, (w - 1) // 2 + 1).contiguous(memory_format=torch.channels_last)
+    a, ga = _reference(x, g)
+    b, gb = _triton(x, g)
+    assert b.is_contiguous(memory_format=torch.channels_last) and b.dtype == dtype
+    assert torch.equal(a, b)
+    assert torch.equal(ga, gb)
+    assert _windows_with_ties(x) > 5  # ties were there to get right
+
+
+def test_triton_max_pool_takes_only_channels_last_gpu_tensors(monkeypatch):
+    """Without a GPU (or the interpreter), and for NCHW or integer tensors, max_pool_3x3_s2 is F.max_pool2d."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    x = torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    assert not maxpool.usable(x)  # a CPU tensor, no interpreter
+    assert torch.equal(maxpool.max_pool_3x3_s2(x), F.max_pool2d(x, 3, 2, 1))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert maxpool.usable(x)
+    assert not maxpool.usable(x.contiguous())  # NCHW
+    assert not maxpool.usable(torch.zeros(2, 1, 8, 8).contiguous(memory_format=torch.channels_last))  # also NCHW
+    assert not maxpool.usable(x.to(torch.int32))
+
+
+def test_paper_cnn_with_the_triton_pool_trains_bit_for_bit_like_torchs(interpreted, monkeypatch):
+    """pool_kernel="triton": the same logits and every parameter gradient as the default pool, channels-last."""
+    from biasbench.models import create_model
+
+    calls = []
+    apply = maxpool._TritonMaxPool.apply
+    monkeypatch.setattr(maxpool._TritonMaxPool, "apply", lambda x: calls.append(x.shape) or apply(x))
+
+    torch.manual_seed(0)
+    x = (torch.rand(4, 3, 24, 24) * 255).round().contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (4,))
+    results = []
+    for kernel in ("torch", "triton"):
+        torch.manual_seed(1)
+        m = create_model("paper_cnn", pool_kernel=kernel).to(memory_format=torch.channels_last)
+        logits = m(x)
+        F.cross_entropy(logits, y).backward()
+        results.append((logits.detach(), {n: p.grad for n, p in m.named_parameters()}))
+    (a, ga), (b, gb) = results
+    assert calls == [(4, 32, 24, 24)]  # the triton model's one pool, through the kernels
+    assert torch.equal(a, b)
+    assert all(torch.equal(ga[n], gb[n]) for n in ga)
+
+
+def test_pool_kernel_must_be_known():
+    from biasbench.errors import BiasbenchError
+    from biasbench.models import create_model
+
+    with pytest.raises(BiasbenchError, match="pool_kernel must be one of torch, triton"):
+        create_model("paper_cnn", pool_kernel="cuda")
