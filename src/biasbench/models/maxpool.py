@@ -20,6 +20,7 @@ and bfloat16, ties and padding included. Used by ``paper_cnn`` with ``pool_kerne
 from __future__ import annotations
 
 import functools
+import os
 import threading
 
 import torch
@@ -35,6 +36,10 @@ def _kernels():
     from . import _maxpool_kernels as k
 
     return k.forward_kernel, k.backward_kernel
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b
 
 
 def _geometry(x: torch.Tensor) -> tuple[int, int, int, int, int]:
@@ -70,16 +75,10 @@ class _TritonMaxPool(torch.autograd.Function):
         return gin
 
 
-def triton_cdiv(a: int, b: int) -> int:
-    return (a + b - 1) // b
-
-
 def usable(x: torch.Tensor) -> bool:
     """Whether the Triton kernels take ``x``: a 4-d channels-last tensor (not also NCHW-contiguous, which a
     one-channel or 1x1 map is) of a floating dtype, under 2**31 elements, on CUDA, or on the CPU under Triton's
     interpreter."""
-    import os
-
     on_device = x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
     return (on_device and x.dim() == 4 and x.is_floating_point() and x.numel() < 2 ** 31
             and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
