@@ -11,16 +11,18 @@ import triton.language as tl
 
 
 @triton.jit
+def _block_coords(BLOCK_SIZE: tl.constexpr, total, C: tl.constexpr, H: tl.constexpr, W: tl.constexpr):
+    """This program's element indices in a channels-last (N, C, H, W) map, whether each exists, and its
+    (n, c, h, w)."""
+    idx = tl.program_id(0) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+    t = idx // C
+    return idx, idx < total, t // W // H, idx % C, t // W % H, t % W
+
+
+@triton.jit
 def forward_kernel(x_ptr, out_ptr, off_ptr, total, C: tl.constexpr, H: tl.constexpr, W: tl.constexpr,
                    OH: tl.constexpr, OW: tl.constexpr, BLOCK_SIZE: tl.constexpr):
-    idx = tl.program_id(0) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
-    live = idx < total
-    c = idx % C
-    t = idx // C
-    ow = t % OW
-    t = t // OW
-    oh = t % OH
-    n = t // OH
+    idx, live, n, c, oh, ow = _block_coords(BLOCK_SIZE, total, C, OH, OW)
     best = tl.full((BLOCK_SIZE,), float("-inf"), tl.float32)
     # the window's first element inside the image: row 2oh-1 is outside only for oh = 0, likewise columns
     off = tl.where(oh == 0, 3, 0) + tl.where(ow == 0, 1, 0)
@@ -36,17 +38,11 @@ def forward_kernel(x_ptr, out_ptr, off_ptr, total, C: tl.constexpr, H: tl.conste
     tl.store(out_ptr + idx, best.to(out_ptr.dtype.element_ty), mask=live)
     tl.store(off_ptr + idx, off.to(tl.uint8), mask=live)
 
+
 @triton.jit
 def backward_kernel(g_ptr, off_ptr, gin_ptr, total, C: tl.constexpr, H: tl.constexpr, W: tl.constexpr,
                     OH: tl.constexpr, OW: tl.constexpr, BLOCK_SIZE: tl.constexpr):
-    idx = tl.program_id(0) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
-    live = idx < total
-    c = idx % C
-    t = idx // C
-    w = t % W
-    t = t // W
-    h = t % H
-    n = t // H
+    idx, live, n, c, h, w = _block_coords(BLOCK_SIZE, total, C, H, W)
     acc = tl.full((BLOCK_SIZE,), 0.0, tl.float32)
     # windows covering row h: oh = h // 2 and, for odd h, also oh = h // 2 + 1 (rows 2oh-1 .. 2oh+1)
     for i in tl.static_range(2):
