@@ -20,6 +20,8 @@ def interpreted(monkeypatch):
     def fresh():
         sys.modules.pop("biasbench.models._maxpool_kernels", None)
         maxpool._kernels.cache_clear()
+        if hasattr(sys.modules["biasbench.models"], "_maxpool_kernels"):
+            delattr(sys.modules["biasbench.models"], "_maxpool_kernels")
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     fresh()
@@ -110,3 +112,30 @@ def test_pool_kernel_must_be_known():
 
     with pytest.raises(BiasbenchError, match="pool_kernel must be one of torch, triton"):
         create_model("paper_cnn", pool_kernel="cuda")
+
+
+@pytest.mark.parametrize("dtype", ["*bf16", "*fp32"])
+def test_kernels_compile_for_an_h100_without_one(dtype):
+    """Triton compiles both kernels ahead of time for sm_90 (PTX and, with the wheel's ptxas, a cubin) on a
+    machine without a GPU: the lowering the interpreter skips. The map's sizes are constants, so the index
+    arithmetic has no division left."""
+    import importlib
+    import re
+
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    k = importlib.import_module("biasbench.models._maxpool_kernels")  # not the interpreted one of other tests
+
+    consts = {"C": 32, "H": 96, "W": 96, "OH": 48, "OW": 48, "BLOCK_SIZE": maxpool.BLOCK}
+    shape = {name: "constexpr" for name in consts} | {"total": "i32"}
+    signatures = {k.forward_kernel: {"x_ptr": dtype, "out_ptr": dtype, "off_ptr": "*u8"},
+                  k.backward_kernel: {"g_ptr": dtype, "off_ptr": "*u8", "gin_ptr": dtype}}
+    for fn, pointers in signatures.items():
+        try:
+            compiled = triton.compile(ASTSource(fn=fn, signature=pointers | shape, constexprs=consts),
+                                      target=GPUTarget("cuda", 90, 32))
+        except RuntimeError as exc:  # no CUDA backend in this Triton build
+            pytest.skip(f"Triton cannot compile for CUDA here: {exc}")
+        ptx = compiled.asm["ptx"]
+        assert ".target sm_90" in ptx and not re.search(r"\b(div|rem)\.", ptx)

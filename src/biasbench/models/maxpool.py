@@ -32,9 +32,11 @@ _LAUNCH_LOCK = threading.Lock()  # a first launch compiles; threads of ``sweep -
 
 @functools.lru_cache(maxsize=None)
 def _kernels():
-    """(forward, backward) kernels, imported on first use."""
-    from . import _maxpool_kernels as k
+    """(forward, backward) kernels, imported on first use (through ``sys.modules``, so a test that drops the
+    module gets it defined afresh)."""
+    import importlib
 
+    k = importlib.import_module(f"{__package__}._maxpool_kernels")
     return k.forward_kernel, k.backward_kernel
 
 
