@@ -21,7 +21,7 @@ in at most 10 minutes on one H100-class GPU):
                              [--cuda-graphs auto|measured|on|off]
                              [--compile [MODE]] [--no-bench-compile] [--train-only WORDS] [--train-options O]
                              [--scale full]
-                             [--seed S] [--trials N]
+                             [--seed S] [--trials N] [--model-kwarg KEY=VALUE]
                              [--first rubi,lnl] [--sweep-dir D] [--data D] [--deadline S] [--archive]
                              [--no-report] [--skip-benchmarks] [--skip-sweep]
 
@@ -97,8 +97,9 @@ def run(cmd: list[str], log: Path, limit: float | None = None) -> tuple[float, b
 
 
 def sweep_file(args, out: Path) -> Path | None:
-    """A sweep file holding the preset's trials reordered (``--first``) and/or cut (``--trials``)."""
-    if not (args.trials or args.first):
+    """A sweep file holding the preset's trials reordered (``--first``), cut (``--trials``) and/or with model
+    options for every trial (``--model-kwarg``: other configurations, so other run ids)."""
+    if not (args.trials or args.first or args.model_kwarg):
         return None
     import yaml
 
@@ -110,6 +111,10 @@ def sweep_file(args, out: Path) -> Path | None:
     trials = trials[: args.trials] if args.trials else trials
     spec = {"name": "paper-table1", "scale": args.scale,
             "include": [{k: t.config[k] for k in ("method", "explicit", "seed")} for t in trials]}
+    if args.model_kwarg:
+        from biasbench.cli import parse_hparams
+
+        spec["base"] = {"model_kwargs": parse_hparams(args.model_kwarg, "--model-kwarg")}
     path = out / "sweep-trials.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
@@ -233,6 +238,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="the sweep's seed (default 0)")
     ap.add_argument("--trials", type=int, default=None, help="only the first N trials (to check the script)")
     ap.add_argument("--first", default=None, help="comma-separated methods whose trials run first")
+    ap.add_argument("--model-kwarg", action="append", default=[], metavar="KEY=VALUE",
+                    help="a model option for every trial of the sweep (e.g. pool_kernel=triton); repeatable")
     ap.add_argument("--sweep-dir", default=None, help="the sweep folder (default OUT/sweep)")
     ap.add_argument("--data", default=None, help="the datasets folder (default OUT/data)")
     ap.add_argument("--deadline", type=float, default=None, help="end the script within this many seconds")
@@ -306,6 +313,7 @@ def main() -> None:
     if not args.no_report:
         run([py, "-m", "biasbench.cli", "report", str(sweep), "--out", str(report)], out / "report.txt")
     summary = (f"paper-table1 ({args.scale}, seed {args.seed}, --fuse {args.fuse}, --cuda-graphs {args.cuda_graphs}"
+               f"{''.join(' --model-kwarg ' + kv for kv in args.model_kwarg)}"
                f"{' --compile ' + args.compile if args.compile else ''}, "
                f"{args.workers} processes, {args.streams} streams): {seconds / 60:.1f} min wall time this call; "
                f"{done} of {total} trials finished ({done - before} in this call)"
