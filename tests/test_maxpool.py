@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+import triton  # installed with torch's Linux wheels, where CI runs
 
-triton = pytest.importorskip("triton")
-
-from biasbench.models import maxpool  # noqa: E402
+from biasbench.models import maxpool
 
 
 @pytest.fixture
@@ -132,10 +131,7 @@ def test_kernels_compile_for_an_h100_without_one(dtype):
     signatures = {k.forward_kernel: {"x_ptr": dtype, "out_ptr": dtype, "off_ptr": "*u8"},
                   k.backward_kernel: {"g_ptr": dtype, "off_ptr": "*u8", "gin_ptr": dtype}}
     for fn, pointers in signatures.items():
-        try:
-            compiled = triton.compile(ASTSource(fn=fn, signature=pointers | shape, constexprs=consts),
-                                      target=GPUTarget("cuda", 90, 32))
-        except RuntimeError as exc:  # no CUDA backend in this Triton build
-            pytest.skip(f"Triton cannot compile for CUDA here: {exc}")
+        compiled = triton.compile(ASTSource(fn=fn, signature=pointers | shape, constexprs=consts),
+                                  target=GPUTarget("cuda", 90, 32))  # a ptxas failure fails the test
         ptx = compiled.asm["ptx"]
         assert ".target sm_90" in ptx and not re.search(r"\b(div|rem)\.", ptx)

@@ -104,9 +104,9 @@ def run_threads(units: list[list[Trial]], data_root: str, out: str, tracker: str
     step costs the host only a replay call, so the threads do not wait on each other for the GIL). Records
     equal those of one trial after another: the one use of the process-wide generator, model initialisation,
     is serialised (:data:`biasbench.train.loop.GLOBAL_RNG_LOCK`) and everything else has its own generator;
-    trials with random masks (dropout) are refused (:func:`shared_rng_users`). Datasets are made first, in this thread.
-    A failing unit stops the hand-out of new ones; the units already running finish, then the error is
-    raised. On a CPU the threads share the cores: no faster than one at a time (a check of the runner)."""
+    trials with random masks (dropout) are refused (:func:`shared_rng_users`). Datasets are made first, in
+    this thread. A failing unit stops the hand-out of new ones; the units already running finish, then the
+    error is raised. On a CPU the threads share the cores: no faster than one at a time (a check of the runner)."""
     import torch
 
     from ..train.loop import resolve_device
