@@ -11,8 +11,10 @@ output and conv1 weight gradient are from the current form's (the same function;
 - ``nchw``: the block in the default layout (other conv and max-pool kernels), its output then copied to
   channels-last for conv2 as the network would need;
 - ``cl conv, nchw pool``: conv1 channels-last, its 96x96 output copied to the default layout for the max-pool;
-- ``channels_last, triton pool``: the max-pool through :mod:`biasbench.models.maxpool` (``pool_kernel``; on
-  the CPU, where Triton does not run, it is PyTorch's);
+- ``cl, triton pool``: the max-pool through :mod:`biasbench.models.maxpool` with conv1's bias added inside it
+  (``pool_kernel``; on the CPU, where Triton does not run, it is PyTorch's);
+- ``cl, pad 4`` and ``cl, pad 8``: conv1's input and weight padded with zero channels to 4 or 8
+  (``conv1_pad_to``: may let cuDNN take other kernels), also with the Triton pool;
 - ``... + fold``: the input batch norm folded into conv1 (``fold_input_bn``, ``docs/models.md``);
 - with ``--compile``: the channels-last block through ``torch.compile`` (Inductor's own max-pool with
   one-byte offsets and fused elementwise kernels).
@@ -38,39 +40,80 @@ from train import steps_per_second  # benchmarks/train.py
 def block(model, x: torch.Tensor, pool_nchw: bool = False, out_cl: bool = False) -> torch.Tensor:
     """relu(maxpool(conv1(bn(x)))) as PaperCNN runs it, optionally pooling in the default layout and handing on a
     channels-last output."""
-    y = model._conv1_of_input(x)
     if pool_nchw:
-        y = y.contiguous()
-    y = F.relu(model._pool(y))
+        y = F.relu(model._pool(model._conv1_of_input(x).contiguous()))
+    else:
+        y = model._first_block(x)
     return y.contiguous(memory_format=torch.channels_last) if out_cl else y
 
 
-def check_triton_pool(dev, size: int, batch: int) -> str:
-    """One line: whether the Triton max-pool gives F.max_pool2d's output and (float32-summed) input gradient bit
-    for bit on this device, on a bf16 channels-last map with many tied windows."""
+def _word(same: bool) -> str:
+    return "equal" if same else "DIFFERENT"
+
+
+def check_triton_pool(dev, size: int, batch: int) -> list[str]:
+    """Lines saying whether the Triton max-pool gives PyTorch's numbers bit for bit on this device: on a bf16
+    channels-last map with many tied windows (output, and input gradient against the float32-summed one and
+    against PyTorch's bf16 kernel); with conv1's bias added inside the kernel (against ``x + bias`` pooled,
+    the bias gradient against ``grad.sum((0, 2, 3))``, what CUDA's convolution backward computes); and in a
+    paper CNN's bf16 training step against the default pool (logits and every gradient; the default pool is
+    run twice first, to tell the GPU's own run-to-run differences from the kernel's)."""
     from biasbench.models import maxpool
 
     torch.manual_seed(0)
     x = (torch.randn(batch, 32, size, size, device=dev) * 3).round().to(torch.bfloat16)
     x = x.contiguous(memory_format=torch.channels_last)
     if not maxpool.usable(x):
-        return "triton pool: not usable here (needs CUDA, or TRITON_INTERPRET=1), PyTorch's pool measured instead"
+        return ["triton pool: not usable here (needs CUDA, or TRITON_INTERPRET=1), PyTorch's pool measured instead"]
     g = torch.randn(batch, 32, (size - 1) // 2 + 1, (size - 1) // 2 + 1, device=dev).to(torch.bfloat16)
-    t = x.float().requires_grad_(True)
-    F.max_pool2d(t, 3, 2, 1).backward(g.float())
-    ref_out, ref_grad = F.max_pool2d(x, 3, 2, 1), t.grad.to(torch.bfloat16)
+    g = g.contiguous(memory_format=torch.channels_last)
+
+    def float32_reference(y):
+        t = y.float().requires_grad_(True)
+        F.max_pool2d(t, 3, 2, 1).backward(g.float())
+        return F.max_pool2d(y, 3, 2, 1), t.grad.to(torch.bfloat16)
+
+    ref_out, ref_grad = float32_reference(x)
     v = x.clone().requires_grad_(True)
-    F.max_pool2d(v, 3, 2, 1).backward(g.contiguous(memory_format=torch.channels_last))  # PyTorch's bf16 kernel
+    F.max_pool2d(v, 3, 2, 1).backward(g)  # PyTorch's bf16 kernel
     u = x.clone().requires_grad_(True)
     out = maxpool.max_pool_3x3_s2(u)
-    out.backward(g.contiguous(memory_format=torch.channels_last))
+    out.backward(g)
+    lines = [f"triton pool against F.max_pool2d on {batch}x32x{size}x{size} bf16 with ties: output "
+             f"{_word(torch.equal(out, ref_out))}, input gradient {_word(torch.equal(u.grad, ref_grad))} to the "
+             f"float32-summed one, {_word(torch.equal(u.grad, v.grad))} to PyTorch's bf16 kernel's"]
+    bias = (torch.randn(32, device=dev) * 300).to(torch.bfloat16)  # large: the add rounds and makes ties
+    ref_out, ref_grad = float32_reference(x + bias.view(1, -1, 1, 1))
+    u, b = x.clone().requires_grad_(True), bias.clone().requires_grad_(True)
+    out = maxpool.max_pool_3x3_s2(u, b)
+    out.backward(g)
+    lines.append(f"triton pool with the bias inside: output {_word(torch.equal(out, ref_out))}, input gradient "
+                 f"{_word(torch.equal(u.grad, ref_grad))}, bias gradient "
+                 f"{_word(torch.equal(b.grad, ref_grad.sum((0, 2, 3))))}")
+    lines.append(_check_in_the_network(dev, size, batch))
+    return lines
 
-    def word(same: bool) -> str:
-        return "equal" if same else "DIFFERENT"
 
-    return (f"triton pool against F.max_pool2d on {batch}x32x{size}x{size} bf16 with ties: output "
-            f"{word(torch.equal(out, ref_out))}, input gradient {word(torch.equal(u.grad, ref_grad))} to the "
-            f"float32-summed one, {word(torch.equal(u.grad, v.grad))} to PyTorch's bf16 kernel's")
+def _check_in_the_network(dev, size: int, batch: int) -> str:
+    from biasbench.models import create_model
+
+    x = (torch.rand(batch, 3, size, size, device=dev) * 255).round().contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,), device=dev)
+    runs = []
+    for kernel in ("torch", "torch", "triton"):
+        torch.manual_seed(1)
+        m = create_model("paper_cnn", pool_kernel=kernel).to(dev).to(memory_format=torch.channels_last)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            logits = m(x)
+        F.cross_entropy(logits.float(), y).backward()
+        runs.append((logits.detach(), {n: p.grad for n, p in m.named_parameters()}))
+
+    def same(a, b) -> str:
+        return f"logits {_word(torch.equal(a[0], b[0]))}, {sum(torch.equal(a[1][n], b[1][n]) for n in a[1])} of " \
+               f"{len(a[1])} gradients equal"
+
+    return (f"paper CNN step, default pool twice: {same(runs[0], runs[1])}; default against triton pool: "
+            f"{same(runs[0], runs[2])}")
 
 
 def main() -> None:
@@ -89,19 +132,26 @@ def main() -> None:
     x = (torch.rand(args.batch_size, 3, size, size, device=dev) * 255).round()
     base = create_model("paper_cnn").to(dev)
     variants = []  # (label, model, input, options)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
     for fold in (False, True):
         tag = " + fold" if fold else ""
-        m_cl = copy.deepcopy(base).to(memory_format=torch.channels_last)
-        m_cl.fold_input_bn = fold
-        x_cl = x.contiguous(memory_format=torch.channels_last)
-        m_nchw = copy.deepcopy(base)
-        m_nchw.fold_input_bn = fold
-        m_tr = copy.deepcopy(m_cl)
-        m_tr.pool_kernel = "triton"
+
+        def model(channels_last: bool = True, **attrs):
+            m = copy.deepcopy(base)
+            if channels_last:
+                m = m.to(memory_format=torch.channels_last)
+            for k, v in dict(attrs, fold_input_bn=fold).items():
+                setattr(m, k, v)
+            return m
+
+        m_cl = model()
         variants += [("channels_last" + tag, m_cl, x_cl, {}),
-                     ("nchw" + tag, m_nchw, x, {"out_cl": True}),
+                     ("nchw" + tag, model(False), x, {"out_cl": True}),
                      ("cl conv, nchw pool" + tag, m_cl, x_cl, {"pool_nchw": True, "out_cl": True}),
-                     ("channels_last, triton pool" + tag, m_tr, x_cl, {})]
+                     ("cl, triton pool" + tag, model(pool_kernel="triton"), x_cl, {})]
+        for pad in (4, 8):
+            variants += [(f"cl, pad {pad}" + tag, model(conv1_pad_to=pad), x_cl, {}),
+                         (f"cl, pad {pad}, triton pool" + tag, model(conv1_pad_to=pad, pool_kernel="triton"), x_cl, {})]
     if args.compile:
         m_c = copy.deepcopy(base).to(memory_format=torch.channels_last)
         variants.append(("channels_last compiled", m_c, x.contiguous(memory_format=torch.channels_last),
@@ -109,7 +159,8 @@ def main() -> None:
 
     print(f"device: {dev} ({device_name(dev)}), torch {torch.__version__}, image {size}px, batch {args.batch_size}, "
           f"{'bf16 autocast' if cuda else 'fp32'}, {steps} calls per variant (forward + backward of the block)")
-    print(check_triton_pool(dev, size, args.batch_size), flush=True)
+    for line in check_triton_pool(dev, size, args.batch_size):
+        print(line, flush=True)
     print(f"{'variant':32s}{'ms/batch':>10s}{'img/s':>12s}{'x first':>9s}{'max |out diff|':>16s}{'rel grad diff':>15s}")
     ref = None
     for label, model, inp, opts in variants:

@@ -3,7 +3,7 @@ loss accumulation, progress) against a bare forward/backward/step on one fixed f
 
     python benchmarks/train.py [--device auto] [--cell-size 32] [--steps N] [--batch-size 128]
                                [--compile [--compile-modes default,reduce-overhead]]
-                               [--options fold,triton,fold+triton] [--only LABELS]
+                               [--options fold,triton,pad8,fold+triton+pad8] [--only LABELS]
 
 On CUDA it measures fp32 eager, bf16 autocast + channels_last, the same with every step captured as a CUDA
 graph (``+ graphs``: :mod:`biasbench.train.graphs`), and compiled (``--compile``, static shapes, once per
@@ -11,8 +11,9 @@ mode of ``--compile-modes``; ``reduce-overhead`` makes its own CUDA graphs; the 
 our graphs too); on the CPU fp32 eager (plus compiled with ``--compile``). ``--only`` keeps the
 configurations whose labels contain one of the comma-separated words (e.g. ``--only graphs``).
 ``--options`` adds each configuration again with paper CNN options (:class:`biasbench.models.paper_cnn.PaperCNN`):
-``fold`` (the input batch norm folded into conv1), ``triton`` (the Triton max-pool, CUDA only), or both
-(``fold+triton``). Prints images/s per configuration and the loop / bare ratio.
+``fold`` (the input batch norm folded into conv1), ``triton`` (the Triton max-pool with conv1's bias inside,
+CUDA only), ``pad4`` / ``pad8`` (conv1's input padded with zero channels to 4 or 8), joined with ``+`` to
+combine (``fold+triton+pad8``). Prints images/s per configuration and the loop / bare ratio.
 """
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ from biasbench.train.optim import optimizer_factory
 from common import device_name, pick_device  # benchmarks/common.py (scripts run from benchmarks/)
 
 
-OPTIONS = {"fold": {"fold_input_bn": True}, "triton": {"pool_kernel": "triton"}}
+OPTIONS = {"fold": {"fold_input_bn": True}, "triton": {"pool_kernel": "triton"}, "pad4": {"conv1_pad_to": 4},
+           "pad8": {"conv1_pad_to": 8}}
 """``--options`` words: paper CNN keyword arguments."""
 
 
@@ -113,7 +115,8 @@ def main() -> None:
                          "(CUDA graphs)")
     ap.add_argument("--options", default="",
                     help="comma-separated paper CNN options to measure every configuration with too: fold "
-                         "(input batch norm folded into conv1), triton (Triton max-pool), fold+triton")
+                         "(input batch norm folded into conv1), triton (Triton max-pool), pad4 or pad8 (conv1's "
+                         "input padded to 4 or 8 channels); join with + to combine, e.g. fold+triton+pad8")
     ap.add_argument("--only", default=None, help="comma-separated words: keep configurations whose labels hold one")
     args = ap.parse_args()
     dev = torch.device(pick_device(args.device))
@@ -137,7 +140,7 @@ def main() -> None:
     for opt in [o for o in args.options.split(",") if o]:
         words = opt.split("+")
         if not set(words) <= set(OPTIONS):
-            ap.error(f"unknown option {opt!r}; expected fold, triton or fold+triton")
+            ap.error(f"unknown option {opt!r}; expected words from {', '.join(OPTIONS)} joined by +")
         kwargs = {k: v for w in words for k, v in OPTIONS[w].items()}
         extra += [(c[0] + " + " + opt,) + c[1:-1] + (kwargs,) for c in configs]
     configs += extra

@@ -19,7 +19,8 @@ from biasbench.train.optim import optimizer_factory
 EXPLICIT = [("distractor_shape",), ("texture",), ("background_color",)]
 
 
-def _methods(name, data, optimizer="adam", dtype=torch.float64, explicit_sets=EXPLICIT, model="paper_cnn"):
+def _methods(name, data, optimizer="adam", dtype=torch.float64, explicit_sets=EXPLICIT, model="paper_cnn",
+             model_kwargs=None):
     """Three runs (seeds 0-2; explicit factors differ for bias-label methods), built as Trainer builds them."""
     train = data["train"]
     out = []
@@ -27,7 +28,7 @@ def _methods(name, data, optimizer="adam", dtype=torch.float64, explicit_sets=EX
         cfg = TrainConfig(data="unused", method=name, seed=seed, explicit=explicit, optimizer=optimizer,
                           batch_size=64, lr=1e-3, weight_decay=1e-4)
         torch.manual_seed(seed)
-        net = create_model(model, num_classes=10).to(dtype)
+        net = create_model(model, num_classes=10, **(model_kwargs or {})).to(dtype)
         info = TrainInfo(num_train=len(train.labels), num_classes=10, labels=train.labels, factors=train.factors,
                          mode="paper", explicit=explicit if get_method_class(name).uses_bias_labels else (),
                          batch_size=64)
@@ -95,12 +96,13 @@ def test_fused_steps_equal_separate_steps(name, explicit_sets, data):
     assert not torch.allclose(p[0], p[1])
 
 
-@pytest.mark.parametrize("optimizer,model", [("sgd", "paper_cnn"), ("madgrad", "paper_cnn"), ("adamw", "paper_cnn"),
-                                             ("adam", "resnet18"), ("adam", "effnetv2_s_w025")])
-def test_fused_optimizers_and_models_are_per_run(optimizer, model, data):
-    """Other optimizers, and deeper models (BatchNorm in every block) fuse exactly too."""
-    separate = _methods("stdm", data, optimizer, model=model)
-    fused_src = _methods("stdm", data, optimizer, model=model)
+@pytest.mark.parametrize("optimizer,model,kwargs", [
+    ("sgd", "paper_cnn", {}), ("madgrad", "paper_cnn", {}), ("adamw", "paper_cnn", {}),
+    ("adam", "paper_cnn", {"conv1_pad_to": 4}), ("adam", "resnet18", {}), ("adam", "effnetv2_s_w025", {})])
+def test_fused_optimizers_and_models_are_per_run(optimizer, model, kwargs, data):
+    """Other optimizers, model options, and deeper models (BatchNorm in every block) fuse exactly too."""
+    separate = _methods("stdm", data, optimizer, model=model, model_kwargs=kwargs)
+    fused_src = _methods("stdm", data, optimizer, model=model, model_kwargs=kwargs)
     fused = FusedMethods(fused_src)
     train = data["train"]
     orders = _orders(separate, 3)

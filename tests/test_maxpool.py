@@ -81,28 +81,74 @@ def test_triton_max_pool_takes_only_channels_last_gpu_tensors(monkeypatch):
     assert not maxpool.usable(x.to(torch.int32))
 
 
-def test_paper_cnn_with_the_triton_pool_trains_bit_for_bit_like_torchs(interpreted, monkeypatch):
-    """pool_kernel="triton": the same logits and every parameter gradient as the default pool, channels-last."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["bias", "map"])
+def test_triton_max_pool_adds_the_addend_bit_for_bit(interpreted, dtype, kind):
+    """max_pool_3x3_s2(x, a) is F.max_pool2d(x + a): the sum rounded as PyTorch's add rounds it (ties the
+    rounding makes included), the input gradient routed alike, and the addend's gradient the reduction that
+    conv's backward (bias) or autograd's broadcasting add (map) computes."""
+    torch.manual_seed(0)
+    n, c, h, w = 2, 5, 12, 11
+    x = (torch.randn(n, c, h, w) * 2).round().to(dtype).contiguous(memory_format=torch.channels_last)
+    shape = (c,) if kind == "bias" else (1, c, h, w)
+    # large values, so in bf16 the add rounds (and makes ties); a map of two levels keeps x's ties where equal
+    a = (torch.randn(shape) * 300 if kind == "bias" else torch.randint(0, 2, shape) * 301.0).to(dtype)
+    if kind == "map":
+        a = a.contiguous(memory_format=torch.channels_last)
+    g = torch.randn(n, c, (h - 1) // 2 + 1, (w - 1) // 2 + 1).to(dtype).contiguous(memory_format=torch.channels_last)
+    y = x + (a.view(1, c, 1, 1) if kind == "bias" else a)
+    ref_out, ref_gin = _reference(y, g)
+    ref_ga = ref_gin.sum((0, 2, 3)) if kind == "bias" else ref_gin.sum(0, keepdim=True)
+    xt, at = x.clone().requires_grad_(True), a.clone().requires_grad_(True)
+    out = maxpool.max_pool_3x3_s2(xt, at)
+    out.backward(g)
+    assert torch.equal(out, ref_out)
+    assert torch.equal(xt.grad, ref_gin)
+    assert torch.equal(at.grad, ref_ga) and at.grad.shape == a.shape
+    assert _windows_with_ties(y) > 5
+    t = a.float().detach().requires_grad_(True)  # autograd reduces a broadcast operand's gradient the same way
+    (x.float() + (t.view(1, c, 1, 1) if kind == "bias" else t)).backward(ref_gin.float())
+    assert torch.equal(t.grad, ref_gin.float().sum((0, 2, 3)) if kind == "bias" else ref_gin.float().sum(0, keepdim=True))
+
+
+def _train_step_grads(x, y, **kwargs):
     from biasbench.models import create_model
 
+    torch.manual_seed(1)
+    m = create_model("paper_cnn", **kwargs).to(memory_format=torch.channels_last)
+    conv_grad = []  # conv1's output gradient, where conv1 runs as a module (the default pool)
+
+    def keep_grad(mod, inp, out):
+        out.register_hook(conv_grad.append)
+
+    m.conv1.register_forward_hook(keep_grad)
+    logits = m(x)
+    F.cross_entropy(logits, y).backward()
+    return logits.detach(), {n: p.grad for n, p in m.named_parameters()}, conv_grad
+
+
+@pytest.mark.parametrize("fold", [False, True])
+def test_paper_cnn_with_the_triton_pool_trains_bit_for_bit_like_torchs(interpreted, monkeypatch, fold):
+    """pool_kernel="triton": the same logits and every parameter gradient as the default pool, channels-last,
+    with conv1's bias (or the folded border term) added inside the pool's kernel. conv1's bias gradient is
+    conv1's output gradient summed over (0, 2, 3), which is how CUDA's convolution backward computes it; the
+    CPU's oneDNN sums in its own order, so on the CPU that one gradient differs from the default's by rounding."""
     calls = []
     apply = maxpool._TritonMaxPool.apply
-    monkeypatch.setattr(maxpool._TritonMaxPool, "apply", lambda x: calls.append(x.shape) or apply(x))
-
+    monkeypatch.setattr(maxpool._TritonMaxPool, "apply",
+                        lambda *a: calls.append((a[0].shape, None if a[1] is None else a[1].shape)) or apply(*a))
     torch.manual_seed(0)
     x = (torch.rand(4, 3, 24, 24) * 255).round().contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (4,))
-    results = []
-    for kernel in ("torch", "triton"):
-        torch.manual_seed(1)
-        m = create_model("paper_cnn", pool_kernel=kernel).to(memory_format=torch.channels_last)
-        logits = m(x)
-        F.cross_entropy(logits, y).backward()
-        results.append((logits.detach(), {n: p.grad for n, p in m.named_parameters()}))
-    (a, ga), (b, gb) = results
-    assert calls == [(4, 32, 24, 24)]  # the triton model's one pool, through the kernels
+    a, ga, conv_grad = _train_step_grads(x, y, pool_kernel="torch", fold_input_bn=fold)
+    b, gb, _ = _train_step_grads(x, y, pool_kernel="triton", fold_input_bn=fold)
+    assert calls == [((4, 32, 24, 24), (1, 32, 24, 24) if fold else (32,))]  # one pool, the addend inside
     assert torch.equal(a, b)
-    assert all(torch.equal(ga[n], gb[n]) for n in ga)
+    exact = [n for n in ga if fold or n != "conv1.bias"]
+    assert all(torch.equal(ga[n], gb[n]) for n in exact)
+    if not fold:
+        assert torch.equal(gb["conv1.bias"], conv_grad[0].sum((0, 2, 3)))
+        torch.testing.assert_close(gb["conv1.bias"], ga["conv1.bias"])
 
 
 def test_pool_kernel_must_be_known():
@@ -127,11 +173,15 @@ def test_kernels_compile_for_an_h100_without_one(dtype):
     k = importlib.import_module("biasbench.models._maxpool_kernels")  # not the interpreted one of other tests
 
     consts = {"C": 32, "H": 96, "W": 96, "OH": 48, "OW": 48, "BLOCK_SIZE": maxpool.BLOCK}
-    shape = {name: "constexpr" for name in consts} | {"total": "i32"}
-    signatures = {k.forward_kernel: {"x_ptr": dtype, "out_ptr": dtype, "off_ptr": "*u8"},
-                  k.backward_kernel: {"g_ptr": dtype, "off_ptr": "*u8", "gin_ptr": dtype}}
-    for fn, pointers in signatures.items():
-        compiled = triton.compile(ASTSource(fn=fn, signature=pointers | shape, constexprs=consts),
+    fwd = {"x_ptr": dtype, "a_ptr": dtype, "out_ptr": dtype, "off_ptr": "*u8"}
+    addends = [{"HAS_ADDEND": False, "A_SC": 0, "A_SH": 0, "A_SW": 0},  # none; conv1's bias; the folded border map
+               {"HAS_ADDEND": True, "A_SC": 1, "A_SH": 0, "A_SW": 0},
+               {"HAS_ADDEND": True, "A_SC": 1, "A_SH": 96 * 32, "A_SW": 32}]
+    kernels = [(k.forward_kernel, fwd, consts | a) for a in addends]
+    kernels.append((k.backward_kernel, {"g_ptr": dtype, "off_ptr": "*u8", "gin_ptr": dtype}, consts))
+    for fn, pointers, constants in kernels:
+        signature = pointers | {name: "constexpr" for name in constants} | {"total": "i32"}
+        compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constants),
                                   target=GPUTarget("cuda", 90, 32))  # a ptxas failure fails the test
         ptx = compiled.asm["ptx"]
         assert ".target sm_90" in ptx and not re.search(r"\b(div|rem)\.", ptx)

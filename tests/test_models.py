@@ -90,6 +90,53 @@ def test_folded_input_batch_norm_trains_like_the_batch_norm(channels_last):
     assert not torch.equal(plain(x[0]), fold(x[0]))  # training: the folded path (it rounds differently)
 
 
+@pytest.mark.parametrize("fold", [False, True])
+@pytest.mark.parametrize("pad_to", [4, 8])
+def test_conv1_pad_to_trains_like_the_unpadded_network(monkeypatch, fold, pad_to):
+    """conv1_pad_to: conv1 sees pad_to input channels (zeros appended to its input and weight), and in float64
+    two Adam steps give the unpadded network's logits, gradients and parameters, with the same parameters and
+    checkpoint keys; alone and with fold_input_bn."""
+    import copy
+
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    ref = create_model("paper_cnn", fold_input_bn=fold).double().to(memory_format=torch.channels_last)
+    padded = copy.deepcopy(ref)
+    padded.conv1_pad_to = pad_to
+    seen = []
+    conv2d = F.conv2d
+    monkeypatch.setattr(F, "conv2d", lambda x, w, *a: seen.append((x.shape[1], w.shape[1])) or conv2d(x, w, *a))
+    x = [b.contiguous(memory_format=torch.channels_last) for b in torch.randint(0, 256, (2, 8, 3, 24, 24)).double()]
+    y = torch.randint(0, 10, (2, 8))
+    opts = [torch.optim.Adam(m.parameters(), lr=1e-2) for m in (ref, padded)]
+    for step in range(2):
+        outs = []
+        for m, opt in zip((ref, padded), opts):
+            opt.zero_grad()
+            seen.clear()
+            logits = m(x[step])
+            F.cross_entropy(logits, y[step]).backward()
+            outs.append((logits.detach(), {n: p.grad.clone() for n, p in m.named_parameters()}, list(seen)))
+            opt.step()
+        (a, ga, seen_ref), (b, gb, seen_pad) = outs
+        assert (pad_to, pad_to) in seen_pad and (pad_to, pad_to) not in seen_ref  # conv1 ran padded
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+        for n in ga:
+            assert ga[n].shape == gb[n].shape
+            torch.testing.assert_close(ga[n], gb[n], rtol=1e-9, atol=1e-12, msg=f"gradient of {n}")
+    assert ref.state_dict().keys() == padded.state_dict().keys()
+    for (n, a), (_, b) in zip(ref.state_dict().items(), padded.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=n)
+
+
+@pytest.mark.parametrize("value", [2, 65, True, "4", 4.0])
+def test_conv1_pad_to_takes_a_channel_count(value):
+    with pytest.raises(BiasbenchError, match="conv1_pad_to must be 0"):
+        create_model("paper_cnn", conv1_pad_to=value)
+    assert create_model("paper_cnn", conv1_pad_to=0).conv1_pad_to == 0
+
+
 def test_fold_input_bn_takes_only_a_boolean():
     with pytest.raises(BiasbenchError, match="fold_input_bn must be true or false"):
         create_model("paper_cnn", fold_input_bn="maybe")

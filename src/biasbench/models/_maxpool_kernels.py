@@ -20,8 +20,23 @@ def _block_coords(BLOCK_SIZE: tl.constexpr, total, C: tl.constexpr, H: tl.conste
 
 
 @triton.jit
-def forward_kernel(x_ptr, out_ptr, off_ptr, total, C: tl.constexpr, H: tl.constexpr, W: tl.constexpr,
-                   OH: tl.constexpr, OW: tl.constexpr, BLOCK_SIZE: tl.constexpr):
+def _rounded(v, DTYPE: tl.constexpr):
+    """float32 ``v`` converted to ``DTYPE``, bfloat16 rounded to nearest even by hand: what the GPU's conversion
+    does, and what Triton's CPU interpreter (which truncates) would not, so the tests check the GPU's numbers."""
+    if DTYPE == tl.bfloat16:
+        bits = v.to(tl.uint32, bitcast=True)
+        bits = bits + 0x7FFF + ((bits >> 16) & 1)
+        return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return v.to(DTYPE)
+
+
+@triton.jit
+def forward_kernel(x_ptr, a_ptr, out_ptr, off_ptr, total, C: tl.constexpr, H: tl.constexpr, W: tl.constexpr,
+                   OH: tl.constexpr, OW: tl.constexpr, HAS_ADDEND: tl.constexpr, A_SC: tl.constexpr,
+                   A_SH: tl.constexpr, A_SW: tl.constexpr, BLOCK_SIZE: tl.constexpr):
+    """Max-pool of ``x + a`` where ``HAS_ADDEND`` (``a`` broadcast over the batch, element ``(c, h, w)`` at
+    ``c * A_SC + h * A_SH + w * A_SW``; the sum is rounded to x's dtype, as PyTorch's add rounds it), else of x."""
     idx, live, n, c, oh, ow = _block_coords(BLOCK_SIZE, total, C, OH, OW)
     best = tl.full((BLOCK_SIZE,), float("-inf"), tl.float32)
     # the window's first element inside the image: row 2oh-1 is outside only for oh = 0, likewise columns
@@ -32,6 +47,9 @@ def forward_kernel(x_ptr, out_ptr, off_ptr, total, C: tl.constexpr, H: tl.conste
             w = 2 * ow - 1 + kw
             inside = live & (h >= 0) & (h < H) & (w >= 0) & (w < W)
             v = tl.load(x_ptr + ((n * H + h) * W + w) * C + c, mask=inside, other=float("-inf")).to(tl.float32)
+            if HAS_ADDEND:
+                a = tl.load(a_ptr + c * A_SC + h * A_SH + w * A_SW, mask=inside, other=0.0).to(tl.float32)
+                v = _rounded(v + a, x_ptr.dtype.element_ty).to(tl.float32)
             take = inside & ((v > best) | (v != v))
             best = tl.where(take, v, best)
             off = tl.where(take, kh * 3 + kw, off)
@@ -55,11 +73,4 @@ def backward_kernel(g_ptr, off_ptr, gin_ptr, total, C: tl.constexpr, H: tl.const
             want = (h - (2 * oh - 1)) * 3 + (w - (2 * ow - 1))
             hit = ok & (tl.load(off_ptr + o, mask=ok, other=255).to(tl.int32) == want)
             acc = tl.where(hit, acc + tl.load(g_ptr + o, mask=hit, other=0.0).to(tl.float32), acc)
-    if gin_ptr.dtype.element_ty == tl.bfloat16:
-        # round to nearest even by hand: what the GPU's conversion does, and what Triton's CPU interpreter
-        # (which truncates) would not, so the tests check the GPU's numbers
-        bits = acc.to(tl.uint32, bitcast=True)
-        bits = bits + 0x7FFF + ((bits >> 16) & 1)
-        tl.store(gin_ptr + idx, (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=live)
-    else:
-        tl.store(gin_ptr + idx, acc.to(gin_ptr.dtype.element_ty), mask=live)
+    tl.store(gin_ptr + idx, _rounded(acc, gin_ptr.dtype.element_ty), mask=live)

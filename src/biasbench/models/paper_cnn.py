@@ -27,6 +27,14 @@ batch norm's output, which exists only to train gamma and beta (on an H100 conv1
 about 0.3 ms of a 2.46 ms step). Running statistics are updated as ``nn.BatchNorm2d`` updates them;
 evaluation uses the ordinary path.
 
+``conv1_pad_to=4`` (or 8; off by default) appends zero channels to conv1's input and weight before the
+convolution: the same sums in real arithmetic (every added product is an exact zero), so it changes only the
+kernels cuDNN may pick. Tensor-core convolution kernels are built for channel counts that are multiples of 4
+or 8 (compilers such as TVM pad to them for this reason); at 3 channels conv1 ran cuDNN's generic NHWC engine
+(0.32 ms forward, 0.53 ms backward of a 2.46 ms step on an H100). Whether padding buys a faster kernel is
+what ``benchmarks/train.py --options pad4,pad8`` measures. Not bit for bit (another kernel adds in another
+order), so not the default. Parameters and checkpoints are unchanged.
+
 ``pool_kernel="triton"`` (off by default) runs the max-pool through :mod:`biasbench.models.maxpool` on CUDA:
 the same numbers bit for bit, without the int64 indices of PyTorch's NHWC kernels (0.72 ms of the 2.46 ms
 step on an H100).
@@ -50,7 +58,7 @@ class PaperCNN(nn.Module):
     feature_dims = {"pooled2": 32, "pooled4": 64, "before_logits": 64}
 
     def __init__(self, num_classes: int = 10, in_chans: int = 3, width: int = 32, drop_rate: float = 0.0,
-                 fold_input_bn: bool = False, pool_kernel: str = "torch"):
+                 fold_input_bn: bool = False, pool_kernel: str = "torch", conv1_pad_to: int = 0):
         super().__init__()
         self.drop_rate = float(drop_rate)  # not in the paper (0): dropout before the classifier, for progressive runs
         if not isinstance(fold_input_bn, bool):
@@ -59,6 +67,11 @@ class PaperCNN(nn.Module):
         if pool_kernel not in POOL_KERNELS:
             raise BiasbenchError(f"pool_kernel must be one of {', '.join(POOL_KERNELS)}, not {pool_kernel!r}")
         self.pool_kernel = pool_kernel
+        if isinstance(conv1_pad_to, bool) or not isinstance(conv1_pad_to, int) or (
+                conv1_pad_to and not in_chans <= conv1_pad_to <= 64):
+            raise BiasbenchError(f"conv1_pad_to must be 0 (off) or a channel count from {in_chans} to 64, "
+                                 f"not {conv1_pad_to!r}")
+        self.conv1_pad_to = conv1_pad_to
         w = width
         self.input_bn = nn.BatchNorm2d(in_chans)
         self.conv1 = nn.Conv2d(in_chans, w, 5, 1, 2)
@@ -70,7 +83,7 @@ class PaperCNN(nn.Module):
         self.feature_dims = {"pooled2": w, "pooled4": 2 * w, "before_logits": 2 * w}
 
     def forward_features(self, x: torch.Tensor, names=("pooled2", "pooled4")):
-        x = F.relu(self._pool(self._conv1_of_input(x)))  # = pool1(relu(conv1(bn(x)))), see the module docstring
+        x = self._first_block(x)
         hidden = F.relu(self.conv2(x))
         x = F.relu(self.conv3(hidden))
         x = F.relu(self.conv4(x))
@@ -82,13 +95,24 @@ class PaperCNN(nn.Module):
         return logits, feats
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self._pool(self._conv1_of_input(x)))  # = pool1(relu(conv1(bn(x)))), see the module docstring
+        x = self._first_block(x)
         x = F.relu(self.conv2(x))
         x = F.relu(self.conv3(x))
         x = F.relu(self.conv4(x)).mean(dim=(2, 3))
         if self.drop_rate:
             x = F.dropout(x, self.drop_rate, self.training)
         return self.fc(x)
+
+    def _first_block(self, x: torch.Tensor) -> torch.Tensor:
+        """``relu(pool1(conv1(input_bn(x))))`` = the reference's ``pool1(relu(conv1(bn(x))))`` (module docstring).
+        With the Triton pool on a tensor it takes, conv1's bias (or ``fold_input_bn``'s border term) is added
+        inside the pool's forward kernel instead of by a kernel of its own over the 96x96 map: the same numbers."""
+        if self.pool_kernel == "triton":
+            from .maxpool import max_pool_3x3_s2, usable
+
+            if usable(x):
+                return F.relu(max_pool_3x3_s2(*self._conv1_parts(x, split_bias=True)))
+        return F.relu(self._pool(self._conv1_of_input(x)))
 
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
         """``pool1(x)``; with ``pool_kernel="triton"`` through :mod:`biasbench.models.maxpool` (the same numbers)."""
@@ -100,9 +124,21 @@ class PaperCNN(nn.Module):
 
     def _conv1_of_input(self, x: torch.Tensor) -> torch.Tensor:
         """``conv1(input_bn(x))``, with the batch norm folded into conv1 when ``fold_input_bn`` applies."""
+        out, addend = self._conv1_parts(x)
+        return out if addend is None else out + addend
+
+    def _conv1_parts(self, x: torch.Tensor, split_bias: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``conv1(input_bn(x))`` as ``(out, addend)`` with ``out + addend`` the map (``addend`` None: ``out`` is it).
+        ``split_bias``: the bias is left out of the convolution and returned as the addend, in out's dtype.
+        With ``fold_input_bn`` in training the addend is the folded border term, bias included."""
         bn = self.input_bn
+        conv = self.conv1
+        args = (conv.stride, conv.padding, conv.dilation, conv.groups)
         if not (self.fold_input_bn and self.training and bn.momentum is not None and not x.requires_grad):
-            return self.conv1(bn(x))
+            if not (split_bias or self.conv1_pad_to):
+                return conv(bn(x)), None
+            out = F.conv2d(*self._padded(bn(x), conv.weight), None if split_bias else conv.bias, *args)
+            return out, conv.bias.to(out.dtype) if split_bias else None
         with torch.no_grad():  # batch statistics and the running-statistics update, as nn.BatchNorm2d makes them
             var, mean = torch.var_mean(x.to(torch.promote_types(x.dtype, torch.float32)), dim=(0, 2, 3), unbiased=False)
             n = x.numel() // x.shape[1]
@@ -111,13 +147,19 @@ class PaperCNN(nn.Module):
             bn.num_batches_tracked.add_(1)
         scale = bn.weight * torch.rsqrt(var + bn.eps)  # a
         shift = bn.bias - scale * mean  # c
-        conv = self.conv1
         w = conv.weight
-        args = (conv.stride, conv.padding, conv.dilation, conv.groups)
-        out = F.conv2d(x, w * scale.view(1, -1, 1, 1), None, *args)
+        out = F.conv2d(*self._padded(x, w * scale.view(1, -1, 1, 1)), None, *args)
         ones = torch.ones_like(x[:1])  # in x's layout, so the broadcast add below reads both alike
         border = F.conv2d(ones * shift.view(1, -1, 1, 1), w, conv.bias, *args)  # (1, C, H, W): c through the padding
-        return out + border
+        return out, border
+
+    def _padded(self, x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, weight)`` with ``conv1_pad_to - C`` zero channels appended to both (layouts kept): the same
+        convolution in real arithmetic, which cuDNN may run with other kernels."""
+        k = self.conv1_pad_to - x.shape[1] if self.conv1_pad_to else 0
+        if k <= 0:
+            return x, weight
+        return F.pad(x, (0, 0, 0, 0, 0, k)), F.pad(weight, (0, 0, 0, 0, 0, k))
 
     def set_dropout(self, p: float) -> None:
         self.drop_rate = float(p)
