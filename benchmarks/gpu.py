@@ -10,7 +10,9 @@ in at most 10 minutes on one H100-class GPU):
    device time goes, per operator and kernel (anatomy.py), the first block's forms and layouts
    (firstblock.py), counterfactual audit (audit.py);
 2. the end-to-end wall time of ``biasbench sweep paper-table1 --scale full --seeds S`` (``--seed``, default 0)
-   with ``--fuse F`` (default auto: up to 8 runs per fused unit with ``--compile``, else unfused),
+   with ``--fuse F`` (default auto: up to 8 runs per fused unit with ``--compile``, else unfused), the paper
+   CNN options of ``--model-kwarg`` (or those ``--model-options measured`` picks from this call's train.py
+   ``--options`` and firstblock.py runs),
    ``--cuda-graphs G``, W units at a time in processes (``--workers``) or N in threads, one CUDA stream each
    (``--streams``), on the one GPU (local runner), then its report (Table 1 against the paper). Should the
    sweep fail with several streams, it is run again with one unit at a time, and should it fail with CUDA
@@ -21,7 +23,7 @@ in at most 10 minutes on one H100-class GPU):
                              [--cuda-graphs auto|measured|on|off]
                              [--compile [MODE]] [--no-bench-compile] [--train-only WORDS] [--train-options O]
                              [--scale full]
-                             [--seed S] [--trials N] [--model-kwarg KEY=VALUE]
+                             [--seed S] [--trials N] [--model-kwarg KEY=VALUE] [--model-options measured]
                              [--first rubi,lnl] [--sweep-dir D] [--data D] [--deadline S] [--archive]
                              [--no-report] [--skip-benchmarks] [--skip-sweep]
 
@@ -182,6 +184,45 @@ def streams_from_benchmark(path: Path, gain: float = 1.15) -> str:
     return choice
 
 
+def triton_pool_checked(path: Path) -> bool:
+    """Whether firstblock.py's check lines say the Triton max-pool gave PyTorch's numbers bit for bit on this
+    device: every comparison "equal", and in the network step as many gradients equal to the default pool's as
+    the default pool's two runs had between themselves (cuDNN's own run-to-run differences aside)."""
+    lines = path.read_text().splitlines() if path.is_file() else []
+    pool = [line for line in lines if line.startswith("triton pool")]
+    net = [line for line in lines if line.startswith("paper CNN step")]
+    if len(pool) != 2 or len(net) != 1 or any("DIFFERENT" in line or "not usable" in line for line in pool):
+        return False
+    counts = [int(n) for n in re.findall(r"(\d+) of \d+ gradients equal", net[0])]
+    return len(counts) == 2 and counts[1] >= counts[0] and net[0].count("logits equal") == 2
+
+
+def options_from_benchmark(out: Path, gain: float = 1.03) -> list[str]:
+    """``--model-options measured``: the paper CNN options (train.py ``--options`` words) whose captured loop in
+    this call's train.py was fastest, as ``--model-kwarg`` items, if at least ``gain`` x the captured loop
+    without options; options with the Triton pool only if firstblock.py's check passed (:func:`triton_pool_checked`).
+    None (an empty list) otherwise."""
+    from train import OPTIONS  # benchmarks/train.py
+
+    base = "bf16 + channels_last + graphs"
+    loops = {label: float(nums[1].replace(",", "")) for label, nums in table_rows(out / "train.txt")
+             if len(nums) == 3 and label.startswith(base)}
+    triton_ok = triton_pool_checked(out / "firstblock.txt")
+    options = {label[len(base) + 3:]: rate for label, rate in loops.items()
+               if label.startswith(base + " + ") and (triton_ok or "triton" not in label)}
+    if base not in loops or not options:
+        print(f"--model-options measured: {'no options measured' if base in loops else 'no ' + base + ' row'} "
+              f"(triton pool check {'passed' if triton_ok else 'failed or missing'}); none", flush=True)
+        return []
+    best = max(options, key=options.get)
+    ratio = options[best] / loops[base]
+    chosen = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for w in best.split("+")
+              for k, v in OPTIONS[w].items()] if ratio >= gain else []
+    print(f"--model-options measured: triton pool check {'passed' if triton_ok else 'failed or missing'}; best "
+          f"{best} at {ratio:.2f}x the captured loop without options -> {' '.join(chosen) or 'none'}", flush=True)
+    return chosen
+
+
 def count_finished(sweep: Path) -> tuple[int, int]:
     try:
         trials = json.loads((sweep / "sweep.json").read_text())["trials"]
@@ -240,6 +281,10 @@ def main() -> None:
     ap.add_argument("--first", default=None, help="comma-separated methods whose trials run first")
     ap.add_argument("--model-kwarg", action="append", default=[], metavar="KEY=VALUE",
                     help="a model option for every trial of the sweep (e.g. pool_kernel=triton); repeatable")
+    ap.add_argument("--model-options", default=None, choices=("measured",),
+                    help="measured: add the --train-options combination whose captured loop was fastest in this "
+                         "call's train benchmark (at least 1.03x none; the Triton pool only if firstblock's "
+                         "bit-for-bit check passed) to --model-kwarg")
     ap.add_argument("--sweep-dir", default=None, help="the sweep folder (default OUT/sweep)")
     ap.add_argument("--data", default=None, help="the datasets folder (default OUT/data)")
     ap.add_argument("--deadline", type=float, default=None, help="end the script within this many seconds")
@@ -281,6 +326,8 @@ def main() -> None:
         args.streams = streams_from_benchmark(out / "streams.txt")
     if args.fuse == "measured":
         args.fuse = fuse_from_benchmark(out / "fused.txt", args.cuda_graphs == "on")
+    if args.model_options == "measured":
+        args.model_kwarg += options_from_benchmark(out)
     sweep = Path(args.sweep_dir) if args.sweep_dir else out / "sweep"
     report = sweep / "report" if args.archive else out / "report"
     path = sweep_file(args, out)

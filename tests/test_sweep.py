@@ -254,6 +254,47 @@ def test_stream_threads_match_sequential(tmp_path):
     assert [r["status"] for r in again] == ["skipped"] * 4
 
 
+def test_stream_threads_run_costly_units_beside_cheap_ones(monkeypatch):
+    """BalancedUnits: two-network trials (LfF, LNL: step_cost 2) are handed out beside cheap ones, at most
+    slots // 2 at a time while cheap ones are left, each kind in its given order; in run_threads two LfF trials
+    never run at once with two threads."""
+    import time
+
+    from biasbench.config import DatasetSettings
+    from biasbench.sweep import runners
+    from biasbench.sweep.spec import Trial
+
+    def unit(method, i=0):
+        return [Trial(f"{method}-{i}", DatasetSettings(), {"method": method})]
+
+    units = [unit("lff"), unit("lnl", 1), unit("lnl", 2), unit("stdm"), unit("sd"), unit("upweight")]
+    assert [runners.unit_cost(u) for u in units] == [2, 2, 2, 1, 1, 1]
+    jobs = runners.BalancedUnits(units, slots=4)
+    taken = [jobs.take() for _ in range(4)]
+    assert [(u[0].trial_id, costly) for u, costly in taken] == [
+        ("lff-0", True), ("lnl-1", True), ("stdm-0", False), ("sd-0", False)]
+    jobs.done(False)
+    assert jobs.take()[0][0].trial_id == "upweight-0"  # two costly still run: a cheap one while any is left
+    assert jobs.take()[0][0].trial_id == "lnl-2"  # no cheap one left: the costly one rather than an idle thread
+    assert jobs.take() is None
+
+    spans = []
+
+    def fake_run_unit(unit, *args):
+        t0 = time.perf_counter()
+        time.sleep(0.05)
+        spans.append((unit[0]["config"]["method"], t0, time.perf_counter()))
+        return [{"trial_id": unit[0]["trial_id"], "run_id": "r", "status": "finished", "test_accuracy": 0.0}]
+
+    monkeypatch.setattr(runners, "run_unit", fake_run_unit)
+    monkeypatch.setattr(runners, "ensure_dataset", lambda *a: None)
+    work = [unit("lff", 0), unit("lff", 1), unit("stdm", 0), unit("stdm", 1)]
+    res = runners.run_threads(work, "d", "o", "none", "cpu", 2, lambda s: None)
+    assert len(res) == 4
+    (_, a0, a1), (_, b0, b1) = [s for s in spans if s[0] == "lff"]
+    assert a1 <= b0 or b1 <= a0  # the two LfF trials ran one after the other, each beside a StdM one
+
+
 def test_stream_threads_refuse_what_they_cannot_run(tmp_path):
     trials = expand(load_spec(_write(tmp_path, MICRO)))
     with pytest.raises(BiasbenchError, match="--workers 1"):

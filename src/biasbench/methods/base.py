@@ -79,6 +79,11 @@ class Method(ABC):
     group_with_label = False
     """Bias-label methods: whether groups are (bias value(s), class) rather than bias value(s) alone."""
 
+    step_cost = 1.0
+    """GPU time of one training step relative to one network's forward, backward and optimizer step (StdM's).
+    Two-network or two-pass methods are 2: captured on an H100 they train at 24k images/s against 48-50k for
+    the others (``docs/benchmarks.md``). ``sweep --streams`` balances costly and cheap trials with it."""
+
     phases: tuple[tuple[str, tuple[str, ...] | None], ...] = (("loss", None),)
     """The update: per phase the name of a loss function and the optimizers it steps (None: all). Every
     gradient is cleared before each phase's backward."""

@@ -32,6 +32,7 @@ def gce_loss(logits: torch.Tensor, y: torch.Tensor, q: float) -> torch.Tensor:
 class LfF(Method):
     name = "lff"
     uses_bias_labels = False
+    step_cost = 2.0  # two networks trained side by side
     default_hparams = {"q": 0.5, "ema": 0.7}
     tensor_names = ("ema_main", "ema_biased", "seen")
 

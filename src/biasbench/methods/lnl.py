@@ -26,6 +26,7 @@ from .registry import register_method
 @register_method
 class LNL(Method):
     name = "lnl"
+    step_cost = 2.0  # the main step, then the bias predictor's: two backward passes
     uses_bias_labels = True
     group_with_label = False
     default_hparams = {"entropy_weight": 0.01, "grad_mult": -0.1, "feature": "pooled2", "hidden": 32}

@@ -96,6 +96,44 @@ def shared_rng_users(trials: list[Trial]) -> list[str]:
     return [t.trial_id for t in trials if t.train_config("-").random_masks()]
 
 
+def unit_cost(unit: list[Trial]) -> float:
+    """GPU time of one training step of ``unit`` relative to StdM's: its trials' methods' ``step_cost`` summed."""
+    from ..methods import get_method_class
+
+    return sum(get_method_class(t.config.get("method", "stdm")).step_cost for t in unit)
+
+
+class BalancedUnits:
+    """The units for :func:`run_threads`, handed out so that costly ones (cost above 1: two-network methods,
+    fused groups) run beside cheap ones rather than beside each other: a thread takes a costly unit while fewer
+    than ``max(1, slots // 2)`` run, else a cheap one, and whichever kind is left once the other runs out. Each
+    kind keeps the given order. Why: on an H100 three threads running LfF, SD and StdM together reached 1.7x one
+    captured network's images/s, while four alike trials reached 1.07-1.14x (``docs/benchmarks.md``)."""
+
+    def __init__(self, units: list[list[Trial]], slots: int):
+        self._queues = {True: [], False: []}
+        for unit in units:
+            self._queues[unit_cost(unit) > 1].append(unit)
+        self._max_costly = max(1, slots // 2)
+        self._costly_running = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> tuple[list[Trial], bool] | None:
+        """The next unit and whether it is costly (to hand back to :meth:`done`), or None when none are left."""
+        with self._lock:
+            costly = self._costly_running < self._max_costly
+            if not self._queues[costly]:
+                costly = not costly
+            if not self._queues[costly]:
+                return None
+            self._costly_running += costly
+            return self._queues[costly].pop(0), costly
+
+    def done(self, costly: bool) -> None:
+        with self._lock:
+            self._costly_running -= costly
+
+
 def run_threads(units: list[list[Trial]], data_root: str, out: str, tracker: str, device: str, streams: int,
                 log: Callable[[str], None], compile_model: bool | str = False,
                 cuda_graphs: bool | str = False) -> list[dict]:
@@ -104,7 +142,8 @@ def run_threads(units: list[list[Trial]], data_root: str, out: str, tracker: str
     step costs the host only a replay call, so the threads do not wait on each other for the GIL). Records
     equal those of one trial after another: the one use of the process-wide generator, model initialisation,
     is serialised (:data:`biasbench.train.loop.GLOBAL_RNG_LOCK`) and everything else has its own generator;
-    trials with random masks (dropout) are refused (:func:`shared_rng_users`). Datasets are made first, in
+    trials with random masks (dropout) are refused (:func:`shared_rng_users`). Units are handed out by
+    :class:`BalancedUnits` (costly trials beside cheap ones). Datasets are made first, in
     this thread. A failing unit stops the hand-out of new ones; the units already running finish, then the
     error is raised. On a CPU the threads share the cores: no faster than one at a time (a check of the runner)."""
     import torch
@@ -115,9 +154,7 @@ def run_threads(units: list[list[Trial]], data_root: str, out: str, tracker: str
     for ds in {json.dumps(t.dataset.to_dict(), sort_keys=True): t.dataset for u in units for t in u}.values():
         ensure_dataset(data_root, ds)  # before the threads: two trials must not render one dataset at once
     progress = Progress([len(u) for u in units], log, streams)
-    jobs: queue.Queue = queue.Queue()
-    for unit in units:
-        jobs.put([t.to_dict() for t in unit])
+    jobs = BalancedUnits(units, min(streams, len(units)))
     done: queue.Queue = queue.Queue()
     stop = threading.Event()
 
@@ -129,15 +166,18 @@ def run_threads(units: list[list[Trial]], data_root: str, out: str, tracker: str
     def worker(stream):
         with torch.cuda.stream(stream) if stream is not None else nullcontext():
             while not stop.is_set():
-                try:
-                    unit = jobs.get_nowait()
-                except queue.Empty:
+                job = jobs.take()
+                if job is None:
                     return
+                unit, costly = job
                 try:
-                    done.put((run_unit(unit, data_root, out, tracker, device, compile_model, cuda_graphs), None))
+                    done.put((run_unit([t.to_dict() for t in unit], data_root, out, tracker, device, compile_model,
+                                       cuda_graphs), None))
                 except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which raises it
                     stop.set()
                     done.put((None, exc))
+                finally:
+                    jobs.done(costly)
 
     threads = [threading.Thread(target=worker, args=(own[i],), name=f"biasbench-stream-{i}", daemon=True)
                for i in range(n)]
