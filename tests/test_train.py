@@ -194,3 +194,34 @@ def test_prep_images_converts_once_in_the_asked_layout():
     assert cl.dtype == torch.float32 and cl.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(cl, x.float()) and torch.equal(prep_images(x, False), x.float())
     assert prep_images(x, False).is_contiguous()
+
+
+def test_load_splits_renders_a_dataset_once_per_process(tmp_path, monkeypatch):
+    """The trials of a sweep share one rendering per dataset and device; a dataset made again (changed files)
+    is rendered again, and loading another dataset drops the first."""
+    import shutil
+
+    import torch
+
+    from biasbench.config import DatasetSettings
+    from biasbench.data.biased_mnist import generate
+    from biasbench.train import loop
+
+    from .conftest import TINY
+
+    renders = []
+    render = loop._render_splits
+    monkeypatch.setattr(loop, "_render_splits", lambda *a: renders.append(a[0]) or render(*a))
+    a, b = tmp_path / "a", tmp_path / "b"
+    generate(a, DatasetSettings(**TINY))
+    generate(b, DatasetSettings(**{**TINY, "seed": 5}))
+    cpu = torch.device("cpu")
+    first = loop.load_splits(str(a), cpu)
+    assert loop.load_splits(str(a), "cpu") is first and len(renders) == 1  # the same tensors, not rendered again
+    other = loop.load_splits(str(b), cpu)
+    assert not torch.equal(other["train"].images, first["train"].images) and len(renders) == 2
+    assert len([k for k in loop._SPLITS_CACHE if k[-1] == "cpu"]) == 1  # one dataset per device is kept
+    shutil.rmtree(a)
+    generate(a, DatasetSettings(**{**TINY, "seed": 6}))  # the same folder made again
+    again = loop.load_splits(str(a), cpu)
+    assert len(renders) == 3 and not torch.equal(again["train"].images, first["train"].images)
