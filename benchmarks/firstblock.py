@@ -13,6 +13,8 @@ output and conv1 weight gradient are from the current form's (the same function;
 - ``cl conv, nchw pool``: conv1 channels-last, its 96x96 output copied to the default layout for the max-pool;
 - ``cl, triton pool``: the max-pool through :mod:`biasbench.models.maxpool` with conv1's bias added inside it
   (``pool_kernel``; on the CPU, where Triton does not run, it is PyTorch's);
+- ``cl, triton conv``: conv1 and the Triton pool as one function (``pool_kernel="triton_conv"``); with the fold
+  its backward computes conv1's weight gradient inside the pool's kernel (:mod:`biasbench.models.conv_pool`);
 - ``cl, pad 4`` and ``cl, pad 8``: conv1's input and weight padded with zero channels to 4 or 8
   (``conv1_pad_to``: may let cuDNN take other kernels), also with the Triton pool;
 - ``... + fold``: the input batch norm folded into conv1 (``fold_input_bn``, ``docs/models.md``);
@@ -91,7 +93,49 @@ def check_triton_pool(dev, size: int, batch: int) -> list[str]:
                  f"{_word(torch.equal(u.grad, ref_grad))}, bias gradient "
                  f"{_word(torch.equal(b.grad, ref_grad.sum((0, 2, 3))))}")
     lines.append(_check_in_the_network(dev, size, batch))
+    lines.append(check_conv_pool(dev, size, batch))
     return lines
+
+
+CONV_POOL_TOLERANCE = 1e-4
+"""The fused backward's float32 weight gradient is the float64 sum below up to float32 accumulation (about
+1e-6 relative); a relative difference (norm of the difference over the norm) above this is a fault."""
+
+
+def check_conv_pool(dev, size: int, batch: int) -> str:
+    """One line: how far :mod:`biasbench.models.conv_pool`'s fused backward (conv1's weight gradient computed in
+    the pool's kernel, float32 before its rounding to bf16; bf16 inputs, input without a gradient: the folded
+    batch norm's case) and cuDNN's bf16 weight gradient of the unfused path are from the float64 sum of input x
+    the pooled map's input gradient as the unfused path stores it, as the norm of the difference over the norm;
+    "ok" when the fused one is below :data:`CONV_POOL_TOLERANCE`."""
+    from biasbench.models import conv_pool, maxpool
+
+    torch.manual_seed(0)
+    x = (torch.rand(batch, 3, size, size, device=dev) * 255).round().to(torch.bfloat16)
+    x = x.contiguous(memory_format=torch.channels_last)
+    w0 = (torch.randn(32, 3, 5, 5, device=dev) * 0.01).to(torch.bfloat16)
+    bias = torch.randn(32, device=dev).to(torch.bfloat16)
+    if not conv_pool.usable(x, w0):
+        return "fused conv backward: not usable here (needs CUDA, or TRITON_INTERPRET=1)"
+    conv = (F.conv2d(x, w0, None, 1, 2) + bias.view(1, -1, 1, 1)).contiguous(memory_format=torch.channels_last)
+    g = torch.randn(batch, 32, (size - 1) // 2 + 1, (size - 1) // 2 + 1, device=dev).to(torch.bfloat16)
+    g = g.contiguous(memory_format=torch.channels_last)
+    t = conv.float().requires_grad_(True)
+    F.max_pool2d(t, 3, 2, 1).backward(g.float())
+    wd = w0.double().requires_grad_(True)
+    F.conv2d(x.double(), wd, None, 1, 2).backward(t.grad.to(torch.bfloat16).double())
+    exact = wd.grad
+
+    def rel(grad: torch.Tensor) -> float:
+        return ((grad.double() - exact).norm() / exact.norm()).item()
+
+    w = w0.clone().requires_grad_(True)
+    F.max_pool2d(F.conv2d(x, w, bias, 1, 2), 3, 2, 1).backward(g)
+    _, off = maxpool.pool_forward(F.conv2d(x, w0, None, 1, 2), bias)
+    fused = rel(conv_pool.conv_weight_grad(g, off, x, 5)[0])  # float32, before the gradient's bf16 rounding
+    return (f"fused conv backward (triton_conv), its float32 weight gradient against the float64 sum: relative "
+            f"difference {fused:.2e} (cuDNN's bf16 one: {rel(w.grad):.2e}) "
+            f"({'ok' if fused < CONV_POOL_TOLERANCE else 'TOO LARGE'})")
 
 
 def _check_in_the_network(dev, size: int, batch: int) -> str:
@@ -149,6 +193,7 @@ def main() -> None:
                      ("nchw" + tag, model(False), x, {"out_cl": True}),
                      ("cl conv, nchw pool" + tag, m_cl, x_cl, {"pool_nchw": True, "out_cl": True}),
                      ("cl, triton pool" + tag, model(pool_kernel="triton"), x_cl, {})]
+        variants.append(("cl, triton conv" + tag, model(pool_kernel="triton_conv"), x_cl, {}))
         for pad in (4, 8):
             variants += [(f"cl, pad {pad}" + tag, model(conv1_pad_to=pad), x_cl, {}),
                          (f"cl, pad {pad}, triton pool" + tag, model(conv1_pad_to=pad, pool_kernel="triton"), x_cl, {})]

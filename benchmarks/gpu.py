@@ -197,10 +197,17 @@ def triton_pool_checked(path: Path) -> bool:
     return len(counts) == 2 and counts[1] >= counts[0] and net[0].count("logits equal") == 2
 
 
+def conv_pool_checked(path: Path) -> bool:
+    """Whether firstblock.py's fused-conv-backward line says its weight gradient was within tolerance of cuDNN's."""
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return any(line.startswith("fused conv backward") and line.rstrip().endswith("(ok)") for line in lines)
+
+
 def options_from_benchmark(out: Path, gain: float = 1.03) -> list[str]:
     """``--model-options measured``: the paper CNN options (train.py ``--options`` words) whose captured loop in
     this call's train.py was fastest, as ``--model-kwarg`` items, if at least ``gain`` x the captured loop
-    without options; options with the Triton pool only if firstblock.py's check passed (:func:`triton_pool_checked`).
+    without options; options with the Triton pool only if firstblock.py's check passed (:func:`triton_pool_checked`),
+    with ``tconv`` only if the fused backward's check passed too (:func:`conv_pool_checked`).
     None (an empty list) otherwise."""
     from train import OPTIONS  # benchmarks/train.py
 
@@ -208,8 +215,14 @@ def options_from_benchmark(out: Path, gain: float = 1.03) -> list[str]:
     loops = {label: float(nums[1].replace(",", "")) for label, nums in table_rows(out / "train.txt")
              if len(nums) == 3 and label.startswith(base)}
     triton_ok = triton_pool_checked(out / "firstblock.txt")
+    tconv_ok = triton_ok and conv_pool_checked(out / "firstblock.txt")
+
+    def checked(opt: str) -> bool:
+        words = opt.split("+")
+        return ("triton" not in words or triton_ok) and ("tconv" not in words or tconv_ok)
+
     options = {label[len(base) + 3:]: rate for label, rate in loops.items()
-               if label.startswith(base + " + ") and (triton_ok or "triton" not in label)}
+               if label.startswith(base + " + ") and checked(label[len(base) + 3:])}
     if base not in loops or not options:
         print(f"--model-options measured: {'no options measured' if base in loops else 'no ' + base + ' row'} "
               f"(triton pool check {'passed' if triton_ok else 'failed or missing'}); none", flush=True)
@@ -218,7 +231,8 @@ def options_from_benchmark(out: Path, gain: float = 1.03) -> list[str]:
     ratio = options[best] / loops[base]
     chosen = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for w in best.split("+")
               for k, v in OPTIONS[w].items()] if ratio >= gain else []
-    print(f"--model-options measured: triton pool check {'passed' if triton_ok else 'failed or missing'}; best "
+    print(f"--model-options measured: triton pool check {'passed' if triton_ok else 'failed or missing'}, fused "
+          f"conv check {'passed' if tconv_ok else 'failed or missing'}; best "
           f"{best} at {ratio:.2f}x the captured loop without options -> {' '.join(chosen) or 'none'}", flush=True)
     return chosen
 

@@ -12,7 +12,8 @@ our graphs too); on the CPU fp32 eager (plus compiled with ``--compile``). ``--o
 configurations whose labels contain one of the comma-separated words (e.g. ``--only graphs``).
 ``--options`` adds each configuration again with paper CNN options (:class:`biasbench.models.paper_cnn.PaperCNN`):
 ``fold`` (the input batch norm folded into conv1), ``triton`` (the Triton max-pool with conv1's bias inside,
-CUDA only), ``pad4`` / ``pad8`` (conv1's input padded with zero channels to 4 or 8), joined with ``+`` to
+CUDA only), ``tconv`` (``pool_kernel=triton_conv``: with ``fold``, conv1's weight gradient inside the pool's
+backward kernel), ``pad4`` / ``pad8`` (conv1's input padded with zero channels to 4 or 8), joined with ``+`` to
 combine (``fold+triton+pad8``). Prints images/s per configuration and the loop / bare ratio.
 """
 from __future__ import annotations
@@ -34,8 +35,8 @@ from biasbench.train.optim import optimizer_factory
 from common import device_name, pick_device  # benchmarks/common.py (scripts run from benchmarks/)
 
 
-OPTIONS = {"fold": {"fold_input_bn": True}, "triton": {"pool_kernel": "triton"}, "pad4": {"conv1_pad_to": 4},
-           "pad8": {"conv1_pad_to": 8}}
+OPTIONS = {"fold": {"fold_input_bn": True}, "triton": {"pool_kernel": "triton"},
+           "tconv": {"pool_kernel": "triton_conv"}, "pad4": {"conv1_pad_to": 4}, "pad8": {"conv1_pad_to": 8}}
 """``--options`` words: paper CNN keyword arguments."""
 
 
@@ -115,7 +116,8 @@ def main() -> None:
                          "(CUDA graphs)")
     ap.add_argument("--options", default="",
                     help="comma-separated paper CNN options to measure every configuration with too: fold "
-                         "(input batch norm folded into conv1), triton (Triton max-pool), pad4 or pad8 (conv1's "
+                         "(input batch norm folded into conv1), triton (Triton max-pool), tconv (Triton max-pool "
+                         "and conv1's weight gradient in one kernel), pad4 or pad8 (conv1's "
                          "input padded to 4 or 8 channels); join with + to combine, e.g. fold+triton+pad8")
     ap.add_argument("--only", default=None, help="comma-separated words: keep configurations whose labels hold one")
     args = ap.parse_args()

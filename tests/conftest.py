@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny Biased MNIST (8-px cells, 24x24 images) generated once per session."""
+"""Shared fixtures: a tiny Biased MNIST (8-px cells, 24x24 images) generated once per session; Triton's CPU
+interpreter for the GPU kernels' tests."""
 from __future__ import annotations
 
 import os
@@ -18,3 +19,23 @@ def tiny_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny") / "ds"
     generate(root, DatasetSettings(**TINY))
     return root
+
+
+@pytest.fixture
+def interpreted(monkeypatch):
+    """Triton's interpreter on: the kernels' module is imported afresh, as Triton reads the setting when a
+    kernel is defined."""
+    import sys
+
+    from biasbench.models import maxpool
+
+    def fresh():
+        sys.modules.pop("biasbench.models._maxpool_kernels", None)
+        maxpool._kernels.cache_clear()
+        if hasattr(sys.modules["biasbench.models"], "_maxpool_kernels"):
+            delattr(sys.modules["biasbench.models"], "_maxpool_kernels")
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    fresh()
+    yield
+    fresh()

@@ -10,24 +10,6 @@ import triton  # installed with torch's Linux wheels, where CI runs
 from biasbench.models import maxpool
 
 
-@pytest.fixture
-def interpreted(monkeypatch):
-    """Triton's interpreter on: the kernels' module is imported afresh, as Triton reads the setting when a
-    kernel is defined."""
-    import sys
-
-    def fresh():
-        sys.modules.pop("biasbench.models._maxpool_kernels", None)
-        maxpool._kernels.cache_clear()
-        if hasattr(sys.modules["biasbench.models"], "_maxpool_kernels"):
-            delattr(sys.modules["biasbench.models"], "_maxpool_kernels")
-
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    fresh()
-    yield
-    fresh()
-
-
 def _reference(x, g):
     """F.max_pool2d's output, and its input gradient as CUDA computes it: summed in float32 and rounded once
     (the CPU's bfloat16 kernel rounds after every addition, CUDA's accumulates in float32)."""

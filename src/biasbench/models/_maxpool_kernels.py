@@ -74,3 +74,66 @@ def backward_kernel(g_ptr, off_ptr, gin_ptr, total, C: tl.constexpr, H: tl.const
             hit = ok & (tl.load(off_ptr + o, mask=ok, other=255).to(tl.int32) == want)
             acc = tl.where(hit, acc + tl.load(g_ptr + o, mask=hit, other=0.0).to(tl.float32), acc)
     tl.store(gin_ptr + idx, _rounded(acc, gin_ptr.dtype.element_ty), mask=live)
+
+
+@triton.jit
+def conv_weight_kernel(g_ptr, off_ptr, x_ptr, dw_ptr, dmap_ptr, N, C: tl.constexpr, H: tl.constexpr,
+                       W: tl.constexpr, OH: tl.constexpr, OW: tl.constexpr, CI: tl.constexpr, KS: tl.constexpr,
+                       PAD: tl.constexpr, K_PAD: tl.constexpr, BLOCK_M: tl.constexpr, N_PER: tl.constexpr,
+                       IEEE: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    """The max-pool's backward fused with the weight gradient of the stride-1 convolution before it.
+
+    Program ``(t, j)``: the conv output positions ``t * BLOCK_M ...`` (of H * W) and the images ``j * N_PER ...``.
+    Per image it forms the pool's input gradient G for its positions and all C channels as the backward kernel
+    does (same windows, same order, rounded to g's dtype), never writing it out, and accumulates
+
+        dw[k, co] += sum_p x[n, h_p + kh - PAD, w_p + kw - PAD, ci] * G[p, co],  k = (ci * KS + kh) * KS + kw
+
+    (one ``tl.dot`` of the im2col tile, zero outside the image and for k >= CI * KS * KS) and, per position,
+    ``dmap[p, co] += G[p, co]``. Writes its partial sums: ``dw_ptr[t, j]`` (K_PAD, C) and ``dmap_ptr[j, p]`` (C);
+    the caller sums them in a fixed order (deterministic). ``IEEE``: float32 operands, multiplied exactly (not as
+    TF32); ``UPCAST_DOT``: under Triton's CPU interpreter, bf16 operands converted to float32 first."""
+    t = tl.program_id(0)
+    j = tl.program_id(1)
+    p = t * BLOCK_M + tl.arange(0, BLOCK_M)
+    live_p = p < H * W
+    h = p // W
+    w = p % W
+    co = tl.arange(0, C)
+    k = tl.arange(0, K_PAD)
+    ci = k // (KS * KS)
+    kh = k // KS % KS
+    kw = k % KS
+    hh = h[:, None] + kh[None, :] - PAD
+    ww = w[:, None] + kw[None, :] - PAD
+    x_in = live_p[:, None] & (k < CI * KS * KS)[None, :] & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
+    x_rel = (hh * W + ww) * CI + ci[None, :]
+    acc_w = tl.full((K_PAD, C), 0.0, tl.float32)
+    acc_map = tl.full((BLOCK_M, C), 0.0, tl.float32)
+    for i in range(N_PER):
+        n = j * N_PER + i
+        live = live_p & (n < N)
+        gacc = tl.full((BLOCK_M, C), 0.0, tl.float32)
+        # the windows covering (h, w), in the backward kernel's order (see there)
+        for a in tl.static_range(2):
+            oh = h // 2 + a
+            row_ok = (oh <= (h + 1) // 2) & (oh < OH)
+            for b in tl.static_range(2):
+                ow = w // 2 + b
+                ok = live & row_ok & (ow <= (w + 1) // 2) & (ow < OW)
+                o = (((n * OH + oh) * OW + ow) * C)[:, None] + co[None, :]
+                want = ((h - (2 * oh - 1)) * 3 + (w - (2 * ow - 1)))[:, None]
+                hit = ok[:, None] & (tl.load(off_ptr + o, mask=ok[:, None], other=255).to(tl.int32) == want)
+                gacc = tl.where(hit, gacc + tl.load(g_ptr + o, mask=hit, other=0.0).to(tl.float32), gacc)
+        gq = _rounded(gacc, g_ptr.dtype.element_ty)  # the pool's input gradient as the unfused path stores it
+        acc_map += gq.to(tl.float32)
+        xv = tl.load(x_ptr + n * (H * W * CI) + x_rel, mask=x_in & (n < N), other=0.0).to(gq.dtype)
+        if IEEE:
+            acc_w += tl.dot(tl.trans(xv), gq, input_precision="ieee")
+        elif UPCAST_DOT:  # Triton's CPU interpreter: its dot multiplies bf16 operands' bits; the products are
+            # exact in float32 either way, so this is the tensor cores' arithmetic
+            acc_w += tl.dot(tl.trans(xv.to(tl.float32)), gq.to(tl.float32), input_precision="ieee")
+        else:
+            acc_w += tl.dot(tl.trans(xv), gq)
+    tl.store(dw_ptr + ((t * tl.num_programs(1) + j) * K_PAD + k[:, None]) * C + co[None, :], acc_w)
+    tl.store(dmap_ptr + (j * (H * W) + p[:, None]) * C + co[None, :], acc_map, mask=live_p[:, None])

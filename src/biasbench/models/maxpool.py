@@ -40,12 +40,11 @@ _LAUNCH_LOCK = threading.Lock()  # a first launch compiles; threads of ``sweep -
 
 @functools.lru_cache(maxsize=None)
 def _kernels():
-    """(forward, backward) kernels, imported on first use (through ``sys.modules``, so a test that drops the
-    module gets it defined afresh)."""
+    """The kernels' module (:mod:`biasbench.models._maxpool_kernels`), imported on first use (through
+    ``sys.modules``, so a test that drops the module gets it defined afresh)."""
     import importlib
 
-    k = importlib.import_module(f"{__package__}._maxpool_kernels")
-    return k.forward_kernel, k.backward_kernel
+    return importlib.import_module(f"{__package__}._maxpool_kernels")
 
 
 def triton_cdiv(a: int, b: int) -> int:
@@ -57,48 +56,69 @@ def _geometry(x: torch.Tensor) -> tuple[int, int, int, int, int]:
     return c, h, w, (h - 1) // 2 + 1, (w - 1) // 2 + 1
 
 
+def pool_forward(x: torch.Tensor, addend: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward kernel: ``(max_pool(x + addend), window offsets)``, both channels-last, the offsets uint8."""
+    c, h, w, oh, ow = _geometry(x)
+    shape = (x.shape[0], c, oh, ow)
+    out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    off = torch.empty(shape, dtype=torch.uint8, device=x.device, memory_format=torch.channels_last)
+    total = out.numel()
+    fwd = _kernels().forward_kernel
+    if addend is None:
+        a, strides = x, (0, 0, 0)  # a placeholder pointer, never read
+    else:
+        # (C,) -> (1, C, H, W) with zero strides over the map; a map keeps its own strides
+        a = addend.view(1, c, 1, 1).expand(1, c, h, w) if addend.dim() == 1 else addend
+        strides = a.stride()[1:]
+    with _LAUNCH_LOCK:
+        fwd[(triton_cdiv(total, BLOCK),)](x, a, out, off, total, c, h, w, oh, ow, addend is not None, *strides,
+                                           BLOCK_SIZE=BLOCK)
+    return out, off
+
+
+def pool_backward(grad: torch.Tensor, off: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """The backward kernel: the pool's input gradient (``shape``, channels-last) from the output gradient and
+    the forward's window offsets."""
+    c, h, w, oh, ow = _geometry(torch.empty(shape, device="meta"))
+    grad = grad.contiguous(memory_format=torch.channels_last)
+    gin = torch.empty(shape, dtype=grad.dtype, device=grad.device, memory_format=torch.channels_last)
+    total = gin.numel()
+    bwd = _kernels().backward_kernel
+    with _LAUNCH_LOCK:
+        bwd[(triton_cdiv(total, BLOCK),)](grad, off, gin, total, c, h, w, oh, ow, BLOCK_SIZE=BLOCK)
+    return gin
+
+
+def addend_grad(gin: torch.Tensor, addend_dim: int) -> torch.Tensor:
+    """The addend's gradient as PyTorch computes it from the pooled map's input gradient: conv's backward
+    reduces its output gradient to the bias's with ``sum((0, 2, 3))``, autograd's broadcasting add to a
+    (1, C, H, W) operand with ``sum_to_size``, a keepdim sum over the batch."""
+    return gin.sum((0, 2, 3)) if addend_dim == 1 else gin.sum(0, keepdim=True)
+
+
 class _TritonMaxPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, addend: torch.Tensor | None) -> torch.Tensor:
-        c, h, w, oh, ow = _geometry(x)
-        shape = (x.shape[0], c, oh, ow)
-        out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
-        off = torch.empty(shape, dtype=torch.uint8, device=x.device, memory_format=torch.channels_last)
-        total = out.numel()
-        fwd, _ = _kernels()
-        if addend is None:
-            a, strides = x, (0, 0, 0)  # a placeholder pointer, never read
-        else:
-            # (C,) -> (1, C, H, W) with zero strides over the map; a map keeps its own strides
-            a = addend.view(1, c, 1, 1).expand(1, c, h, w) if addend.dim() == 1 else addend
-            strides = a.stride()[1:]
-        with _LAUNCH_LOCK:
-            fwd[(triton_cdiv(total, BLOCK),)](x, a, out, off, total, c, h, w, oh, ow, addend is not None, *strides,
-                                               BLOCK_SIZE=BLOCK)
+        out, off = pool_forward(x, addend)
         ctx.save_for_backward(off)
-        ctx.geometry = (x.shape, c, h, w, oh, ow)
+        ctx.shape = x.shape
         ctx.addend_dim = None if addend is None else addend.dim()
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         (off,) = ctx.saved_tensors
-        shape, c, h, w, oh, ow = ctx.geometry
-        grad = grad.contiguous(memory_format=torch.channels_last)
-        gin = torch.empty(shape, dtype=grad.dtype, device=grad.device, memory_format=torch.channels_last)
-        total = gin.numel()
-        _, bwd = _kernels()
-        with _LAUNCH_LOCK:
-            bwd[(triton_cdiv(total, BLOCK),)](grad, off, gin, total, c, h, w, oh, ow, BLOCK_SIZE=BLOCK)
+        gin = pool_backward(grad, off, ctx.shape)
         if ctx.addend_dim is None or not ctx.needs_input_grad[1]:
             return gin, None
-        # conv's backward reduces its output gradient to the bias's this way; autograd's broadcasting add
-        # reduces to a (1, C, H, W) operand with sum_to_size, a keepdim sum over the batch
-        return gin, (gin.sum((0, 2, 3)) if ctx.addend_dim == 1 else gin.sum(0, keepdim=True))
+        return gin, addend_grad(gin, ctx.addend_dim)
 
 
-def _addend_ok(x: torch.Tensor, addend: torch.Tensor) -> bool:
+def addend_ok(x: torch.Tensor, addend: torch.Tensor, channels: int | None = None) -> bool:
+    """Whether the forward kernel adds ``addend`` to ``x`` itself: x's dtype and device, shape (C,) contiguous
+    or (1, C, H, W) with unit channel stride (C: ``channels``, else x's)."""
     c, h, w = x.shape[1:]
+    c = c if channels is None else channels
     return (addend.dtype == x.dtype and addend.device == x.device
             and (tuple(addend.shape) == (c,) and addend.is_contiguous()
                  or tuple(addend.shape) == (1, c, h, w) and addend.stride()[1] == 1))
@@ -119,7 +139,7 @@ def max_pool_3x3_s2(x: torch.Tensor, addend: torch.Tensor | None = None) -> torc
     (1, C, H, W) with unit channel stride (channels-last), of x's dtype; any other is added by PyTorch first."""
     if not usable(x):
         return F.max_pool2d(x if addend is None else x + _as_map(addend), 3, 2, 1)
-    if addend is not None and not _addend_ok(x, addend):
+    if addend is not None and not addend_ok(x, addend):
         x, addend = x + _as_map(addend), None
     return _TritonMaxPool.apply(x, addend)
 

@@ -37,7 +37,10 @@ order), so not the default. Parameters and checkpoints are unchanged.
 
 ``pool_kernel="triton"`` (off by default) runs the max-pool through :mod:`biasbench.models.maxpool` on CUDA:
 the same numbers bit for bit, without the int64 indices of PyTorch's NHWC kernels (0.72 ms of the 2.46 ms
-step on an H100).
+step on an H100), conv1's bias added inside its forward kernel. ``pool_kernel="triton_conv"`` runs conv1 and
+the pool as one function (:mod:`biasbench.models.conv_pool`): with ``fold_input_bn`` its backward computes
+conv1's weight gradient inside the pool's backward kernel, without the 96x96 gradient map (not bit for bit);
+without the fold it is ``triton``'s arithmetic.
 """
 from __future__ import annotations
 
@@ -49,9 +52,11 @@ from ..errors import BiasbenchError
 from .registry import pick_features, register_model
 
 
-POOL_KERNELS = ("torch", "triton")
-"""``pool_kernel`` values: PyTorch's max-pool, or :mod:`biasbench.models.maxpool`'s Triton kernels (CUDA,
-channels-last; bit for bit the same numbers, one-byte offsets instead of int64 indices)."""
+POOL_KERNELS = ("torch", "triton", "triton_conv")
+"""``pool_kernel`` values: PyTorch's max-pool; :mod:`biasbench.models.maxpool`'s Triton kernels (CUDA,
+channels-last; bit for bit the same numbers, one-byte offsets instead of int64 indices); or those with conv1 in
+one function whose backward computes conv1's weight gradient in the pool's kernel when conv1's input needs no
+gradient (:mod:`biasbench.models.conv_pool`; with ``fold_input_bn``; not bit for bit)."""
 
 
 class PaperCNN(nn.Module):
@@ -106,17 +111,25 @@ class PaperCNN(nn.Module):
     def _first_block(self, x: torch.Tensor) -> torch.Tensor:
         """``relu(pool1(conv1(input_bn(x))))`` = the reference's ``pool1(relu(conv1(bn(x))))`` (module docstring).
         With the Triton pool on a tensor it takes, conv1's bias (or ``fold_input_bn``'s border term) is added
-        inside the pool's forward kernel instead of by a kernel of its own over the 96x96 map: the same numbers."""
-        if self.pool_kernel == "triton":
+        inside the pool's forward kernel instead of by a kernel of its own over the 96x96 map: the same numbers.
+        ``triton_conv`` also runs conv1 and the pool as one function (:mod:`biasbench.models.conv_pool`)."""
+        if self.pool_kernel != "torch":
             from .maxpool import max_pool_3x3_s2, usable
 
+            if usable(x) and self.pool_kernel == "triton_conv":
+                from .conv_pool import conv_max_pool
+
+                inp, weight, addend, _ = self._conv1_operands(x)
+                dt = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) \
+                    else inp.dtype  # the casts autocast would make for F.conv2d
+                return F.relu(conv_max_pool(inp.to(dt), weight.to(dt), addend.to(dt)))
             if usable(x):
                 return F.relu(max_pool_3x3_s2(*self._conv1_parts(x, split_bias=True)))
         return F.relu(self._pool(self._conv1_of_input(x)))
 
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
-        """``pool1(x)``; with ``pool_kernel="triton"`` through :mod:`biasbench.models.maxpool` (the same numbers)."""
-        if self.pool_kernel == "triton":
+        """``pool1(x)``; with the Triton pool kernels through :mod:`biasbench.models.maxpool` (the same numbers)."""
+        if self.pool_kernel != "torch":
             from .maxpool import max_pool_3x3_s2
 
             return max_pool_3x3_s2(x)
@@ -127,18 +140,34 @@ class PaperCNN(nn.Module):
         out, addend = self._conv1_parts(x)
         return out if addend is None else out + addend
 
+    def _folding(self, x: torch.Tensor) -> bool:
+        bn = self.input_bn
+        return self.fold_input_bn and self.training and bn.momentum is not None and not x.requires_grad
+
     def _conv1_parts(self, x: torch.Tensor, split_bias: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``conv1(input_bn(x))`` as ``(out, addend)`` with ``out + addend`` the map (``addend`` None: ``out`` is it).
         ``split_bias``: the bias is left out of the convolution and returned as the addend, in out's dtype.
         With ``fold_input_bn`` in training the addend is the folded border term, bias included."""
+        conv = self.conv1
+        if not (self._folding(x) or split_bias or self.conv1_pad_to):
+            return conv(self.input_bn(x)), None
+        inp, weight, addend, folded = self._conv1_operands(x)
+        args = (conv.stride, conv.padding, conv.dilation, conv.groups)
+        if folded or split_bias:
+            out = F.conv2d(inp, weight, None, *args)
+            return out, addend if folded else addend.to(out.dtype)
+        return F.conv2d(inp, weight, addend, *args), None
+
+    def _conv1_operands(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+        """``(input, weight, addend, folded)`` with ``conv1(input_bn(x)) = conv(input, weight) + addend`` (conv1's
+        stride, padding and zero channels of ``conv1_pad_to``): the batch norm's output, conv1's weight and bias;
+        or, when ``fold_input_bn`` applies (``folded``), x itself, the weight scaled by the batch norm, and the
+        border term, bias included (module docstring). Folding updates the running statistics: call once."""
         bn = self.input_bn
         conv = self.conv1
+        if not self._folding(x):
+            return *self._padded(bn(x), conv.weight), conv.bias, False
         args = (conv.stride, conv.padding, conv.dilation, conv.groups)
-        if not (self.fold_input_bn and self.training and bn.momentum is not None and not x.requires_grad):
-            if not (split_bias or self.conv1_pad_to):
-                return conv(bn(x)), None
-            out = F.conv2d(*self._padded(bn(x), conv.weight), None if split_bias else conv.bias, *args)
-            return out, conv.bias.to(out.dtype) if split_bias else None
         with torch.no_grad():  # batch statistics and the running-statistics update, as nn.BatchNorm2d makes them
             var, mean = torch.var_mean(x.to(torch.promote_types(x.dtype, torch.float32)), dim=(0, 2, 3), unbiased=False)
             n = x.numel() // x.shape[1]
@@ -148,10 +177,9 @@ class PaperCNN(nn.Module):
         scale = bn.weight * torch.rsqrt(var + bn.eps)  # a
         shift = bn.bias - scale * mean  # c
         w = conv.weight
-        out = F.conv2d(*self._padded(x, w * scale.view(1, -1, 1, 1)), None, *args)
         ones = torch.ones_like(x[:1])  # in x's layout, so the broadcast add below reads both alike
         border = F.conv2d(ones * shift.view(1, -1, 1, 1), w, conv.bias, *args)  # (1, C, H, W): c through the padding
-        return out, border
+        return *self._padded(x, w * scale.view(1, -1, 1, 1)), border, True
 
     def _padded(self, x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x, weight)`` with ``conv1_pad_to - C`` zero channels appended to both (layouts kept): the same

@@ -1,0 +1,105 @@
+"""The paper CNN's conv1 and max-pool as one autograd function whose backward never writes the 96x96 gradient map.
+
+``conv_max_pool(x, weight, addend)`` = ``max_pool_3x3_s2(conv2d(x, weight, padding=K // 2), addend)``: the forward is
+cuDNN's convolution (without bias) and :mod:`biasbench.models.maxpool`'s Triton forward kernel (the addend, conv1's
+bias or ``fold_input_bn``'s border map, added inside it). The backward depends on what needs a gradient:
+
+- when ``x`` needs one (the input batch norm not folded), it is the unfused path's, bit for bit: the pool's
+  backward kernel writes the input gradient G of the pooled map, ``aten.convolution_backward`` (what autograd calls
+  for ``F.conv2d``) gives x's and the weight's gradients from it, and the addend's is G's reduction;
+- when it does not (``fold_input_bn``: the input is data), one Triton kernel (``conv_weight_kernel``) forms G
+  tile by tile in registers from the pooled gradient and the one-byte window offsets and multiplies it with the
+  im2col tile of x on the tensor cores: the weight gradient and the addend's per-position sums come out as
+  partial sums per program, added in a fixed order. What it saves on an H100 (``docs/benchmarks.md``): G's
+  75 MB written and read twice (the weight gradient and the bias sum), the pool's backward kernel, and cuDNN's
+  weight-gradient kernel for 3 input channels (about 0.24 ms). Not bit for bit: the weight gradient sums in
+  another order than cuDNN's (G itself is rounded exactly as the unfused path stores it).
+
+Contract: stride-1 square convolution with ``padding = K // 2`` (output the input's size), channels-last CUDA
+tensors (or the CPU under ``TRITON_INTERPRET=1``), x and weight of one floating dtype (callers cast for autocast),
+C output channels a power of two. Used by ``paper_cnn`` with ``pool_kernel="triton_conv"``.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+from . import maxpool
+
+BLOCK_M = 64
+"""Conv output positions per program of the fused backward."""
+N_PER = 32
+"""Images per program of the fused backward: a batch of 128 at 96x96 makes 144 x 4 = 576 programs."""
+
+
+def _k_pad(ci: int, ks: int) -> int:
+    return max(16, 1 << (ci * ks * ks - 1).bit_length())
+
+
+def conv_weight_grad(g: torch.Tensor, off: torch.Tensor, x: torch.Tensor, ks: int
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight gradient (C, CI, K, K) float32, per-position sums of G over the batch (1, C, H, W) float32,
+    channels-last) of ``conv -> max-pool`` from the pooled gradient ``g``, the window offsets and the input."""
+    n, ci, h, w = x.shape
+    c, oh, ow = g.shape[1:]
+    k_pad = _k_pad(ci, ks)
+    tiles, chunks = maxpool.triton_cdiv(h * w, BLOCK_M), maxpool.triton_cdiv(n, N_PER)
+    dw = torch.empty((tiles, chunks, k_pad, c), dtype=torch.float32, device=g.device)
+    dmap = torch.empty((chunks, h, w, c), dtype=torch.float32, device=g.device)
+    kernel = maxpool._kernels().conv_weight_kernel
+    g = g.contiguous(memory_format=torch.channels_last)
+    with maxpool._LAUNCH_LOCK:
+        kernel[(tiles, chunks)](g, off, x, dw, dmap, n, c, h, w, oh, ow, ci, ks, ks // 2, k_pad, BLOCK_M, N_PER,
+                                x.dtype == torch.float32, os.environ.get("TRITON_INTERPRET") == "1")
+    weight = dw.sum((0, 1))[: ci * ks * ks].t().reshape(c, ci, ks, ks)
+    return weight, dmap.sum(0).permute(2, 0, 1).unsqueeze(0)
+
+
+class _ConvMaxPool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, addend: torch.Tensor | None) -> torch.Tensor:
+        ks = weight.shape[-1]
+        out = F.conv2d(x, weight, None, 1, ks // 2)
+        pooled, off = maxpool.pool_forward(out, addend)
+        ctx.save_for_backward(x, weight, off)
+        ctx.shape = out.shape
+        ctx.addend_dim = None if addend is None else addend.dim()
+        ctx.addend_dtype = None if addend is None else addend.dtype
+        return pooled
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        x, weight, off = ctx.saved_tensors
+        need_x, need_w, need_a = ctx.needs_input_grad
+        ks = weight.shape[-1]
+        if need_x:  # the unfused path's arithmetic
+            gin = maxpool.pool_backward(g, off, ctx.shape)
+            gx, gw, _ = torch.ops.aten.convolution_backward(gin, x, weight, None, [1, 1], [ks // 2] * 2, [1, 1], False,
+                                                            [0, 0], 1, [True, need_w, False])
+            ga = maxpool.addend_grad(gin, ctx.addend_dim) if need_a and ctx.addend_dim else None
+            return gx, gw, ga
+        gw, gmap = conv_weight_grad(g, off, x, ks)
+        ga = None
+        if need_a and ctx.addend_dim:
+            ga = gmap.sum((0, 2, 3)) if ctx.addend_dim == 1 else gmap.contiguous(memory_format=torch.channels_last)
+            ga = ga.to(ctx.addend_dtype)
+        return None, gw.to(weight.dtype) if need_w else None, ga
+
+
+def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether :func:`conv_max_pool` takes these: the pool's conditions for x (:func:`maxpool.usable`), a
+    square odd kernel, x's dtype, and a power-of-two channel count of at least 16 (``tl.dot``)."""
+    c, ci, kh, kw = weight.shape
+    return (maxpool.usable(x) and kh == kw and kh % 2 == 1 and weight.dtype == x.dtype and c >= 16
+            and c & (c - 1) == 0 and ci == x.shape[1])
+
+
+def conv_max_pool(x: torch.Tensor, weight: torch.Tensor, addend: torch.Tensor | None = None) -> torch.Tensor:
+    """``max_pool2d(conv2d(x, weight, padding=K // 2) + addend, 3, 2, 1)``; see the module docstring. Inputs it
+    does not take (:func:`usable`, and an addend the pool's kernel does not add itself) go the unfused way."""
+    ks = weight.shape[-1]
+    if not usable(x, weight) or (addend is not None and not maxpool.addend_ok(x, addend, weight.shape[0])):
+        return maxpool.max_pool_3x3_s2(F.conv2d(x, weight, None, 1, ks // 2), addend)
+    return _ConvMaxPool.apply(x, weight, addend)

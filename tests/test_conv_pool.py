@@ -1,0 +1,153 @@
+"""conv1 + max-pool as one function (biasbench.models.conv_pool), through Triton's CPU interpreter: the fused
+backward's weight and addend gradients against the unfused path's, and the unfused arithmetic where the input
+needs a gradient."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+import triton  # installed with torch's Linux wheels, where CI runs
+
+from biasbench.models import conv_pool, maxpool
+
+
+def _inputs(dtype, kind, n=3, ci=3, h=12, w=11, c=32):
+    torch.manual_seed(0)
+    x = (torch.rand(n, ci, h, w) * 255).round().to(dtype).contiguous(memory_format=torch.channels_last)
+    weight = (torch.randn(c, ci, 5, 5) * 0.01).to(dtype)
+    addend = {"bias": lambda: torch.randn(c),
+              "map": lambda: torch.randn(1, c, h, w).contiguous(memory_format=torch.channels_last),
+              "none": lambda: None}[kind]()
+    return x, weight, None if addend is None else addend.to(dtype)
+
+
+def _grads(fn, x, weight, addend, g=None, x_grad=False):
+    x = x.clone().requires_grad_(x_grad)
+    weight = weight.clone().requires_grad_(True)
+    addend = None if addend is None else addend.clone().requires_grad_(True)
+    out = fn(x, weight, addend)
+    if g is None:
+        g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out.dtype)
+        g = g.contiguous(memory_format=torch.channels_last)
+    out.backward(g)
+    return out.detach(), g, x.grad, weight.grad, None if addend is None else addend.grad
+
+
+def _unfused(x, weight, addend):
+    out = F.conv2d(x, weight, None, 1, 2)
+    if addend is not None:
+        out = out + (addend.view(1, -1, 1, 1) if addend.dim() == 1 else addend)
+    return F.max_pool2d(out, 3, 2, 1)
+
+
+@pytest.mark.parametrize("kind", ["bias", "map", "none"])
+def test_fused_backward_gives_the_weight_and_addend_gradients(interpreted, monkeypatch, kind):
+    """Input without a gradient (the folded batch norm's case): the pool's kernel forms the pooled map's input
+    gradient tile by tile and multiplies it with the input's im2col tile; in float32 the weight and addend
+    gradients are the unfused path's up to summation order. Small tiles and chunks (3 images, 2 per chunk; 132
+    positions, 64 per tile) exercise the partial last tile and chunk."""
+    monkeypatch.setattr(conv_pool, "N_PER", 2)
+    calls = []
+    fused = conv_pool.conv_weight_grad
+    monkeypatch.setattr(conv_pool, "conv_weight_grad", lambda *a: calls.append(1) or fused(*a))
+    x, weight, addend = _inputs(torch.float32, kind)
+    out, g, _, gw, ga = _grads(conv_pool.conv_max_pool, x, weight, addend)
+    ref, _, _, rgw, rga = _grads(_unfused, x, weight, addend, g)
+    assert calls == [1]  # the fused backward ran
+    assert torch.equal(out, ref)  # the same convolution and pool
+    torch.testing.assert_close(gw, rgw, rtol=1e-5, atol=1e-3)
+    assert (gw - rgw).abs().max() < 1e-5 * rgw.abs().max()
+    if addend is not None:
+        torch.testing.assert_close(ga, rga, rtol=1e-5, atol=1e-5)
+        assert ga.shape == addend.shape and ga.dtype == addend.dtype
+
+
+def test_fused_backward_in_bfloat16_rounds_the_pooled_maps_gradient_as_stored(interpreted):
+    """bf16: the kernel's float32 weight gradient is the exact sum (float64) of input x the pool's input gradient
+    as the unfused path stores it (float32-summed windows rounded to bf16), up to float32 accumulation (1e-6);
+    without that rounding it would be off by about 1e-3. The function returns it rounded once to bf16."""
+    x, weight, addend = _inputs(torch.bfloat16, "bias")
+    conv = F.conv2d(x, weight, None, 1, 2)
+    _, off = maxpool.pool_forward(conv, addend)
+    g = torch.randn(off.shape, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    g = g.contiguous(memory_format=torch.channels_last)
+    t = (conv + addend.view(1, -1, 1, 1)).float().requires_grad_(True)
+    F.max_pool2d(t, 3, 2, 1).backward(g.float())
+    gin = t.grad.to(torch.bfloat16).double()  # what the pool's backward kernel writes
+    wd = weight.double().requires_grad_(True)
+    F.conv2d(x.double(), wd, None, 1, 2).backward(gin)
+    gw, gmap = conv_pool.conv_weight_grad(g, off, x, 5)
+    assert gw.dtype == torch.float32 and gw.shape == weight.shape
+    torch.testing.assert_close(gw.double(), wd.grad, rtol=1e-6, atol=1e-6 * wd.grad.abs().max().item())
+    torch.testing.assert_close(gmap.double(), gin.sum(0, keepdim=True), rtol=1e-6, atol=1e-6)
+    _, _, _, gw16, _ = _grads(conv_pool.conv_max_pool, x, weight, addend, g)
+    assert gw16.dtype == torch.bfloat16 and torch.equal(gw16, gw.to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("kind", ["bias", "map"])
+def test_an_input_that_needs_a_gradient_takes_the_unfused_arithmetic(interpreted, monkeypatch, kind):
+    """The batch norm not folded: the input needs its gradient, so the backward is the pool's kernel and
+    aten.convolution_backward, every gradient bit for bit the unfused path's."""
+    monkeypatch.setattr(conv_pool, "conv_weight_grad", lambda *a: pytest.fail("the fused backward ran"))
+    x, weight, addend = _inputs(torch.float32, kind)
+    a = _grads(conv_pool.conv_max_pool, x, weight, addend, x_grad=True)
+    b = _grads(_unfused, x, weight, addend, a[1], x_grad=True)
+    for u, v in zip(a, b):
+        assert torch.equal(u, v)
+
+
+@pytest.mark.parametrize("fold", [False, True])
+def test_paper_cnn_with_triton_conv_trains_like_the_default(interpreted, fold):
+    """pool_kernel="triton_conv": the same logits; with the fold, gradients equal up to summation order
+    (conv1's through the fused kernel); without it, bit for bit those of pool_kernel="triton"."""
+    from biasbench.models import create_model
+
+    torch.manual_seed(0)
+    x = (torch.rand(4, 3, 24, 24) * 255).round().contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (4,))
+    runs = []
+    for kernel in ("triton", "triton_conv"):
+        torch.manual_seed(1)
+        m = create_model("paper_cnn", pool_kernel=kernel, fold_input_bn=fold).to(memory_format=torch.channels_last)
+        logits = m(x)
+        F.cross_entropy(logits, y).backward()
+        runs.append((logits.detach(), {n: p.grad for n, p in m.named_parameters()}))
+    (a, ga), (b, gb) = runs
+    assert torch.equal(a, b)
+    for n in ga:
+        if fold:
+            torch.testing.assert_close(gb[n], ga[n], rtol=1e-4, atol=1e-6, msg=n)
+        else:
+            assert torch.equal(gb[n], ga[n]), n
+
+
+@pytest.mark.parametrize("dtype", ["*bf16", "*fp32"])
+def test_the_fused_backward_compiles_for_an_h100_without_one(dtype):
+    """The fused backward compiles ahead of time for sm_90 (PTX and cubin through the wheel's ptxas), with its
+    tensor-core dot (bf16) or the exact float32 one."""
+    import importlib
+
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    k = importlib.import_module("biasbench.models._maxpool_kernels")
+    consts = {"C": 32, "H": 96, "W": 96, "OH": 48, "OW": 48, "CI": 3, "KS": 5, "PAD": 2, "K_PAD": 128,
+              "BLOCK_M": conv_pool.BLOCK_M, "N_PER": conv_pool.N_PER, "IEEE": dtype == "*fp32", "UPCAST_DOT": False}
+    signature = {"g_ptr": dtype, "off_ptr": "*u8", "x_ptr": dtype, "dw_ptr": "*fp32", "dmap_ptr": "*fp32",
+                 "N": "i32"} | {name: "constexpr" for name in consts}
+    compiled = triton.compile(ASTSource(fn=k.conv_weight_kernel, signature=signature, constexprs=consts),
+                              target=GPUTarget("cuda", 90, 32))
+    ptx = compiled.asm["ptx"]
+    assert ".target sm_90" in ptx and ("mma" in ptx) == (dtype == "*bf16")
+
+
+def test_unusable_inputs_take_the_unfused_path(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    x, weight, addend = _inputs(torch.float32, "bias")
+    assert not conv_pool.usable(x, weight)  # a CPU tensor without the interpreter
+    assert torch.equal(conv_pool.conv_max_pool(x, weight, addend), _unfused(x, weight, addend))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert conv_pool.usable(x, weight)
+    assert not conv_pool.usable(x, weight[:24])  # 24 output channels: not a power of two
+    assert not conv_pool.usable(x, weight.double())
+    assert maxpool.usable(x)
