@@ -15,6 +15,7 @@ output and conv1 weight gradient are from the current form's (the same function;
   (``pool_kernel``; on the CPU, where Triton does not run, it is PyTorch's);
 - ``cl, triton conv``: conv1 and the Triton pool as one function (``pool_kernel="triton_conv"``); with the fold
   its backward computes conv1's weight gradient inside the pool's kernel (:mod:`biasbench.models.conv_pool`);
+  ``+ fwd``: conv1's forward by a Triton implicit GEMM too (``conv1_kernel="triton"``);
 - ``cl, pad 4`` and ``cl, pad 8``: conv1's input and weight padded with zero channels to 4 or 8
   (``conv1_pad_to``: may let cuDNN take other kernels), also with the Triton pool;
 - ``... + fold``: the input batch norm folded into conv1 (``fold_input_bn``, ``docs/models.md``);
@@ -94,7 +95,33 @@ def check_triton_pool(dev, size: int, batch: int) -> list[str]:
                  f"{_word(torch.equal(b.grad, ref_grad.sum((0, 2, 3))))}")
     lines.append(_check_in_the_network(dev, size, batch))
     lines.append(check_conv_pool(dev, size, batch))
+    lines.append(check_conv_forward(dev, size, batch))
     return lines
+
+
+def check_conv_forward(dev, size: int, batch: int) -> str:
+    """One line: :func:`biasbench.models.conv_pool.conv_forward` (conv1's forward as a Triton implicit GEMM) in
+    bf16 on integer inputs against the float64 convolution rounded once to bf16, which is what cuDNN's bf16
+    output is: the share of outputs not equal (float32 accumulation may tip a few values sitting on a rounding
+    boundary), and cuDNN's share; "ok" when every output is within one unit in the last place and under 1 %
+    differ."""
+    from biasbench.models import conv_pool
+
+    torch.manual_seed(0)
+    x = (torch.rand(batch, 3, size, size, device=dev) * 255).round().to(torch.bfloat16)
+    x = x.contiguous(memory_format=torch.channels_last)
+    w = (torch.randn(32, 3, 5, 5, device=dev) * 0.01).to(torch.bfloat16)
+    if not conv_pool.usable(x, w):
+        return "triton conv1 forward: not usable here (needs CUDA, or TRITON_INTERPRET=1)"
+    exact = F.conv2d(x.double(), w.double(), None, 1, 2)
+    near = exact.to(torch.bfloat16)
+    ulp = exact.abs().clamp_min(1e-30).log2().floor().exp2() * 2 ** -7
+    out = conv_pool.conv_forward(x, w)
+    share = (out != near).float().mean().item()
+    cudnn = (F.conv2d(x, w, None, 1, 2) != near).float().mean().item()
+    ok = bool(((out.double() - exact).abs() <= ulp).all()) and share < 0.01
+    return (f"triton conv1 forward against the float64 convolution rounded to bf16: {share:.3%} of outputs differ "
+            f"(cuDNN's: {cudnn:.3%}) ({'ok' if ok else 'TOO LARGE'})")
 
 
 CONV_POOL_TOLERANCE = 1e-4
@@ -194,6 +221,8 @@ def main() -> None:
                      ("cl conv, nchw pool" + tag, m_cl, x_cl, {"pool_nchw": True, "out_cl": True}),
                      ("cl, triton pool" + tag, model(pool_kernel="triton"), x_cl, {})]
         variants.append(("cl, triton conv" + tag, model(pool_kernel="triton_conv"), x_cl, {}))
+        variants.append(("cl, triton conv + fwd" + tag, model(pool_kernel="triton_conv", conv1_kernel="triton"), x_cl,
+                         {}))
         for pad in (4, 8):
             variants += [(f"cl, pad {pad}" + tag, model(conv1_pad_to=pad), x_cl, {}),
                          (f"cl, pad {pad}, triton pool" + tag, model(conv1_pad_to=pad, pool_kernel="triton"), x_cl, {})]

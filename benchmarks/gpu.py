@@ -197,17 +197,19 @@ def triton_pool_checked(path: Path) -> bool:
     return len(counts) == 2 and counts[1] >= counts[0] and net[0].count("logits equal") == 2
 
 
-def conv_pool_checked(path: Path) -> bool:
-    """Whether firstblock.py's fused-conv-backward line says its weight gradient was within tolerance of cuDNN's."""
+def check_passed(path: Path, start: str) -> bool:
+    """Whether firstblock.py's check line beginning ``start`` ends in "(ok)" (the fused conv backward's: "fused conv
+    backward"; the Triton conv1 forward's: "triton conv1 forward")."""
     lines = path.read_text().splitlines() if path.is_file() else []
-    return any(line.startswith("fused conv backward") and line.rstrip().endswith("(ok)") for line in lines)
+    return any(line.startswith(start) and line.rstrip().endswith("(ok)") for line in lines)
 
 
 def options_from_benchmark(out: Path, gain: float = 1.03) -> list[str]:
     """``--model-options measured``: the paper CNN options (train.py ``--options`` words) whose captured loop in
     this call's train.py was fastest, as ``--model-kwarg`` items, if at least ``gain`` x the captured loop
     without options; options with the Triton pool only if firstblock.py's check passed (:func:`triton_pool_checked`),
-    with ``tconv`` only if the fused backward's check passed too (:func:`conv_pool_checked`).
+    with ``tconv`` only if the fused backward's check passed too, with ``tfwd`` only if the Triton forward's did
+    as well (:func:`check_passed`).
     None (an empty list) otherwise."""
     from train import OPTIONS  # benchmarks/train.py
 
@@ -215,11 +217,13 @@ def options_from_benchmark(out: Path, gain: float = 1.03) -> list[str]:
     loops = {label: float(nums[1].replace(",", "")) for label, nums in table_rows(out / "train.txt")
              if len(nums) == 3 and label.startswith(base)}
     triton_ok = triton_pool_checked(out / "firstblock.txt")
-    tconv_ok = triton_ok and conv_pool_checked(out / "firstblock.txt")
+    tconv_ok = triton_ok and check_passed(out / "firstblock.txt", "fused conv backward")
+    tfwd_ok = tconv_ok and check_passed(out / "firstblock.txt", "triton conv1 forward")
 
     def checked(opt: str) -> bool:
         words = opt.split("+")
-        return ("triton" not in words or triton_ok) and ("tconv" not in words or tconv_ok)
+        return ("triton" not in words or triton_ok) and ("tconv" not in words or tconv_ok) \
+            and ("tfwd" not in words or tfwd_ok)
 
     options = {label[len(base) + 3:]: rate for label, rate in loops.items()
                if label.startswith(base + " + ") and checked(label[len(base) + 3:])}
@@ -231,8 +235,8 @@ def options_from_benchmark(out: Path, gain: float = 1.03) -> list[str]:
     ratio = options[best] / loops[base]
     chosen = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for w in best.split("+")
               for k, v in OPTIONS[w].items()] if ratio >= gain else []
-    print(f"--model-options measured: triton pool check {'passed' if triton_ok else 'failed or missing'}, fused "
-          f"conv check {'passed' if tconv_ok else 'failed or missing'}; best "
+    print(f"--model-options measured: checks passed: triton pool {triton_ok}, fused conv backward {tconv_ok}, "
+          f"triton conv1 forward {tfwd_ok}; best "
           f"{best} at {ratio:.2f}x the captured loop without options -> {' '.join(chosen) or 'none'}", flush=True)
     return chosen
 

@@ -13,7 +13,7 @@ configurations whose labels contain one of the comma-separated words (e.g. ``--o
 ``--options`` adds each configuration again with paper CNN options (:class:`biasbench.models.paper_cnn.PaperCNN`):
 ``fold`` (the input batch norm folded into conv1), ``triton`` (the Triton max-pool with conv1's bias inside,
 CUDA only), ``tconv`` (``pool_kernel=triton_conv``: with ``fold``, conv1's weight gradient inside the pool's
-backward kernel), ``pad4`` / ``pad8`` (conv1's input padded with zero channels to 4 or 8), joined with ``+`` to
+backward kernel), ``tfwd`` (that and conv1's forward as a Triton implicit GEMM), ``pad4`` / ``pad8`` (conv1's input padded with zero channels to 4 or 8), joined with ``+`` to
 combine (``fold+triton+pad8``). Prints images/s per configuration and the loop / bare ratio.
 """
 from __future__ import annotations
@@ -36,7 +36,8 @@ from common import device_name, pick_device  # benchmarks/common.py (scripts run
 
 
 OPTIONS = {"fold": {"fold_input_bn": True}, "triton": {"pool_kernel": "triton"},
-           "tconv": {"pool_kernel": "triton_conv"}, "pad4": {"conv1_pad_to": 4}, "pad8": {"conv1_pad_to": 8}}
+           "tconv": {"pool_kernel": "triton_conv"}, "tfwd": {"pool_kernel": "triton_conv", "conv1_kernel": "triton"},
+           "pad4": {"conv1_pad_to": 4}, "pad8": {"conv1_pad_to": 8}}
 """``--options`` words: paper CNN keyword arguments."""
 
 
@@ -117,7 +118,8 @@ def main() -> None:
     ap.add_argument("--options", default="",
                     help="comma-separated paper CNN options to measure every configuration with too: fold "
                          "(input batch norm folded into conv1), triton (Triton max-pool), tconv (Triton max-pool "
-                         "and conv1's weight gradient in one kernel), pad4 or pad8 (conv1's "
+                         "and conv1's weight gradient in one kernel), tfwd (tconv and conv1's forward in Triton), "
+                         "pad4 or pad8 (conv1's "
                          "input padded to 4 or 8 channels); join with + to combine, e.g. fold+triton+pad8")
     ap.add_argument("--only", default=None, help="comma-separated words: keep configurations whose labels hold one")
     args = ap.parse_args()

@@ -121,10 +121,58 @@ def test_paper_cnn_with_triton_conv_trains_like_the_default(interpreted, fold):
             assert torch.equal(gb[n], ga[n]), n
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_conv_forward_kernel_is_the_convolution(interpreted, dtype):
+    """conv_forward: the implicit GEMM gives the convolution, channels-last; in bf16 (integer inputs, so every
+    product is exact) the float64 result rounded once, as cuDNN's bf16 output is (within one unit in the last
+    place, nearly always exactly); in float32 up to order."""
+    x, weight, _ = _inputs(dtype, "none", n=2)
+    out = conv_pool.conv_forward(x, weight)
+    exact = F.conv2d(x.double(), weight.double(), None, 1, 2)
+    assert out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last)
+    if dtype == torch.bfloat16:  # float32 accumulation can tip a value sitting on a rounding boundary
+        near = exact.to(dtype)
+        ulp = exact.abs().clamp_min(1e-30).log2().floor().exp2() * 2 ** -7
+        assert ((out.double() - exact).abs() <= ulp).all() and (out != near).float().mean() < 0.01
+    else:
+        torch.testing.assert_close(out.double(), exact, rtol=1e-5, atol=1e-5)
+
+
+def test_paper_cnn_with_the_triton_conv1_forward(interpreted, monkeypatch):
+    """conv1_kernel="triton" (with pool_kernel="triton_conv" and the fold): conv1's forward through the Triton
+    kernel, logits and gradients those of the default network up to summation order; refused without
+    triton_conv."""
+    from biasbench.errors import BiasbenchError
+    from biasbench.models import create_model
+
+    calls = []
+    forward = conv_pool.conv_forward
+    monkeypatch.setattr(conv_pool, "conv_forward", lambda *a: calls.append(1) or forward(*a))
+    torch.manual_seed(0)
+    x = (torch.rand(4, 3, 24, 24) * 255).round().contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (4,))
+    runs = []
+    for kwargs in ({}, {"pool_kernel": "triton_conv", "conv1_kernel": "triton"}):
+        torch.manual_seed(1)
+        m = create_model("paper_cnn", fold_input_bn=True, **kwargs).to(memory_format=torch.channels_last)
+        logits = m(x)
+        F.cross_entropy(logits, y).backward()
+        runs.append((logits.detach(), {n: p.grad for n, p in m.named_parameters()}))
+    assert calls == [1]
+    (a, ga), (b, gb) = runs
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    for n in ga:
+        torch.testing.assert_close(gb[n], ga[n], rtol=1e-3, atol=1e-6, msg=n)
+    with pytest.raises(BiasbenchError, match="conv1_kernel=triton runs inside pool_kernel=triton_conv"):
+        create_model("paper_cnn", conv1_kernel="triton")
+    with pytest.raises(BiasbenchError, match="conv1_kernel must be one of torch, triton"):
+        create_model("paper_cnn", pool_kernel="triton_conv", conv1_kernel="cuda")
+
+
 @pytest.mark.parametrize("dtype", ["*bf16", "*fp32"])
-def test_the_fused_backward_compiles_for_an_h100_without_one(dtype):
-    """The fused backward compiles ahead of time for sm_90 (PTX and cubin through the wheel's ptxas), with its
-    tensor-core dot (bf16) or the exact float32 one."""
+def test_the_kernels_compile_for_an_h100_without_one(dtype):
+    """The fused backward and the forward convolution compile ahead of time for sm_90 (PTX and cubin through the
+    wheel's ptxas), with tensor-core dots (bf16) or exact float32 ones."""
     import importlib
 
     from triton.backends.compiler import GPUTarget
@@ -136,6 +184,13 @@ def test_the_fused_backward_compiles_for_an_h100_without_one(dtype):
     signature = {"g_ptr": dtype, "off_ptr": "*u8", "x_ptr": dtype, "dw_ptr": "*fp32", "dmap_ptr": "*fp32",
                  "N": "i32"} | {name: "constexpr" for name in consts}
     compiled = triton.compile(ASTSource(fn=k.conv_weight_kernel, signature=signature, constexprs=consts),
+                              target=GPUTarget("cuda", 90, 32))
+    ptx = compiled.asm["ptx"]
+    assert ".target sm_90" in ptx and ("mma" in ptx) == (dtype == "*bf16")
+    consts = {"C": 32, "H": 96, "W": 96, "CI": 3, "KS": 5, "PAD": 2, "K_PAD": 128, "BLOCK_M": conv_pool.CONV_BLOCK_M,
+              "IEEE": dtype == "*fp32", "UPCAST_DOT": False}
+    signature = {"x_ptr": dtype, "w_ptr": dtype, "out_ptr": dtype, "total": "i32"} | {n: "constexpr" for n in consts}
+    compiled = triton.compile(ASTSource(fn=k.conv_forward_kernel, signature=signature, constexprs=consts),
                               target=GPUTarget("cuda", 90, 32))
     ptx = compiled.asm["ptx"]
     assert ".target sm_90" in ptx and ("mma" in ptx) == (dtype == "*bf16")

@@ -137,3 +137,35 @@ def conv_weight_kernel(g_ptr, off_ptr, x_ptr, dw_ptr, dmap_ptr, N, C: tl.constex
             acc_w += tl.dot(tl.trans(xv), gq)
     tl.store(dw_ptr + ((t * tl.num_programs(1) + j) * K_PAD + k[:, None]) * C + co[None, :], acc_w)
     tl.store(dmap_ptr + (j * (H * W) + p[:, None]) * C + co[None, :], acc_map, mask=live_p[:, None])
+
+
+@triton.jit
+def conv_forward_kernel(x_ptr, w_ptr, out_ptr, total, C: tl.constexpr, H: tl.constexpr, W: tl.constexpr,
+                        CI: tl.constexpr, KS: tl.constexpr, PAD: tl.constexpr, K_PAD: tl.constexpr,
+                        BLOCK_M: tl.constexpr, IEEE: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    """A stride-1 convolution with few input channels as an implicit GEMM: program ``t`` computes the output
+    positions ``t * BLOCK_M ...`` (of ``total`` = N * H * W, channels-last) for all C channels as one ``tl.dot``
+    of their im2col tile (K_PAD columns, ``k = (ci * KS + kh) * KS + kw``, zero outside the image and for
+    k >= CI * KS * KS) with the weight as a (CI * KS * KS, C) matrix, accumulated in float32 and rounded once
+    to the output's dtype."""
+    q = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    live = q < total
+    n = q // (H * W)
+    h = q // W % H
+    w = q % W
+    co = tl.arange(0, C)
+    k = tl.arange(0, K_PAD)
+    k_live = k < CI * KS * KS
+    ci = k // (KS * KS)
+    hh = h[:, None] + (k // KS % KS)[None, :] - PAD
+    ww = w[:, None] + (k % KS)[None, :] - PAD
+    inside = live[:, None] & k_live[None, :] & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
+    a = tl.load(x_ptr + ((n[:, None] * H + hh) * W + ww) * CI + ci[None, :], mask=inside, other=0.0)
+    b = tl.load(w_ptr + k[:, None] * C + co[None, :], mask=k_live[:, None], other=0.0)
+    if IEEE:
+        acc = tl.dot(a, b, input_precision="ieee")
+    elif UPCAST_DOT:  # Triton's CPU interpreter (see conv_weight_kernel)
+        acc = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        acc = tl.dot(a, b)
+    tl.store(out_ptr + q[:, None] * C + co[None, :], _rounded(acc, out_ptr.dtype.element_ty), mask=live[:, None])

@@ -32,6 +32,8 @@ BLOCK_M = 64
 """Conv output positions per program of the fused backward."""
 N_PER = 32
 """Images per program of the fused backward: a batch of 128 at 96x96 makes 144 x 4 = 576 programs."""
+CONV_BLOCK_M = 128
+"""Output positions per program of :func:`conv_forward`: 9,216 programs for a batch of 128 at 96x96."""
 
 
 def _k_pad(ci: int, ks: int) -> int:
@@ -52,16 +54,37 @@ def conv_weight_grad(g: torch.Tensor, off: torch.Tensor, x: torch.Tensor, ks: in
     g = g.contiguous(memory_format=torch.channels_last)
     with maxpool._LAUNCH_LOCK:
         kernel[(tiles, chunks)](g, off, x, dw, dmap, n, c, h, w, oh, ow, ci, ks, ks // 2, k_pad, BLOCK_M, N_PER,
-                                x.dtype == torch.float32, os.environ.get("TRITON_INTERPRET") == "1")
+                                x.dtype == torch.float32, _interpreted())
     weight = dw.sum((0, 1))[: ci * ks * ks].t().reshape(c, ci, ks, ks)
     return weight, dmap.sum(0).permute(2, 0, 1).unsqueeze(0)
 
 
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def conv_forward(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``F.conv2d(x, weight, None, 1, K // 2)`` by ``conv_forward_kernel`` (an implicit GEMM on the tensor cores):
+    channels-last, in x's dtype, the same sums in another order than cuDNN's."""
+    n, ci, h, w = x.shape
+    c, _, ks, _ = weight.shape
+    out = torch.empty((n, c, h, w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    w_mat = weight.reshape(c, ci * ks * ks).t().contiguous()  # (K, C), k = (ci * KS + kh) * KS + kw
+    total = n * h * w
+    kernel = maxpool._kernels().conv_forward_kernel
+    with maxpool._LAUNCH_LOCK:
+        kernel[(maxpool.triton_cdiv(total, CONV_BLOCK_M),)](
+            x, w_mat, out, total, c, h, w, ci, ks, ks // 2, _k_pad(ci, ks), CONV_BLOCK_M, x.dtype == torch.float32,
+            _interpreted())
+    return out
+
+
 class _ConvMaxPool(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, addend: torch.Tensor | None) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, addend: torch.Tensor | None,
+                conv_kernel: str = "torch") -> torch.Tensor:
         ks = weight.shape[-1]
-        out = F.conv2d(x, weight, None, 1, ks // 2)
+        out = conv_forward(x, weight) if conv_kernel == "triton" else F.conv2d(x, weight, None, 1, ks // 2)
         pooled, off = maxpool.pool_forward(out, addend)
         ctx.save_for_backward(x, weight, off)
         ctx.shape = out.shape
@@ -72,20 +95,20 @@ class _ConvMaxPool(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         x, weight, off = ctx.saved_tensors
-        need_x, need_w, need_a = ctx.needs_input_grad
+        need_x, need_w, need_a, _ = ctx.needs_input_grad
         ks = weight.shape[-1]
         if need_x:  # the unfused path's arithmetic
             gin = maxpool.pool_backward(g, off, ctx.shape)
             gx, gw, _ = torch.ops.aten.convolution_backward(gin, x, weight, None, [1, 1], [ks // 2] * 2, [1, 1], False,
                                                             [0, 0], 1, [True, need_w, False])
             ga = maxpool.addend_grad(gin, ctx.addend_dim) if need_a and ctx.addend_dim else None
-            return gx, gw, ga
+            return gx, gw, ga, None
         gw, gmap = conv_weight_grad(g, off, x, ks)
         ga = None
         if need_a and ctx.addend_dim:
             ga = gmap.sum((0, 2, 3)) if ctx.addend_dim == 1 else gmap.contiguous(memory_format=torch.channels_last)
             ga = ga.to(ctx.addend_dtype)
-        return None, gw.to(weight.dtype) if need_w else None, ga
+        return None, gw.to(weight.dtype) if need_w else None, ga, None
 
 
 def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -96,10 +119,12 @@ def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and c & (c - 1) == 0 and ci == x.shape[1])
 
 
-def conv_max_pool(x: torch.Tensor, weight: torch.Tensor, addend: torch.Tensor | None = None) -> torch.Tensor:
-    """``max_pool2d(conv2d(x, weight, padding=K // 2) + addend, 3, 2, 1)``; see the module docstring. Inputs it
+def conv_max_pool(x: torch.Tensor, weight: torch.Tensor, addend: torch.Tensor | None = None,
+                  conv_kernel: str = "torch") -> torch.Tensor:
+    """``max_pool2d(conv2d(x, weight, padding=K // 2) + addend, 3, 2, 1)``; see the module docstring.
+    ``conv_kernel``: the forward convolution by cuDNN (``torch``) or :func:`conv_forward` (``triton``). Inputs it
     does not take (:func:`usable`, and an addend the pool's kernel does not add itself) go the unfused way."""
     ks = weight.shape[-1]
     if not usable(x, weight) or (addend is not None and not maxpool.addend_ok(x, addend, weight.shape[0])):
         return maxpool.max_pool_3x3_s2(F.conv2d(x, weight, None, 1, ks // 2), addend)
-    return _ConvMaxPool.apply(x, weight, addend)
+    return _ConvMaxPool.apply(x, weight, addend, conv_kernel)

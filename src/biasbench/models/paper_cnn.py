@@ -40,7 +40,8 @@ the same numbers bit for bit, without the int64 indices of PyTorch's NHWC kernel
 step on an H100), conv1's bias added inside its forward kernel. ``pool_kernel="triton_conv"`` runs conv1 and
 the pool as one function (:mod:`biasbench.models.conv_pool`): with ``fold_input_bn`` its backward computes
 conv1's weight gradient inside the pool's backward kernel, without the 96x96 gradient map (not bit for bit);
-without the fold it is ``triton``'s arithmetic.
+without the fold it is ``triton``'s arithmetic. ``conv1_kernel="triton"`` (with ``triton_conv``) also computes
+conv1's forward by a Triton implicit GEMM instead of cuDNN's generic engine for 3 input channels.
 """
 from __future__ import annotations
 
@@ -59,11 +60,17 @@ one function whose backward computes conv1's weight gradient in the pool's kerne
 gradient (:mod:`biasbench.models.conv_pool`; with ``fold_input_bn``; not bit for bit)."""
 
 
+CONV1_KERNELS = ("torch", "triton")
+"""``conv1_kernel`` values (with ``pool_kernel="triton_conv"``): conv1's forward by cuDNN, or by
+:func:`biasbench.models.conv_pool.conv_forward` (an implicit GEMM in Triton; not bit for bit)."""
+
+
 class PaperCNN(nn.Module):
     feature_dims = {"pooled2": 32, "pooled4": 64, "before_logits": 64}
 
     def __init__(self, num_classes: int = 10, in_chans: int = 3, width: int = 32, drop_rate: float = 0.0,
-                 fold_input_bn: bool = False, pool_kernel: str = "torch", conv1_pad_to: int = 0):
+                 fold_input_bn: bool = False, pool_kernel: str = "torch", conv1_pad_to: int = 0,
+                 conv1_kernel: str = "torch"):
         super().__init__()
         self.drop_rate = float(drop_rate)  # not in the paper (0): dropout before the classifier, for progressive runs
         if not isinstance(fold_input_bn, bool):
@@ -77,6 +84,11 @@ class PaperCNN(nn.Module):
             raise BiasbenchError(f"conv1_pad_to must be 0 (off) or a channel count from {in_chans} to 64, "
                                  f"not {conv1_pad_to!r}")
         self.conv1_pad_to = conv1_pad_to
+        if conv1_kernel not in CONV1_KERNELS:
+            raise BiasbenchError(f"conv1_kernel must be one of {', '.join(CONV1_KERNELS)}, not {conv1_kernel!r}")
+        if conv1_kernel != "torch" and pool_kernel != "triton_conv":
+            raise BiasbenchError(f"conv1_kernel={conv1_kernel} runs inside pool_kernel=triton_conv; set both")
+        self.conv1_kernel = conv1_kernel
         w = width
         self.input_bn = nn.BatchNorm2d(in_chans)
         self.conv1 = nn.Conv2d(in_chans, w, 5, 1, 2)
@@ -122,7 +134,7 @@ class PaperCNN(nn.Module):
                 inp, weight, addend, _ = self._conv1_operands(x)
                 dt = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) \
                     else inp.dtype  # the casts autocast would make for F.conv2d
-                return F.relu(conv_max_pool(inp.to(dt), weight.to(dt), addend.to(dt)))
+                return F.relu(conv_max_pool(inp.to(dt), weight.to(dt), addend.to(dt), self.conv1_kernel))
             if usable(x):
                 return F.relu(max_pool_3x3_s2(*self._conv1_parts(x, split_bias=True)))
         return F.relu(self._pool(self._conv1_of_input(x)))
