@@ -170,30 +170,40 @@ def test_paper_cnn_with_the_triton_conv1_forward(interpreted, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", ["*bf16", "*fp32"])
-def test_the_kernels_compile_for_an_h100_without_one(dtype):
-    """The fused backward and the forward convolution compile ahead of time for sm_90 (PTX and cubin through the
-    wheel's ptxas), with tensor-core dots (bf16) or exact float32 ones."""
+def test_the_kernels_compile_for_an_h100_without_one(dtype, tmp_path):
+    """The fused backward and the forward convolution compile ahead of time for sm_90 with the launch settings
+    conv_pool uses (PTX, then a cubin through the wheel's ptxas, which reports registers and spills), with
+    tensor-core dots (bf16) or exact float32 ones; in bf16 neither spills registers to memory."""
+    import glob
     import importlib
+    import os
+    import subprocess
 
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     k = importlib.import_module("biasbench.models._maxpool_kernels")
-    consts = {"C": 32, "H": 96, "W": 96, "OH": 48, "OW": 48, "CI": 3, "KS": 5, "PAD": 2, "K_PAD": 128,
-              "BLOCK_M": conv_pool.BLOCK_M, "N_PER": conv_pool.N_PER, "IEEE": dtype == "*fp32", "UPCAST_DOT": False}
-    signature = {"g_ptr": dtype, "off_ptr": "*u8", "x_ptr": dtype, "dw_ptr": "*fp32", "dmap_ptr": "*fp32",
-                 "N": "i32"} | {name: "constexpr" for name in consts}
-    compiled = triton.compile(ASTSource(fn=k.conv_weight_kernel, signature=signature, constexprs=consts),
-                              target=GPUTarget("cuda", 90, 32))
-    ptx = compiled.asm["ptx"]
-    assert ".target sm_90" in ptx and ("mma" in ptx) == (dtype == "*bf16")
-    consts = {"C": 32, "H": 96, "W": 96, "CI": 3, "KS": 5, "PAD": 2, "K_PAD": 128, "BLOCK_M": conv_pool.CONV_BLOCK_M,
-              "IEEE": dtype == "*fp32", "UPCAST_DOT": False}
-    signature = {"x_ptr": dtype, "w_ptr": dtype, "out_ptr": dtype, "total": "i32"} | {n: "constexpr" for n in consts}
-    compiled = triton.compile(ASTSource(fn=k.conv_forward_kernel, signature=signature, constexprs=consts),
-                              target=GPUTarget("cuda", 90, 32))
-    ptx = compiled.asm["ptx"]
-    assert ".target sm_90" in ptx and ("mma" in ptx) == (dtype == "*bf16")
+    ptxas = glob.glob(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas"))
+    shape = {"C": 32, "H": 96, "W": 96, "CI": 3, "KS": 5, "PAD": 2, "K1": 64, "K2": 16, "IEEE": dtype == "*fp32",
+             "UPCAST_DOT": False}
+    kernels = [
+        (k.conv_weight_kernel, {"g_ptr": dtype, "off_ptr": "*u8", "x_ptr": dtype, "dw_ptr": "*fp32",
+                                "dmap_ptr": "*fp32", "N": "i32"},
+         shape | {"OH": 48, "OW": 48, "BLOCK_M": conv_pool.BLOCK_M, "N_PER": conv_pool.N_PER}, conv_pool.WARPS),
+        (k.conv_forward_kernel, {"x_ptr": dtype, "w_ptr": dtype, "out_ptr": dtype, "total": "i32"},
+         shape | {"BLOCK_M": conv_pool.CONV_BLOCK_M}, conv_pool.CONV_WARPS)]
+    for fn, pointers, consts, warps in kernels:
+        compiled = triton.compile(ASTSource(fn=fn, signature=pointers | {n: "constexpr" for n in consts},
+                                            constexprs=consts),
+                                  target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+        ptx = compiled.asm["ptx"]
+        assert ".target sm_90" in ptx and ("mma" in ptx) == (dtype == "*bf16")
+        if dtype == "*bf16" and ptxas:
+            path = tmp_path / f"{fn.__name__}.ptx"
+            path.write_text(ptx)
+            report = subprocess.run([ptxas[0], "-arch=sm_90a", "-v", str(path), "-o", os.devnull], capture_output=True,
+                                    text=True, check=True).stderr
+            assert " 0 bytes spill stores" in report, report
 
 
 def test_unusable_inputs_take_the_unfused_path(monkeypatch):

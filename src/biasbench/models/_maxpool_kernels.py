@@ -77,10 +77,37 @@ def backward_kernel(g_ptr, off_ptr, gin_ptr, total, C: tl.constexpr, H: tl.const
 
 
 @triton.jit
+def _im2col(x_ptr, n, h, w, live, K0: tl.constexpr, KB: tl.constexpr, CI: tl.constexpr, KS: tl.constexpr,
+            PAD: tl.constexpr, H: tl.constexpr, W: tl.constexpr):
+    """Columns ``K0 .. K0 + KB`` of the im2col tile of channels-last x at output positions (h, w) of image n (a
+    scalar, or a column of per-row images): ``x[n, h + kh - PAD, w + kw - PAD, ci]`` for
+    ``k = (ci * KS + kh) * KS + kw``, zero outside the image, for dead rows and for k >= CI * KS * KS."""
+    k = K0 + tl.arange(0, KB)
+    ci = k // (KS * KS)
+    hh = h[:, None] + (k // KS % KS)[None, :] - PAD
+    ww = w[:, None] + (k % KS)[None, :] - PAD
+    inside = live[:, None] & (k < CI * KS * KS)[None, :] & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
+    return tl.load(x_ptr + ((n * H + hh) * W + ww) * CI + ci[None, :], mask=inside, other=0.0)
+
+
+@triton.jit
+def _dot(a, b, IEEE: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    """``a @ b`` in float32: float32 operands exactly (``IEEE``, not as TF32); under Triton's CPU interpreter
+    (``UPCAST_DOT``) bf16 operands converted to float32 first, as its dot multiplies bf16 operands' bits (the
+    products are exact in float32 either way, so this is the tensor cores' arithmetic); else on the tensor cores."""
+    if IEEE:
+        return tl.dot(a, b, input_precision="ieee")
+    elif UPCAST_DOT:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        return tl.dot(a, b)
+
+
+@triton.jit
 def conv_weight_kernel(g_ptr, off_ptr, x_ptr, dw_ptr, dmap_ptr, N, C: tl.constexpr, H: tl.constexpr,
                        W: tl.constexpr, OH: tl.constexpr, OW: tl.constexpr, CI: tl.constexpr, KS: tl.constexpr,
-                       PAD: tl.constexpr, K_PAD: tl.constexpr, BLOCK_M: tl.constexpr, N_PER: tl.constexpr,
-                       IEEE: tl.constexpr, UPCAST_DOT: tl.constexpr):
+                       PAD: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, BLOCK_M: tl.constexpr,
+                       N_PER: tl.constexpr, IEEE: tl.constexpr, UPCAST_DOT: tl.constexpr):
     """The max-pool's backward fused with the weight gradient of the stride-1 convolution before it.
 
     Program ``(t, j)``: the conv output positions ``t * BLOCK_M ...`` (of H * W) and the images ``j * N_PER ...``.
@@ -89,10 +116,9 @@ def conv_weight_kernel(g_ptr, off_ptr, x_ptr, dw_ptr, dmap_ptr, N, C: tl.constex
 
         dw[k, co] += sum_p x[n, h_p + kh - PAD, w_p + kw - PAD, ci] * G[p, co],  k = (ci * KS + kh) * KS + kw
 
-    (one ``tl.dot`` of the im2col tile, zero outside the image and for k >= CI * KS * KS) and, per position,
-    ``dmap[p, co] += G[p, co]``. Writes its partial sums: ``dw_ptr[t, j]`` (K_PAD, C) and ``dmap_ptr[j, p]`` (C);
-    the caller sums them in a fixed order (deterministic). ``IEEE``: float32 operands, multiplied exactly (not as
-    TF32); ``UPCAST_DOT``: under Triton's CPU interpreter, bf16 operands converted to float32 first."""
+    (``tl.dot`` of the im2col tile in two column blocks, K1 + K2 >= CI * KS * KS, so that 75 columns cost 80
+    rather than 128) and, per position, ``dmap[p, co] += G[p, co]``. Writes its partial sums: ``dw_ptr[t, j]``
+    (K1 + K2, C) and ``dmap_ptr[j, p]`` (C); the caller sums them in a fixed order (deterministic)."""
     t = tl.program_id(0)
     j = tl.program_id(1)
     p = t * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -100,15 +126,8 @@ def conv_weight_kernel(g_ptr, off_ptr, x_ptr, dw_ptr, dmap_ptr, N, C: tl.constex
     h = p // W
     w = p % W
     co = tl.arange(0, C)
-    k = tl.arange(0, K_PAD)
-    ci = k // (KS * KS)
-    kh = k // KS % KS
-    kw = k % KS
-    hh = h[:, None] + kh[None, :] - PAD
-    ww = w[:, None] + kw[None, :] - PAD
-    x_in = live_p[:, None] & (k < CI * KS * KS)[None, :] & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
-    x_rel = (hh * W + ww) * CI + ci[None, :]
-    acc_w = tl.full((K_PAD, C), 0.0, tl.float32)
+    acc1 = tl.full((K1, C), 0.0, tl.float32)
+    acc2 = tl.full((K2, C), 0.0, tl.float32)
     acc_map = tl.full((BLOCK_M, C), 0.0, tl.float32)
     for i in range(N_PER):
         n = j * N_PER + i
@@ -127,45 +146,34 @@ def conv_weight_kernel(g_ptr, off_ptr, x_ptr, dw_ptr, dmap_ptr, N, C: tl.constex
                 gacc = tl.where(hit, gacc + tl.load(g_ptr + o, mask=hit, other=0.0).to(tl.float32), gacc)
         gq = _rounded(gacc, g_ptr.dtype.element_ty)  # the pool's input gradient as the unfused path stores it
         acc_map += gq.to(tl.float32)
-        xv = tl.load(x_ptr + n * (H * W * CI) + x_rel, mask=x_in & (n < N), other=0.0).to(gq.dtype)
-        if IEEE:
-            acc_w += tl.dot(tl.trans(xv), gq, input_precision="ieee")
-        elif UPCAST_DOT:  # Triton's CPU interpreter: its dot multiplies bf16 operands' bits; the products are
-            # exact in float32 either way, so this is the tensor cores' arithmetic
-            acc_w += tl.dot(tl.trans(xv.to(tl.float32)), gq.to(tl.float32), input_precision="ieee")
-        else:
-            acc_w += tl.dot(tl.trans(xv), gq)
-    tl.store(dw_ptr + ((t * tl.num_programs(1) + j) * K_PAD + k[:, None]) * C + co[None, :], acc_w)
+        x1 = _im2col(x_ptr, n, h, w, live, 0, K1, CI, KS, PAD, H, W).to(gq.dtype)
+        acc1 += _dot(tl.trans(x1), gq, IEEE, UPCAST_DOT)
+        x2 = _im2col(x_ptr, n, h, w, live, K1, K2, CI, KS, PAD, H, W).to(gq.dtype)
+        acc2 += _dot(tl.trans(x2), gq, IEEE, UPCAST_DOT)
+    base = dw_ptr + (t * tl.num_programs(1) + j) * (K1 + K2) * C
+    tl.store(base + tl.arange(0, K1)[:, None] * C + co[None, :], acc1)
+    tl.store(base + (K1 + tl.arange(0, K2))[:, None] * C + co[None, :], acc2)
     tl.store(dmap_ptr + (j * (H * W) + p[:, None]) * C + co[None, :], acc_map, mask=live_p[:, None])
 
 
 @triton.jit
 def conv_forward_kernel(x_ptr, w_ptr, out_ptr, total, C: tl.constexpr, H: tl.constexpr, W: tl.constexpr,
-                        CI: tl.constexpr, KS: tl.constexpr, PAD: tl.constexpr, K_PAD: tl.constexpr,
+                        CI: tl.constexpr, KS: tl.constexpr, PAD: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr,
                         BLOCK_M: tl.constexpr, IEEE: tl.constexpr, UPCAST_DOT: tl.constexpr):
     """A stride-1 convolution with few input channels as an implicit GEMM: program ``t`` computes the output
-    positions ``t * BLOCK_M ...`` (of ``total`` = N * H * W, channels-last) for all C channels as one ``tl.dot``
-    of their im2col tile (K_PAD columns, ``k = (ci * KS + kh) * KS + kw``, zero outside the image and for
-    k >= CI * KS * KS) with the weight as a (CI * KS * KS, C) matrix, accumulated in float32 and rounded once
-    to the output's dtype."""
+    positions ``t * BLOCK_M ...`` (of ``total`` = N * H * W, channels-last) for all C channels as ``tl.dot`` of
+    their im2col tile (two column blocks K1 + K2, see ``conv_weight_kernel``) with the weight as a
+    (CI * KS * KS, C) matrix, accumulated in float32 and rounded once to the output's dtype."""
     q = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     live = q < total
-    n = q // (H * W)
+    n = (q // (H * W))[:, None]
     h = q // W % H
     w = q % W
     co = tl.arange(0, C)
-    k = tl.arange(0, K_PAD)
-    k_live = k < CI * KS * KS
-    ci = k // (KS * KS)
-    hh = h[:, None] + (k // KS % KS)[None, :] - PAD
-    ww = w[:, None] + (k % KS)[None, :] - PAD
-    inside = live[:, None] & k_live[None, :] & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
-    a = tl.load(x_ptr + ((n[:, None] * H + hh) * W + ww) * CI + ci[None, :], mask=inside, other=0.0)
-    b = tl.load(w_ptr + k[:, None] * C + co[None, :], mask=k_live[:, None], other=0.0)
-    if IEEE:
-        acc = tl.dot(a, b, input_precision="ieee")
-    elif UPCAST_DOT:  # Triton's CPU interpreter (see conv_weight_kernel)
-        acc = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    else:
-        acc = tl.dot(a, b)
+    k1 = tl.arange(0, K1)
+    k2 = K1 + tl.arange(0, K2)
+    b1 = tl.load(w_ptr + k1[:, None] * C + co[None, :], mask=(k1 < CI * KS * KS)[:, None], other=0.0)
+    b2 = tl.load(w_ptr + k2[:, None] * C + co[None, :], mask=(k2 < CI * KS * KS)[:, None], other=0.0)
+    acc = _dot(_im2col(x_ptr, n, h, w, live, 0, K1, CI, KS, PAD, H, W), b1, IEEE, UPCAST_DOT)
+    acc += _dot(_im2col(x_ptr, n, h, w, live, K1, K2, CI, KS, PAD, H, W), b2, IEEE, UPCAST_DOT)
     tl.store(out_ptr + q[:, None] * C + co[None, :], _rounded(acc, out_ptr.dtype.element_ty), mask=live[:, None])
