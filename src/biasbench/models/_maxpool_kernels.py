@@ -58,10 +58,11 @@ def forward_kernel(x_ptr, a_ptr, out_ptr, off_ptr, total, C: tl.constexpr, H: tl
 
 
 @triton.jit
-def backward_kernel(g_ptr, off_ptr, gin_ptr, total, C: tl.constexpr, H: tl.constexpr, W: tl.constexpr,
-                    OH: tl.constexpr, OW: tl.constexpr, BLOCK_SIZE: tl.constexpr):
-    idx, live, n, c, h, w = _block_coords(BLOCK_SIZE, total, C, H, W)
-    acc = tl.full((BLOCK_SIZE,), 0.0, tl.float32)
+def _pooled_input_grad(g_ptr, off_ptr, n, c, h, w, live, C: tl.constexpr, OH: tl.constexpr, OW: tl.constexpr):
+    """The max-pool's input gradient at (n, c, h, w) in float32 (the arguments broadcast against each other: a
+    vector of elements, or a column of positions against a row of channels): the output gradients of the
+    windows (at most 4) whose offset points at it, summed in PyTorch's order (window rows, then columns)."""
+    acc = (h + c).to(tl.float32) * 0.0
     # windows covering row h: oh = h // 2 and, for odd h, also oh = h // 2 + 1 (rows 2oh-1 .. 2oh+1)
     for i in tl.static_range(2):
         oh = h // 2 + i
@@ -73,6 +74,14 @@ def backward_kernel(g_ptr, off_ptr, gin_ptr, total, C: tl.constexpr, H: tl.const
             want = (h - (2 * oh - 1)) * 3 + (w - (2 * ow - 1))
             hit = ok & (tl.load(off_ptr + o, mask=ok, other=255).to(tl.int32) == want)
             acc = tl.where(hit, acc + tl.load(g_ptr + o, mask=hit, other=0.0).to(tl.float32), acc)
+    return acc
+
+
+@triton.jit
+def backward_kernel(g_ptr, off_ptr, gin_ptr, total, C: tl.constexpr, H: tl.constexpr, W: tl.constexpr,
+                    OH: tl.constexpr, OW: tl.constexpr, BLOCK_SIZE: tl.constexpr):
+    idx, live, n, c, h, w = _block_coords(BLOCK_SIZE, total, C, H, W)
+    acc = _pooled_input_grad(g_ptr, off_ptr, n, c, h, w, live, C, OH, OW)
     tl.store(gin_ptr + idx, _rounded(acc, gin_ptr.dtype.element_ty), mask=live)
 
 
@@ -132,18 +141,7 @@ def conv_weight_kernel(g_ptr, off_ptr, x_ptr, dw_ptr, dmap_ptr, N, C: tl.constex
     for i in range(N_PER):
         n = j * N_PER + i
         live = live_p & (n < N)
-        gacc = tl.full((BLOCK_M, C), 0.0, tl.float32)
-        # the windows covering (h, w), in the backward kernel's order (see there)
-        for a in tl.static_range(2):
-            oh = h // 2 + a
-            row_ok = (oh <= (h + 1) // 2) & (oh < OH)
-            for b in tl.static_range(2):
-                ow = w // 2 + b
-                ok = live & row_ok & (ow <= (w + 1) // 2) & (ow < OW)
-                o = (((n * OH + oh) * OW + ow) * C)[:, None] + co[None, :]
-                want = ((h - (2 * oh - 1)) * 3 + (w - (2 * ow - 1)))[:, None]
-                hit = ok[:, None] & (tl.load(off_ptr + o, mask=ok[:, None], other=255).to(tl.int32) == want)
-                gacc = tl.where(hit, gacc + tl.load(g_ptr + o, mask=hit, other=0.0).to(tl.float32), gacc)
+        gacc = _pooled_input_grad(g_ptr, off_ptr, n, co[None, :], h[:, None], w[:, None], live[:, None], C, OH, OW)
         gq = _rounded(gacc, g_ptr.dtype.element_ty)  # the pool's input gradient as the unfused path stores it
         acc_map += gq.to(tl.float32)
         x1 = _im2col(x_ptr, n, h, w, live, 0, K1, CI, KS, PAD, H, W).to(gq.dtype)
