@@ -1,9 +1,11 @@
 """Where a training step's time goes: the profiler's per-operator and per-kernel device time of one method's step.
 
     python benchmarks/anatomy.py [--device cuda] [--cell-size 32] [--method stdm] [--steps 20] [--top 15]
+                                 [--model-kwarg KEY=VALUE ...]
 
 Builds a run as ``biasbench train`` would (bf16 autocast + channels_last on CUDA, fp32 on the CPU; explicit
-variable texture for bias-label methods), takes a few eager steps, then profiles ``--steps`` eager steps with
+variable texture for bias-label methods; ``--model-kwarg``: paper CNN options such as
+``pool_kernel=triton_conv``), takes a few eager steps, then profiles ``--steps`` eager steps with
 ``torch.profiler`` and prints
 
 1. the step's wall time eagerly and captured as a CUDA graph (:mod:`biasbench.train.graphs`), and the device
@@ -50,11 +52,11 @@ def short_shapes(shapes) -> str:
     return text if len(text) <= 44 else text[:41] + "..."
 
 
-def build(root: str, method: str, dev: str):
+def build(root: str, method: str, dev: str, model_kwargs: dict | None = None):
     """(trainer, method, update(idx), train split) for one run of ``method`` on the dataset at ``root``."""
     train = load_splits(root, torch.device(dev))["train"]
     explicit = ("texture",) if get_method_class(method).uses_bias_labels else ()
-    cfg = TrainConfig(data=root, method=method, seed=0, explicit=explicit)
+    cfg = TrainConfig(data=root, method=method, seed=0, explicit=explicit, model_kwargs=model_kwargs or {})
     tr = Trainer(cfg, "/nonexistent", tracker="none", device=dev, cuda_graphs=dev.startswith("cuda"))
     m = tr.build_method(train)
 
@@ -71,18 +73,24 @@ def main() -> None:
     ap.add_argument("--method", default="stdm")
     ap.add_argument("--steps", type=int, default=None, help="profiled steps (default 20 CUDA, 3 CPU)")
     ap.add_argument("--top", type=int, default=15, help="rows per table")
+    ap.add_argument("--model-kwarg", action="append", default=[], metavar="KEY=VALUE",
+                    help="a model option (e.g. pool_kernel=triton_conv); repeatable")
     args = ap.parse_args()
+    from biasbench.cli import parse_hparams
+
+    model_kwargs = parse_hparams(args.model_kwarg, "--model-kwarg")
     dev = pick_device(args.device)
     cuda = dev.startswith("cuda")
     steps = args.steps or (20 if cuda else 3)
     name = device_name(dev)
     unit = "device" if cuda else "CPU"
     print(f"device: {dev} ({name}), torch {torch.__version__}, image {3 * args.cell_size}px, method {args.method}, "
-          f"batch 128, {'bf16 + channels_last' if cuda else 'fp32'}, {steps} profiled steps")
+          f"batch 128, {'bf16 + channels_last' if cuda else 'fp32'}, {steps} profiled steps"
+          + (f", model options {model_kwargs}" if model_kwargs else ""))
     with tempfile.TemporaryDirectory() as tmp:
         root = f"{tmp}/ds"
         generate(root, DatasetSettings(cell_size=args.cell_size, n_train=2048, n_val=100, n_test=100))
-        tr, m, update, train = build(root, args.method, dev)
+        tr, m, update, train = build(root, args.method, dev, model_kwargs)
         idx = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(0))[:128].to(dev)
         with tr._autocast():
             for _ in range(3):

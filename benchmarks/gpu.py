@@ -301,8 +301,8 @@ def main() -> None:
                     help="a model option for every trial of the sweep (e.g. pool_kernel=triton); repeatable")
     ap.add_argument("--model-options", default=None, choices=("measured",),
                     help="measured: add the --train-options combination whose captured loop was fastest in this "
-                         "call's train benchmark (at least 1.03x none; the Triton pool only if firstblock's "
-                         "bit-for-bit check passed) to --model-kwarg")
+                         "call's train benchmark (at least 1.03x none; the Triton kernels only if firstblock's "
+                         "checks passed) to --model-kwarg; anatomy, if asked for, then profiles the step with them")
     ap.add_argument("--sweep-dir", default=None, help="the sweep folder (default OUT/sweep)")
     ap.add_argument("--data", default=None, help="the datasets folder (default OUT/data)")
     ap.add_argument("--deadline", type=float, default=None, help="end the script within this many seconds")
@@ -334,8 +334,15 @@ def main() -> None:
             "anatomy": [py, str(HERE / "anatomy.py"), *dev, *small],
             "firstblock": [py, str(HERE / "firstblock.py"), *dev, *small, *comp],
             "audit": [py, str(HERE / "audit.py"), *dev, "--samples", "1000"]}
+    deferred = ["anatomy"] if args.model_options == "measured" and "anatomy" in benches else []
     for b in benches:
-        run(cmds[b], out / f"{b}.txt", args.bench_limit)
+        if b not in deferred:  # anatomy profiles the step with the measured options, once they are chosen
+            run(cmds[b], out / f"{b}.txt", args.bench_limit)
+    if args.model_options == "measured":
+        args.model_kwarg += options_from_benchmark(out)
+    for b in deferred:
+        run(cmds[b] + [a for kv in args.model_kwarg for a in ("--model-kwarg", kv)], out / f"{b}.txt",
+            args.bench_limit)
     if args.skip_sweep:
         return
     if args.cuda_graphs == "measured":
@@ -344,8 +351,6 @@ def main() -> None:
         args.streams = streams_from_benchmark(out / "streams.txt")
     if args.fuse == "measured":
         args.fuse = fuse_from_benchmark(out / "fused.txt", args.cuda_graphs == "on")
-    if args.model_options == "measured":
-        args.model_kwarg += options_from_benchmark(out)
     sweep = Path(args.sweep_dir) if args.sweep_dir else out / "sweep"
     report = sweep / "report" if args.archive else out / "report"
     path = sweep_file(args, out)
