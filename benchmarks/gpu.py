@@ -15,8 +15,9 @@ in at most 10 minutes on one H100-class GPU):
    ``--options`` and firstblock.py runs),
    ``--cuda-graphs G``, W units at a time in processes (``--workers``) or N in threads, one CUDA stream each
    (``--streams``), on the one GPU (local runner), then its report (Table 1 against the paper). Should the
-   sweep fail with several streams, it is run again with one unit at a time, and should it fail with CUDA
-   graphs on, again with them off, for the time left.
+   sweep fail with measured model options, it is run again without them (into SWEEP-plain); should it fail
+   with several streams, again with one unit at a time; and should it fail with CUDA graphs on, again with
+   them off, for the time left.
 
     python benchmarks/gpu.py --out DIR [--benchmarks fused,train] [--fused-runs 1,8] [--bench-limit S]
                              [--workers 1] [--streams 1|measured|N] [--fuse auto|measured|N]
@@ -338,8 +339,8 @@ def main() -> None:
     for b in benches:
         if b not in deferred:  # anatomy profiles the step with the measured options, once they are chosen
             run(cmds[b], out / f"{b}.txt", args.bench_limit)
-    if args.model_options == "measured":
-        args.model_kwarg += options_from_benchmark(out)
+    measured = options_from_benchmark(out) if args.model_options == "measured" else []
+    args.model_kwarg += measured
     for b in deferred:
         run(cmds[b] + [a for kv in args.model_kwarg for a in ("--model-kwarg", kv)], out / f"{b}.txt",
             args.bench_limit)
@@ -366,6 +367,19 @@ def main() -> None:
         return None if args.deadline is None else args.deadline - elapsed() - tail - 10
 
     seconds, stopped, rc = run(cmd + ["--cuda-graphs", args.cuda_graphs], out / "sweep.txt", limit())
+    if rc and not stopped and measured and (limit() is None or limit() > 60):
+        # new kernels are the likeliest cause: the same sweep without them, in a folder of its own (other run ids)
+        args.model_kwarg = [kv for kv in args.model_kwarg if kv not in measured]
+        path = sweep_file(args, out)
+        sweep = sweep.with_name(sweep.name + "-plain")
+        report = sweep / "report" if args.archive else out / "report"
+        print(f"[{elapsed():6.0f}s] the sweep failed with the measured options {' '.join(measured)}: again without "
+              f"them, into {sweep}", flush=True)
+        cmd[4] = str(path or "paper-table1")
+        cmd[cmd.index("--out") + 1] = str(sweep)
+        before, _ = count_finished(sweep)
+        more, stopped, rc = run(cmd + ["--cuda-graphs", args.cuda_graphs], out / "sweep-plain.txt", limit())
+        seconds += more
     if rc and not stopped and args.streams != "1" and (limit() is None or limit() > 60):
         print(f"[{elapsed():6.0f}s] the sweep failed with --streams {args.streams}: again with one unit at a time",
               flush=True)

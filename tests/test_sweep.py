@@ -307,6 +307,9 @@ def test_stream_threads_refuse_what_they_cannot_run(tmp_path):
     drop = expand(load_spec(_write(tmp_path, MICRO.replace("base: {", "base: {model_kwargs: {drop_rate: 0.2}, "))))
     with pytest.raises(BiasbenchError, match="dropout"):
         run_sweep(drop, "micro", "tiny", str(tmp_path / "data"), str(tmp_path / "o"), streams=2)
+    bad = expand(load_spec(_write(tmp_path, MICRO.replace("base: {", "base: {model_kwargs: {conv1_pad_to: 2}, "))))
+    with pytest.raises(BiasbenchError, match="conv1_pad_to must be 0"):
+        run_sweep(bad, "micro", "tiny", str(tmp_path / "data"), str(tmp_path / "o"))
     assert not (tmp_path / "o").exists()  # refused before anything was written
     rc = main(["sweep", _write(tmp_path, MICRO), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "c"),
                "--streams", "2", "--runner", "ray"])

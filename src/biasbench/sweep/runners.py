@@ -96,6 +96,23 @@ def shared_rng_users(trials: list[Trial]) -> list[str]:
     return [t.trial_id for t in trials if t.train_config("-").random_masks()]
 
 
+def check_models(trials: list[Trial]) -> None:
+    """Build each distinct model and options of ``trials`` on the meta device (no memory, no weights drawn), so
+    an unknown model or a bad option fails with its error before a sweep writes anything."""
+    import torch
+
+    from ..models import create_model
+
+    seen = set()
+    for t in trials:
+        cfg = t.train_config("-")
+        key = (cfg.model, json.dumps(cfg.model_kwargs, sort_keys=True))
+        if key not in seen:
+            seen.add(key)
+            with torch.device("meta"):
+                create_model(cfg.model, **cfg.model_kwargs)
+
+
 def unit_cost(unit: list[Trial]) -> float:
     """GPU time of one training step of ``unit`` relative to StdM's: its trials' methods' ``step_cost`` summed."""
     from ..methods import get_method_class
@@ -273,6 +290,7 @@ def run_sweep(trials: list[Trial], name: str, scale: str, data_root: str, out: s
     from ..train.loop import check_cuda_graphs, resolve_device
 
     check_cuda_graphs(cuda_graphs, resolve_device(device), compile_model)  # bad combinations fail before training
+    check_models(trials)
     units = plan_units(trials, resolve_fuse(fuse, device, compile_model))
     make_tracker(tracker, str(Path(out) / "runs")).prepare()  # bad tracker: fail before training
     outp = Path(out)
