@@ -15,7 +15,8 @@ output and conv1 weight gradient are from the current form's (the same function;
   (``pool_kernel``; on the CPU, where Triton does not run, it is PyTorch's);
 - ``cl, triton conv``: conv1 and the Triton pool as one function (``pool_kernel="triton_conv"``); with the fold
   its backward computes conv1's weight gradient inside the pool's kernel (:mod:`biasbench.models.conv_pool`);
-  ``+ fwd``: conv1's forward by a Triton implicit GEMM too (``conv1_kernel="triton"``);
+  ``+ fwd``: conv1's forward by a Triton implicit GEMM too (``conv1_kernel="triton"``); with the fold also with
+  other launch settings of those kernels (:data:`TUNINGS`);
 - ``cl, pad 4`` and ``cl, pad 8``: conv1's input and weight padded with zero channels to 4 or 8
   (``conv1_pad_to``: may let cuDNN take other kernels), also with the Triton pool;
 - ``... + fold``: the input batch norm folded into conv1 (``fold_input_bn``, ``docs/models.md``);
@@ -30,6 +31,7 @@ agrees to 1e-12), so a relative difference of order 1e-3 is rounding, not a diff
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 
 import torch
@@ -201,6 +203,27 @@ def check_in_the_network(dev, size: int, batch: int) -> str:
             f"{same(runs[0], runs[2])}")
 
 
+TUNINGS = ({"BLOCK_M": 32}, {"N_PER": 16}, {"CONV_BLOCK_M": 64}, {"CONV_BLOCK_M": 256, "CONV_WARPS": 8})
+"""Other launch settings of :mod:`biasbench.models.conv_pool`'s kernels timed with the fold; the
+defaults are in the ``cl, triton conv + fwd + fold`` row. Each compiles for sm_90 without spilling registers
+(ptxas; 8 warps for the backward throughout)."""
+
+
+@contextlib.contextmanager
+def tuning(settings: dict):
+    """:mod:`biasbench.models.conv_pool`'s module constants set to ``settings`` for the ``with`` block."""
+    from biasbench.models import conv_pool
+
+    old = {k: getattr(conv_pool, k) for k in settings}
+    for k, v in settings.items():
+        setattr(conv_pool, k, v)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            setattr(conv_pool, k, v)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="auto")
@@ -237,6 +260,10 @@ def main() -> None:
         variants.append(("cl, triton conv" + tag, model(pool_kernel="triton_conv"), x_cl, {}))
         variants.append(("cl, triton conv + fwd" + tag, model(pool_kernel="triton_conv", conv1_kernel="triton"), x_cl,
                          {}))
+        if fold:  # the Triton conv kernels' launch settings (conv_pool's constants), for the next tuning
+            for tune in TUNINGS:
+                variants.append(("cl, triton conv + fwd, " + ", ".join(f"{k}={v}" for k, v in tune.items()) + tag,
+                                 model(pool_kernel="triton_conv", conv1_kernel="triton"), x_cl, {"tune": tune}))
         for pad in (4, 8):
             variants += [(f"cl, pad {pad}" + tag, model(conv1_pad_to=pad), x_cl, {}),
                          (f"cl, pad {pad}, triton pool" + tag, model(conv1_pad_to=pad, pool_kernel="triton"), x_cl, {})]
@@ -249,13 +276,14 @@ def main() -> None:
           f"{'bf16 autocast' if cuda else 'fp32'}, {steps} calls per variant (forward + backward of the block)")
     for line in check_lines(dev, size, args.batch_size):
         print(line, flush=True)
-    print(f"{'variant':32s}{'ms/batch':>10s}{'img/s':>12s}{'x first':>9s}{'max |out diff|':>16s}{'rel grad diff':>15s}")
+    print(f"{'variant':62s}{'ms/batch':>10s}{'img/s':>12s}{'x first':>9s}{'max |out diff|':>16s}{'rel grad diff':>15s}")
     ref = None
     for label, model, inp, opts in variants:
         model.train()
         fn = block
         if opts.pop("compiled", False):
             fn = torch.compile(block)
+        tuned = tuning(opts.pop("tune", {}))
         g = None
 
         def call():
@@ -271,18 +299,19 @@ def main() -> None:
             return out
 
         try:
-            rate = steps_per_second(call, steps, dev)
-            out = call().detach().float()
+            with tuned:
+                rate = steps_per_second(call, steps, dev)
+                out = call().detach().float()
             grad = model.conv1.weight.grad.detach().float()
         except Exception as exc:  # one variant failing must not hide the others' numbers
-            print(f"{label:32s} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+            print(f"{label:62s} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
                   flush=True)
             continue
         if ref is None:
             ref = (rate, out, grad)
         diff = (out - ref[1]).abs().max().item()
         rel = ((grad - ref[2]).norm() / ref[2].norm().clamp_min(1e-30)).item()
-        print(f"{label:32s}{1000 / rate:10.3f}{rate * args.batch_size:12,.0f}{rate / ref[0]:9.2f}{diff:16.3g}"
+        print(f"{label:62s}{1000 / rate:10.3f}{rate * args.batch_size:12,.0f}{rate / ref[0]:9.2f}{diff:16.3g}"
               f"{rel:15.2e}", flush=True)
 
 
