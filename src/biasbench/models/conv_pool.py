@@ -21,8 +21,6 @@ C output channels a power of two. Used by ``paper_cnn`` with ``pool_kernel="trit
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 
@@ -64,13 +62,9 @@ def conv_weight_grad(g: torch.Tensor, off: torch.Tensor, x: torch.Tensor, ks: in
     g = g.contiguous(memory_format=torch.channels_last)
     with maxpool._LAUNCH_LOCK:
         kernel[(tiles, chunks)](g, off, x, dw, dmap, n, c, h, w, oh, ow, ci, ks, ks // 2, k1, k2, BLOCK_M, N_PER,
-                                x.dtype == torch.float32, _interpreted(), num_warps=WARPS)
+                                x.dtype == torch.float32, maxpool.interpreted(), num_warps=WARPS)
     weight = dw.sum((0, 1))[: ci * ks * ks].t().reshape(c, ci, ks, ks)
     return weight, dmap.sum(0).permute(2, 0, 1).unsqueeze(0)
-
-
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def conv_forward(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -85,7 +79,7 @@ def conv_forward(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     with maxpool._LAUNCH_LOCK:
         kernel[(maxpool.triton_cdiv(total, CONV_BLOCK_M),)](
             x, w_mat, out, total, c, h, w, ci, ks, ks // 2, *_k_blocks(ci, ks), CONV_BLOCK_M, x.dtype == torch.float32,
-            _interpreted(), num_warps=CONV_WARPS)
+            maxpool.interpreted(), num_warps=CONV_WARPS)
     return out
 
 

@@ -124,11 +124,16 @@ def addend_ok(x: torch.Tensor, addend: torch.Tensor, channels: int | None = None
                  or tuple(addend.shape) == (1, c, h, w) and addend.stride()[1] == 1))
 
 
+def interpreted() -> bool:
+    """Whether Triton runs its kernels through its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def usable(x: torch.Tensor) -> bool:
     """Whether the Triton kernels take ``x``: a 4-d channels-last tensor (not also NCHW-contiguous, which a
     one-channel or 1x1 map is) of a floating dtype, under 2**31 elements, on CUDA, or on the CPU under Triton's
     interpreter."""
-    on_device = x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    on_device = x.is_cuda or interpreted()
     return (on_device and x.dim() == 4 and x.is_floating_point() and x.numel() < 2 ** 31
             and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
 

@@ -50,6 +50,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import BiasbenchError
+from .maxpool import max_pool_3x3_s2, usable  # the Triton kernels themselves are imported on first use
 from .registry import pick_features, register_model
 
 
@@ -125,25 +126,20 @@ class PaperCNN(nn.Module):
         With the Triton pool on a tensor it takes, conv1's bias (or ``fold_input_bn``'s border term) is added
         inside the pool's forward kernel instead of by a kernel of its own over the 96x96 map: the same numbers.
         ``triton_conv`` also runs conv1 and the pool as one function (:mod:`biasbench.models.conv_pool`)."""
-        if self.pool_kernel != "torch":
-            from .maxpool import max_pool_3x3_s2, usable
+        if self.pool_kernel == "torch" or not usable(x):
+            return F.relu(self._pool(self._conv1_of_input(x)))
+        if self.pool_kernel == "triton":
+            return F.relu(max_pool_3x3_s2(*self._conv1_parts(x, split_bias=True)))
+        from .conv_pool import conv_max_pool
 
-            if usable(x) and self.pool_kernel == "triton_conv":
-                from .conv_pool import conv_max_pool
-
-                inp, weight, addend, _ = self._conv1_operands(x)
-                dt = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) \
-                    else inp.dtype  # the casts autocast would make for F.conv2d
-                return F.relu(conv_max_pool(inp.to(dt), weight.to(dt), addend.to(dt), self.conv1_kernel))
-            if usable(x):
-                return F.relu(max_pool_3x3_s2(*self._conv1_parts(x, split_bias=True)))
-        return F.relu(self._pool(self._conv1_of_input(x)))
+        inp, weight, addend, _ = self._conv1_operands(x)
+        dt = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) \
+            else inp.dtype  # the casts autocast would make for F.conv2d
+        return F.relu(conv_max_pool(inp.to(dt), weight.to(dt), addend.to(dt), self.conv1_kernel))
 
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
         """``pool1(x)``; with the Triton pool kernels through :mod:`biasbench.models.maxpool` (the same numbers)."""
         if self.pool_kernel != "torch":
-            from .maxpool import max_pool_3x3_s2
-
             return max_pool_3x3_s2(x)
         return self.pool1(x)
 

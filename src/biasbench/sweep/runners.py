@@ -117,7 +117,7 @@ def unit_cost(unit: list[Trial]) -> float:
     """GPU time of one training step of ``unit`` relative to StdM's: its trials' methods' ``step_cost`` summed."""
     from ..methods import get_method_class
 
-    return sum(get_method_class(t.config.get("method", "stdm")).step_cost for t in unit)
+    return sum(get_method_class(t.train_config("-").method).step_cost for t in unit)
 
 
 class BalancedUnits:
@@ -171,11 +171,11 @@ def run_threads(units: list[list[Trial]], data_root: str, out: str, tracker: str
     for ds in {json.dumps(t.dataset.to_dict(), sort_keys=True): t.dataset for u in units for t in u}.values():
         ensure_dataset(data_root, ds)  # before the threads: two trials must not render one dataset at once
     progress = Progress([len(u) for u in units], log, streams)
-    jobs = BalancedUnits(units, min(streams, len(units)))
+    n = min(streams, len(units))
+    jobs = BalancedUnits(units, n)
     done: queue.Queue = queue.Queue()
     stop = threading.Event()
 
-    n = min(streams, len(units))
     # one stream per thread, taken here at once: torch hands out its pool's 32 streams in turn, so n <= MAX_STREAMS
     # consecutive ones are distinct (the threads' captures run on these too: graphs.GraphedStep._stream)
     own = [torch.cuda.Stream(dev) if dev.type == "cuda" else None for _ in range(n)]

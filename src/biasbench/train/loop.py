@@ -182,10 +182,12 @@ def load_splits(data: str, device: torch.device) -> dict[str, SplitData]:
     """Every split of the dataset in ``data`` rendered on ``device``. Rendered once per process: the latest
     dataset loaded on each device is kept, so the trials of a sweep (threads of ``--streams`` included) share
     one read-only copy instead of rendering the 80,000 images of a full-size dataset each (about 0.5 s per
-    trial on an H100, 3 s on a 2-core CPU); loading another dataset on that device drops it first. Callers must not modify the
-    tensors."""
+    trial on an H100, 3 s on a 2-core CPU); loading another dataset on that device drops it first. Callers must
+    not modify the tensors."""
     key = _dataset_key(data, device)
-    with _SPLITS_LOCK:  # one thread renders; the others wait for its result rather than render it again
+    # the gate first: the lock's holder is then already inside a shared section and never waits on a capture
+    # while others wait on it; one thread renders, the others wait for its result rather than render it again
+    with graphs.CAPTURE_GATE.shared(), _SPLITS_LOCK:
         hit = _SPLITS_CACHE.get(key)
         if hit is None:
             for k in [k for k in _SPLITS_CACHE if k[-1] == key[-1]]:
@@ -198,8 +200,7 @@ def _render_splits(data: str, device: torch.device) -> dict[str, SplitData]:
     out = {}
     for split in SPLITS:
         ds = BiasedMNIST(data, split=split, download=False)
-        with graphs.CAPTURE_GATE.shared():
-            t = ds.tensors(device)
+        t = ds.tensors(device)  # inside load_splits's shared section of the capture gate
         out[split] = SplitData(t["images"], t["labels"], t["factors"], ds.labels.astype(np.int64),
                                ds.factors.astype(np.int64))
     return out
