@@ -209,8 +209,8 @@ def options_from_benchmark(out: Path, gain: float = 1.03) -> list[str]:
     """``--model-options measured``: the paper CNN options (train.py ``--options`` words) whose captured loop in
     this call's train.py was fastest, as ``--model-kwarg`` items, if at least ``gain`` x the captured loop
     without options; options with the Triton pool only if firstblock.py's check passed (:func:`triton_pool_checked`),
-    with ``tconv`` only if the fused backward's check passed too, with ``tfwd`` only if the Triton forward's did
-    as well (:func:`check_passed`).
+    with ``tconv`` only if the fused backward's check passed too, with ``tfwd`` only if the Triton forward's did,
+    with ``ksum`` only if the kernel-summed gradient's did (:func:`check_passed`).
     None (an empty list) otherwise."""
     from train import OPTIONS  # benchmarks/train.py
 
@@ -218,13 +218,13 @@ def options_from_benchmark(out: Path, gain: float = 1.03) -> list[str]:
     loops = {label: float(nums[1].replace(",", "")) for label, nums in table_rows(out / "train.txt")
              if len(nums) == 3 and label.startswith(base)}
     triton_ok = triton_pool_checked(out / "firstblock.txt")
-    tconv_ok = triton_ok and check_passed(out / "firstblock.txt", "fused conv backward")
-    tfwd_ok = tconv_ok and check_passed(out / "firstblock.txt", "triton conv1 forward")
+    passed = {"triton": triton_ok,
+              "tconv": triton_ok and check_passed(out / "firstblock.txt", "fused conv backward"),
+              "tfwd": triton_ok and check_passed(out / "firstblock.txt", "triton conv1 forward"),
+              "ksum": triton_ok and check_passed(out / "firstblock.txt", "pool gradient summed in the kernel")}
 
     def checked(opt: str) -> bool:
-        words = opt.split("+")
-        return ("triton" not in words or triton_ok) and ("tconv" not in words or tconv_ok) \
-            and ("tfwd" not in words or tfwd_ok)
+        return all(passed.get(word, True) for word in opt.split("+"))
 
     options = {label[len(base) + 3:]: rate for label, rate in loops.items()
                if label.startswith(base + " + ") and checked(label[len(base) + 3:])}
@@ -236,8 +236,8 @@ def options_from_benchmark(out: Path, gain: float = 1.03) -> list[str]:
     ratio = options[best] / loops[base]
     chosen = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for w in best.split("+")
               for k, v in OPTIONS[w].items()] if ratio >= gain else []
-    print(f"--model-options measured: checks passed: triton pool {triton_ok}, fused conv backward {tconv_ok}, "
-          f"triton conv1 forward {tfwd_ok}; best "
+    print(f"--model-options measured: checks passed: triton pool {triton_ok}, fused conv backward {passed['tconv']}, "
+          f"triton conv1 forward {passed['tfwd']}, kernel-summed pool gradient {passed['ksum']}; best "
           f"{best} at {ratio:.2f}x the captured loop without options -> {' '.join(chosen) or 'none'}", flush=True)
     return chosen
 
@@ -318,6 +318,11 @@ def main() -> None:
     unknown = set(benches) - set(BENCHMARKS)
     if unknown:
         sys.exit(f"error: unknown benchmarks {sorted(unknown)}; expected some of {BENCHMARKS}")
+    from train import option_error  # benchmarks/train.py: a bad word fails here, not minutes into a GPU call
+
+    for opt in [o for o in (args.train_options or "").split(",") if o]:
+        if option_error(opt):
+            sys.exit(f"error: --train-options: {option_error(opt)}")
     dev = ["--device", "cuda" if args.device == "auto" else args.device]
     small = [] if "cuda" in dev[1] else ["--cell-size", "8"]
     comp = [] if args.no_bench_compile else ["--compile"]

@@ -3,7 +3,7 @@ loss accumulation, progress) against a bare forward/backward/step on one fixed f
 
     python benchmarks/train.py [--device auto] [--cell-size 32] [--steps N] [--batch-size 128]
                                [--compile [--compile-modes default,reduce-overhead]]
-                               [--options fold,triton,pad8,fold+triton+pad8] [--only LABELS]
+                               [--options fold,triton,fold+triton+tfwd+ksum] [--only LABELS]
 
 On CUDA it measures fp32 eager, bf16 autocast + channels_last, the same with every step captured as a CUDA
 graph (``+ graphs``: :mod:`biasbench.train.graphs`), and compiled (``--compile``, static shapes, once per
@@ -13,8 +13,10 @@ configurations whose labels contain one of the comma-separated words (e.g. ``--o
 ``--options`` adds each configuration again with paper CNN options (:class:`biasbench.models.paper_cnn.PaperCNN`):
 ``fold`` (the input batch norm folded into conv1), ``triton`` (the Triton max-pool with conv1's bias inside,
 CUDA only), ``tconv`` (``pool_kernel=triton_conv``: with ``fold``, conv1's weight gradient inside the pool's
-backward kernel), ``tfwd`` (that and conv1's forward as a Triton implicit GEMM), ``pad4`` / ``pad8`` (conv1's input padded with zero channels to 4 or 8), joined with ``+`` to
-combine (``fold+triton+pad8``). Prints images/s per configuration and the loop / bare ratio.
+backward kernel), ``tfwd`` (conv1's forward as a Triton implicit GEMM; with ``triton`` or ``tconv``), ``ksum``
+(conv1's bias or the fold's border-map gradient summed over the batch in the pool's backward kernel; with
+``triton`` or ``tconv``), ``pad4`` / ``pad8`` (conv1's input padded with zero channels to 4 or 8), joined with
+``+`` to combine (``fold+triton+tfwd+ksum``). Prints images/s per configuration and the loop / bare ratio.
 """
 from __future__ import annotations
 
@@ -36,9 +38,25 @@ from common import device_name, pick_device  # benchmarks/common.py (scripts run
 
 
 OPTIONS = {"fold": {"fold_input_bn": True}, "triton": {"pool_kernel": "triton"},
-           "tconv": {"pool_kernel": "triton_conv"}, "tfwd": {"pool_kernel": "triton_conv", "conv1_kernel": "triton"},
-           "pad4": {"conv1_pad_to": 4}, "pad8": {"conv1_pad_to": 8}}
-"""``--options`` words: paper CNN keyword arguments."""
+           "tconv": {"pool_kernel": "triton_conv"}, "tfwd": {"conv1_kernel": "triton"},
+           "ksum": {"pool_grad_sum": "kernel"}, "pad4": {"conv1_pad_to": 4}, "pad8": {"conv1_pad_to": 8}}
+"""``--options`` words: paper CNN keyword arguments. ``tfwd`` and ``ksum`` need a Triton pool (``triton`` or
+``tconv``) in the same combination. (In the sixth session's H100 table ``fold+tfwd`` meant ``fold+tconv+tfwd``.)"""
+POOL_WORDS = ("triton", "tconv")
+NEEDS_POOL = ("tfwd", "ksum")
+
+
+def option_error(opt: str) -> str | None:
+    """Why ``opt`` (words joined by +) is not a valid ``--options`` item, or None."""
+    words = opt.split("+")
+    if not set(words) <= set(OPTIONS):
+        return f"unknown option {opt!r}; expected words from {', '.join(OPTIONS)} joined by +"
+    if set(words) & set(NEEDS_POOL) and not set(words) & set(POOL_WORDS):
+        need = [w for w in NEEDS_POOL if w in words]
+        return f"option {opt!r}: {' and '.join(need)} need{'s' if len(need) == 1 else ''} triton or tconv with it"
+    if len(set(words) & set(POOL_WORDS)) > 1:
+        return f"option {opt!r}: triton and tconv are two pool kernels; take one"
+    return None
 
 
 def _sync(dev):
@@ -118,9 +136,10 @@ def main() -> None:
     ap.add_argument("--options", default="",
                     help="comma-separated paper CNN options to measure every configuration with too: fold "
                          "(input batch norm folded into conv1), triton (Triton max-pool), tconv (Triton max-pool "
-                         "and conv1's weight gradient in one kernel), tfwd (tconv and conv1's forward in Triton), "
-                         "pad4 or pad8 (conv1's "
-                         "input padded to 4 or 8 channels); join with + to combine, e.g. fold+triton+pad8")
+                         "and conv1's weight gradient in one kernel), tfwd (conv1's forward in Triton; with triton "
+                         "or tconv), ksum (the bias or border map gradient summed in the pool's backward kernel; "
+                         "with triton or tconv), pad4 or pad8 (conv1's input padded to 4 or 8 channels); join with "
+                         "+ to combine, e.g. fold+triton+tfwd+ksum")
     ap.add_argument("--only", default=None, help="comma-separated words: keep configurations whose labels hold one")
     args = ap.parse_args()
     dev = torch.device(pick_device(args.device))
@@ -143,8 +162,8 @@ def main() -> None:
     extra = []
     for opt in [o for o in args.options.split(",") if o]:
         words = opt.split("+")
-        if not set(words) <= set(OPTIONS):
-            ap.error(f"unknown option {opt!r}; expected words from {', '.join(OPTIONS)} joined by +")
+        if option_error(opt):
+            ap.error(option_error(opt))
         kwargs = {k: v for w in words for k, v in OPTIONS[w].items()}
         extra += [(c[0] + " + " + opt,) + c[1:-1] + (kwargs,) for c in configs]
     configs += extra

@@ -138,10 +138,11 @@ def test_conv_forward_kernel_is_the_convolution(interpreted, dtype):
         torch.testing.assert_close(out.double(), exact, rtol=1e-5, atol=1e-5)
 
 
-def test_paper_cnn_with_the_triton_conv1_forward(interpreted, monkeypatch):
-    """conv1_kernel="triton" (with pool_kernel="triton_conv" and the fold): conv1's forward through the Triton
-    kernel, logits and gradients those of the default network up to summation order; refused without
-    triton_conv."""
+@pytest.mark.parametrize("pool_kernel", ["triton", "triton_conv"])
+def test_paper_cnn_with_the_triton_conv1_forward(interpreted, monkeypatch, pool_kernel):
+    """conv1_kernel="triton" (with a Triton pool and the fold): conv1's forward through the Triton kernel,
+    logits and gradients those of the default network up to summation order (with pool_kernel="triton" the
+    backward is the unfused one, not the fused weight-gradient kernel); refused without a Triton pool."""
     from biasbench.errors import BiasbenchError
     from biasbench.models import create_model
 
@@ -152,18 +153,21 @@ def test_paper_cnn_with_the_triton_conv1_forward(interpreted, monkeypatch):
     x = (torch.rand(4, 3, 24, 24) * 255).round().contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (4,))
     runs = []
-    for kwargs in ({}, {"pool_kernel": "triton_conv", "conv1_kernel": "triton"}):
+    fused = []
+    weight_grad = conv_pool.conv_weight_grad
+    monkeypatch.setattr(conv_pool, "conv_weight_grad", lambda *a: fused.append(1) or weight_grad(*a))
+    for kwargs in ({}, {"pool_kernel": pool_kernel, "conv1_kernel": "triton"}):
         torch.manual_seed(1)
         m = create_model("paper_cnn", fold_input_bn=True, **kwargs).to(memory_format=torch.channels_last)
         logits = m(x)
         F.cross_entropy(logits, y).backward()
         runs.append((logits.detach(), {n: p.grad for n, p in m.named_parameters()}))
-    assert calls == [1]
+    assert calls == [1] and fused == ([1] if pool_kernel == "triton_conv" else [])
     (a, ga), (b, gb) = runs
     torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
     for n in ga:
         torch.testing.assert_close(gb[n], ga[n], rtol=1e-3, atol=1e-6, msg=n)
-    with pytest.raises(BiasbenchError, match="conv1_kernel=triton runs inside pool_kernel=triton_conv"):
+    with pytest.raises(BiasbenchError, match="conv1_kernel=triton runs with a Triton pool"):
         create_model("paper_cnn", conv1_kernel="triton")
     with pytest.raises(BiasbenchError, match="conv1_kernel must be one of torch, triton"):
         create_model("paper_cnn", pool_kernel="triton_conv", conv1_kernel="cuda")

@@ -93,6 +93,43 @@ def test_triton_max_pool_adds_the_addend_bit_for_bit(interpreted, dtype, kind):
     assert torch.equal(t.grad, ref_gin.float().sum((0, 2, 3)) if kind == "bias" else ref_gin.float().sum(0, keepdim=True))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["bias", "map"])
+def test_backward_kernel_sums_the_addends_gradient(interpreted, monkeypatch, dtype, kind):
+    """grad_sum="kernel": the input gradient is the same bit for bit, and the addend's gradient is the stored
+    input gradient summed over the batch (and, for a bias, the map) in float32, rounded once: equal to that sum
+    up to float32 order. Five images in chunks of two: a partial chunk and several partial sums to add."""
+    monkeypatch.setattr(maxpool, "SUM_N_PER", 2)
+    torch.manual_seed(0)
+    n, c, h, w = 5, 4, 12, 11
+    x = (torch.randn(n, c, h, w) * 2).round().to(dtype).contiguous(memory_format=torch.channels_last)
+    shape = (c,) if kind == "bias" else (1, c, h, w)
+    a = torch.randn(shape).to(dtype)
+    if kind == "map":
+        a = a.contiguous(memory_format=torch.channels_last)
+    g = torch.randn(n, c, (h - 1) // 2 + 1, (w - 1) // 2 + 1).to(dtype).contiguous(memory_format=torch.channels_last)
+    grads = []
+    for grad_sum in maxpool.GRAD_SUMS:
+        xt, at = x.clone().requires_grad_(True), a.clone().requires_grad_(True)
+        out = maxpool.max_pool_3x3_s2(xt, at, grad_sum=grad_sum)
+        out.backward(g)
+        grads.append((out, xt.grad, at.grad))
+    (out0, gin0, ga0), (out1, gin1, ga1) = grads
+    assert torch.equal(out0, out1) and torch.equal(gin0, gin1)
+    exact = gin0.double().sum((0, 2, 3)) if kind == "bias" else gin0.double().sum(0, keepdim=True)
+    assert ga1.dtype == dtype and ga1.shape == a.shape
+    if kind == "map":
+        assert ga1.is_contiguous(memory_format=torch.channels_last)
+    if dtype == torch.float32:
+        torch.testing.assert_close(ga1.double(), exact, rtol=1e-6, atol=1e-6)
+    else:  # the float32 sum rounded once: the exact sum's bf16 neighbours at most
+        ulp = exact.abs().clamp_min(1e-30).log2().floor().exp2() * 2 ** -7
+        assert ((ga1.double() - exact).abs() <= ulp).all()
+        assert (ga1 == exact.to(dtype)).float().mean() > 0.9
+    with pytest.raises(ValueError, match="grad_sum must be one of torch, kernel"):
+        maxpool.max_pool_3x3_s2(x, a, grad_sum="cuda")
+
+
 def _train_step_grads(x, y, **kwargs):
     from biasbench.models import create_model
 
@@ -133,12 +170,37 @@ def test_paper_cnn_with_the_triton_pool_trains_bit_for_bit_like_torchs(interpret
         torch.testing.assert_close(gb["conv1.bias"], ga["conv1.bias"])
 
 
+@pytest.mark.parametrize("pool_kernel", ["triton", "triton_conv"])
+@pytest.mark.parametrize("fold", [False, True])
+def test_paper_cnn_sums_the_addends_gradient_in_the_pools_kernel(interpreted, monkeypatch, pool_kernel, fold):
+    """pool_grad_sum="kernel": conv1's bias gradient (or, with the fold, the border map's, which reaches conv1's
+    weight and the batch norm's parameters) comes from the pool's summing backward kernel, and every gradient
+    is the default's up to float32 summation order. (triton_conv's fused backward sums the map itself, so with
+    the fold it does not call the summing kernel.)"""
+    calls = []
+    summed = maxpool.pool_backward_summed
+    monkeypatch.setattr(maxpool, "pool_backward_summed", lambda *a: calls.append(1) or summed(*a))
+    torch.manual_seed(0)
+    x = (torch.rand(4, 3, 24, 24) * 255).round().contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (4,))
+    a, ga, _ = _train_step_grads(x, y, fold_input_bn=fold)
+    b, gb, _ = _train_step_grads(x, y, pool_kernel=pool_kernel, pool_grad_sum="kernel", fold_input_bn=fold)
+    assert calls == ([] if fold and pool_kernel == "triton_conv" else [1])
+    assert torch.equal(a, b)
+    for n in ga:
+        torch.testing.assert_close(gb[n], ga[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
 def test_pool_kernel_must_be_known():
     from biasbench.errors import BiasbenchError
     from biasbench.models import create_model
 
     with pytest.raises(BiasbenchError, match="pool_kernel must be one of torch, triton"):
         create_model("paper_cnn", pool_kernel="cuda")
+    with pytest.raises(BiasbenchError, match="pool_grad_sum must be one of torch, kernel"):
+        create_model("paper_cnn", pool_kernel="triton", pool_grad_sum="cuda")
+    with pytest.raises(BiasbenchError, match="pool_grad_sum=kernel is done by the Triton pool"):
+        create_model("paper_cnn", pool_grad_sum="kernel")
 
 
 @pytest.mark.parametrize("dtype", ["*bf16", "*fp32"])
@@ -159,10 +221,13 @@ def test_kernels_compile_for_an_h100_without_one(dtype):
     addends = [{"HAS_ADDEND": False, "A_SC": 0, "A_SH": 0, "A_SW": 0},  # none; conv1's bias; the folded border map
                {"HAS_ADDEND": True, "A_SC": 1, "A_SH": 0, "A_SW": 0},
                {"HAS_ADDEND": True, "A_SC": 1, "A_SH": 96 * 32, "A_SW": 32}]
-    kernels = [(k.forward_kernel, fwd, consts | a) for a in addends]
-    kernels.append((k.backward_kernel, {"g_ptr": dtype, "off_ptr": "*u8", "gin_ptr": dtype}, consts))
+    kernels = [(k.forward_kernel, fwd | {"total": "i32"}, consts | a) for a in addends]
+    kernels.append((k.backward_kernel, {"g_ptr": dtype, "off_ptr": "*u8", "gin_ptr": dtype, "total": "i32"}, consts))
+    kernels.append((k.backward_sum_kernel, {"g_ptr": dtype, "off_ptr": "*u8", "gin_ptr": dtype, "sum_ptr": "*fp32",
+                                            "N": "i32"},
+                    consts | {"BLOCK_SIZE": maxpool.SUM_BLOCK, "N_PER": maxpool.SUM_N_PER}))
     for fn, pointers, constants in kernels:
-        signature = pointers | {name: "constexpr" for name in constants} | {"total": "i32"}
+        signature = pointers | {name: "constexpr" for name in constants}
         compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constants),
                                   target=GPUTarget("cuda", 90, 32))  # a ptxas failure fails the test
         ptx = compiled.asm["ptx"]

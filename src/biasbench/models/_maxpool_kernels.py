@@ -86,6 +86,29 @@ def backward_kernel(g_ptr, off_ptr, gin_ptr, total, C: tl.constexpr, H: tl.const
 
 
 @triton.jit
+def backward_sum_kernel(g_ptr, off_ptr, gin_ptr, sum_ptr, N, C: tl.constexpr, H: tl.constexpr, W: tl.constexpr,
+                        OH: tl.constexpr, OW: tl.constexpr, BLOCK_SIZE: tl.constexpr, N_PER: tl.constexpr):
+    """``backward_kernel`` that also sums the input gradient over the batch (the gradient of an addend broadcast
+    over it). Program ``(e, j)``: the elements ``e * BLOCK_SIZE ...`` of one image's H * W * C (channels-last)
+    for the images ``j * N_PER ...``; it stores each image's input gradient as ``backward_kernel`` does and adds
+    the stored (rounded) values in float32 in batch order, writing the partial sum to ``sum_ptr[j, e ...]``; the
+    caller adds the chunks in a fixed order (deterministic)."""
+    e = tl.program_id(0) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+    live_e = e < H * W * C
+    c = e % C
+    t = e // C
+    h = t // W
+    w = t % W
+    j = tl.program_id(1)
+    total = tl.full((BLOCK_SIZE,), 0.0, tl.float32)
+    for n in range(j * N_PER, tl.minimum(j * N_PER + N_PER, N)):
+        q = _rounded(_pooled_input_grad(g_ptr, off_ptr, n, c, h, w, live_e, C, OH, OW), gin_ptr.dtype.element_ty)
+        tl.store(gin_ptr + n * (H * W * C) + e, q, mask=live_e)
+        total += q.to(tl.float32)
+    tl.store(sum_ptr + j * (H * W * C) + e, total, mask=live_e)
+
+
+@triton.jit
 def _im2col(x_ptr, n, h, w, live, K0: tl.constexpr, KB: tl.constexpr, CI: tl.constexpr, KS: tl.constexpr,
             PAD: tl.constexpr, H: tl.constexpr, W: tl.constexpr):
     """Columns ``K0 .. K0 + KB`` of the im2col tile of channels-last x at output positions (h, w) of image n (a

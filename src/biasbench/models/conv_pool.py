@@ -4,7 +4,8 @@
 cuDNN's convolution (without bias) and :mod:`biasbench.models.maxpool`'s Triton forward kernel (the addend, conv1's
 bias or ``fold_input_bn``'s border map, added inside it). The backward depends on what needs a gradient:
 
-- when ``x`` needs one (the input batch norm not folded), it is the unfused path's, bit for bit: the pool's
+- when ``x`` needs one (the input batch norm not folded), or ``fused=False``, it is the unfused path's, bit for
+  bit (with ``grad_sum="kernel"`` the addend's gradient is summed in the pool's backward kernel): the pool's
   backward kernel writes the input gradient G of the pooled map, ``aten.convolution_backward`` (what autograd calls
   for ``F.conv2d``) gives x's and the weight's gradients from it, and the addend's is G's reduction;
 - when it does not (``fold_input_bn``: the input is data), one Triton kernel (``conv_weight_kernel``) forms G
@@ -86,7 +87,7 @@ def conv_forward(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 class _ConvMaxPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, addend: torch.Tensor | None,
-                conv_kernel: str = "torch") -> torch.Tensor:
+                conv_kernel: str = "torch", fused: bool = True, grad_sum: str = "torch") -> torch.Tensor:
         ks = weight.shape[-1]
         out = conv_forward(x, weight) if conv_kernel == "triton" else F.conv2d(x, weight, None, 1, ks // 2)
         pooled, off = maxpool.pool_forward(out, addend)
@@ -94,25 +95,25 @@ class _ConvMaxPool(torch.autograd.Function):
         ctx.shape = out.shape
         ctx.addend_dim = None if addend is None else addend.dim()
         ctx.addend_dtype = None if addend is None else addend.dtype
+        ctx.fused = fused
+        ctx.grad_sum = grad_sum
         return pooled
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         x, weight, off = ctx.saved_tensors
-        need_x, need_w, need_a, _ = ctx.needs_input_grad
+        need_x, need_w, need_a = ctx.needs_input_grad[:3]
         ks = weight.shape[-1]
-        if need_x:  # the unfused path's arithmetic
-            gin = maxpool.pool_backward(g, off, ctx.shape)
-            gx, gw, _ = torch.ops.aten.convolution_backward(gin, x, weight, None, [1, 1], [ks // 2] * 2, [1, 1], False,
-                                                            [0, 0], 1, [True, need_w, False])
-            ga = maxpool.addend_grad(gin, ctx.addend_dim) if need_a and ctx.addend_dim else None
-            return gx, gw, ga, None
+        if need_x or not ctx.fused:  # the unfused path's arithmetic
+            gin, ga = maxpool.backward_with_addend(ctx, g, off, need_a)
+            gx = gw = None
+            if need_x or need_w:
+                gx, gw, _ = torch.ops.aten.convolution_backward(gin, x, weight, None, [1, 1], [ks // 2] * 2, [1, 1],
+                                                                False, [0, 0], 1, [need_x, need_w, False])
+            return gx, gw, ga, None, None, None
         gw, gmap = conv_weight_grad(g, off, x, ks)
-        ga = None
-        if need_a and ctx.addend_dim:
-            ga = gmap.sum((0, 2, 3)) if ctx.addend_dim == 1 else gmap.contiguous(memory_format=torch.channels_last)
-            ga = ga.to(ctx.addend_dtype)
-        return None, gw.to(weight.dtype) if need_w else None, ga, None
+        ga = maxpool.addend_grad_of_sum(gmap, ctx.addend_dim, ctx.addend_dtype) if need_a and ctx.addend_dim else None
+        return None, gw.to(weight.dtype) if need_w else None, ga, None, None, None
 
 
 def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -124,11 +125,14 @@ def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def conv_max_pool(x: torch.Tensor, weight: torch.Tensor, addend: torch.Tensor | None = None,
-                  conv_kernel: str = "torch") -> torch.Tensor:
+                  conv_kernel: str = "torch", fused: bool = True, grad_sum: str = "torch") -> torch.Tensor:
     """``max_pool2d(conv2d(x, weight, padding=K // 2) + addend, 3, 2, 1)``; see the module docstring.
-    ``conv_kernel``: the forward convolution by cuDNN (``torch``) or :func:`conv_forward` (``triton``). Inputs it
-    does not take (:func:`usable`, and an addend the pool's kernel does not add itself) go the unfused way."""
+    ``conv_kernel``: the forward convolution by cuDNN (``torch``) or :func:`conv_forward` (``triton``).
+    ``fused``: whether the backward, when x needs no gradient, is ``conv_weight_kernel`` (else always the unfused
+    arithmetic). ``grad_sum``: the unfused backward's sum of the addend's gradient (:data:`maxpool.GRAD_SUMS`).
+    Inputs it does not take (:func:`usable`, and an addend the pool's kernel does not add itself) go the unfused
+    way."""
     ks = weight.shape[-1]
     if not usable(x, weight) or (addend is not None and not maxpool.addend_ok(x, addend, weight.shape[0])):
-        return maxpool.max_pool_3x3_s2(F.conv2d(x, weight, None, 1, ks // 2), addend)
-    return _ConvMaxPool.apply(x, weight, addend, conv_kernel)
+        return maxpool.max_pool_3x3_s2(F.conv2d(x, weight, None, 1, ks // 2), addend, grad_sum)
+    return _ConvMaxPool.apply(x, weight, addend, conv_kernel, fused, grad_sum)

@@ -19,7 +19,12 @@ over the full map: the forward adds and rounds each window element as PyTorch's 
 to x's dtype, nearest even), and the backward returns the addend's gradient as autograd and conv's backward
 compute it (``grad.sum((0, 2, 3))`` for a bias, ``grad.sum(0, keepdim=True)`` for a map: the same reductions
 of the same tensor). On an H100 the bias add and its gradient were 0.18 ms of the 2.46 ms step; this saves
-the add (0.11 ms), and the reduction stays.
+the add (0.11 ms), and the reduction stays. With ``grad_sum="kernel"`` (opt-in, not bit for bit) the backward
+kernel sums the addend's gradient over the batch itself (``backward_sum_kernel``: the stored, rounded input
+gradient added in float32 in batch order, chunks added in a fixed order), instead of PyTorch's reduction
+reading the 96x96 gradient map again: the same sum in another order, so a bf16 addend gradient may differ in
+its last bit. On the H100 that reduction over the batch (``fold_input_bn``'s border map) took 0.195 ms of a
+1.67 ms captured step.
 
 Tested against ``F.max_pool2d`` on the CPU through Triton's interpreter (``TRITON_INTERPRET=1``), float32
 and bfloat16, ties and padding included. Used by ``paper_cnn`` with ``pool_kernel="triton"`` on CUDA
@@ -35,6 +40,13 @@ import torch
 import torch.nn.functional as F
 
 BLOCK = 1024
+SUM_BLOCK = 512
+"""Elements of one image's map per program of ``backward_sum_kernel``."""
+SUM_N_PER = 32
+"""Images per program of ``backward_sum_kernel``: a batch of 128 at 96x96 makes 576 x 4 programs."""
+GRAD_SUMS = ("torch", "kernel")
+"""``grad_sum`` values: the addend's gradient reduced by PyTorch from the stored input gradient (bit for bit the
+unfused path's), or summed over the batch inside the backward kernel (:func:`pool_backward_summed`)."""
 _LAUNCH_LOCK = threading.Lock()  # a first launch compiles; threads of ``sweep --streams`` must not race on it
 
 
@@ -89,6 +101,30 @@ def pool_backward(grad: torch.Tensor, off: torch.Tensor, shape: torch.Size) -> t
     return gin
 
 
+def pool_backward_summed(grad: torch.Tensor, off: torch.Tensor, shape: torch.Size
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`pool_backward`'s input gradient (the same values) and its sum over the batch, (1, C, H, W) float32
+    channels-last, from one kernel (``backward_sum_kernel``)."""
+    n, c, h, w = shape
+    oh, ow = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+    grad = grad.contiguous(memory_format=torch.channels_last)
+    gin = torch.empty(shape, dtype=grad.dtype, device=grad.device, memory_format=torch.channels_last)
+    chunks = triton_cdiv(n, SUM_N_PER)
+    sums = torch.empty((chunks, h, w, c), dtype=torch.float32, device=grad.device)
+    bwd = _kernels().backward_sum_kernel
+    with _LAUNCH_LOCK:
+        bwd[(triton_cdiv(h * w * c, SUM_BLOCK), chunks)](grad, off, gin, sums, n, c, h, w, oh, ow,
+                                                          BLOCK_SIZE=SUM_BLOCK, N_PER=SUM_N_PER)
+    return gin, sums.sum(0, keepdim=True).permute(0, 3, 1, 2)
+
+
+def addend_grad_of_sum(total: torch.Tensor, addend_dim: int, dtype: torch.dtype) -> torch.Tensor:
+    """The addend's gradient from the pooled map's input gradient summed over the batch, (1, C, H, W) float32:
+    a bias's is its sum over the map, a map's is itself (channels-last), both rounded once to ``dtype``."""
+    ga = total.sum((0, 2, 3)) if addend_dim == 1 else total.contiguous(memory_format=torch.channels_last)
+    return ga.to(dtype)
+
+
 def addend_grad(gin: torch.Tensor, addend_dim: int) -> torch.Tensor:
     """The addend's gradient as PyTorch computes it from the pooled map's input gradient: conv's backward
     reduces its output gradient to the bias's with ``sum((0, 2, 3))``, autograd's broadcasting add to a
@@ -98,20 +134,33 @@ def addend_grad(gin: torch.Tensor, addend_dim: int) -> torch.Tensor:
 
 class _TritonMaxPool(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, addend: torch.Tensor | None) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, addend: torch.Tensor | None, grad_sum: str = "torch") -> torch.Tensor:
         out, off = pool_forward(x, addend)
         ctx.save_for_backward(off)
         ctx.shape = x.shape
         ctx.addend_dim = None if addend is None else addend.dim()
+        ctx.addend_dtype = None if addend is None else addend.dtype
+        ctx.grad_sum = grad_sum
         return out
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, None]:
         (off,) = ctx.saved_tensors
-        gin = pool_backward(grad, off, ctx.shape)
-        if ctx.addend_dim is None or not ctx.needs_input_grad[1]:
-            return gin, None
-        return gin, addend_grad(gin, ctx.addend_dim)
+        gin, ga = backward_with_addend(ctx, grad, off, ctx.needs_input_grad[1])
+        return gin, ga, None
+
+
+def backward_with_addend(ctx, grad: torch.Tensor, off: torch.Tensor, need_addend: bool
+                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(the pooled map's input gradient, the addend's gradient or None) for an autograd function whose ``ctx``
+    holds ``shape``, ``addend_dim``, ``addend_dtype`` and ``grad_sum`` (:data:`GRAD_SUMS`)."""
+    if ctx.addend_dim is None or not need_addend:
+        return pool_backward(grad, off, ctx.shape), None
+    if ctx.grad_sum == "kernel":
+        gin, total = pool_backward_summed(grad, off, ctx.shape)
+        return gin, addend_grad_of_sum(total, ctx.addend_dim, ctx.addend_dtype)
+    gin = pool_backward(grad, off, ctx.shape)
+    return gin, addend_grad(gin, ctx.addend_dim)
 
 
 def addend_ok(x: torch.Tensor, addend: torch.Tensor, channels: int | None = None) -> bool:
@@ -138,15 +187,19 @@ def usable(x: torch.Tensor) -> bool:
             and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
 
 
-def max_pool_3x3_s2(x: torch.Tensor, addend: torch.Tensor | None = None) -> torch.Tensor:
+def max_pool_3x3_s2(x: torch.Tensor, addend: torch.Tensor | None = None, grad_sum: str = "torch") -> torch.Tensor:
     """``F.max_pool2d(x if addend is None else x + addend, 3, 2, 1)``, through the Triton kernels where
     :func:`usable`, bit for bit the same. ``addend``: shape (C,) (a bias, broadcast over the map) or
-    (1, C, H, W) with unit channel stride (channels-last), of x's dtype; any other is added by PyTorch first."""
+    (1, C, H, W) with unit channel stride (channels-last), of x's dtype; any other is added by PyTorch first.
+    ``grad_sum``: how the addend's gradient is summed over the batch (:data:`GRAD_SUMS`; ``"kernel"`` is not bit
+    for bit)."""
+    if grad_sum not in GRAD_SUMS:
+        raise ValueError(f"grad_sum must be one of {', '.join(GRAD_SUMS)}, not {grad_sum!r}")
     if not usable(x):
         return F.max_pool2d(x if addend is None else x + _as_map(addend), 3, 2, 1)
     if addend is not None and not addend_ok(x, addend):
         x, addend = x + _as_map(addend), None
-    return _TritonMaxPool.apply(x, addend)
+    return _TritonMaxPool.apply(x, addend, grad_sum)
 
 
 def _as_map(addend: torch.Tensor) -> torch.Tensor:

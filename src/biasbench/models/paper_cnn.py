@@ -40,8 +40,14 @@ the same numbers bit for bit, without the int64 indices of PyTorch's NHWC kernel
 step on an H100), conv1's bias added inside its forward kernel. ``pool_kernel="triton_conv"`` runs conv1 and
 the pool as one function (:mod:`biasbench.models.conv_pool`): with ``fold_input_bn`` its backward computes
 conv1's weight gradient inside the pool's backward kernel, without the 96x96 gradient map (not bit for bit);
-without the fold it is ``triton``'s arithmetic. ``conv1_kernel="triton"`` (with ``triton_conv``) also computes
-conv1's forward by a Triton implicit GEMM instead of cuDNN's generic engine for 3 input channels.
+without the fold it is ``triton``'s arithmetic. ``conv1_kernel="triton"`` (with either Triton pool) also
+computes conv1's forward by a Triton implicit GEMM instead of cuDNN's generic engine for 3 input channels (with
+``triton`` the backward stays the unfused one: the pool's kernel, then cuDNN's convolution backward).
+``pool_grad_sum="kernel"`` (with either Triton pool) sums the gradient of conv1's bias or of the fold's border
+map over the batch inside the pool's backward kernel instead of by PyTorch's reduction over the 96x96 gradient
+map (0.195 ms of a 1.67 ms captured step on an H100 with the fold; the same sum in another order, so not bit for
+bit). On an H100 (``docs/benchmarks.md``) the captured loop ran 50.7k images/s by default, 76.8k with
+``fold_input_bn`` and ``triton``, 86.5k with ``fold_input_bn``, ``triton_conv`` and ``conv1_kernel="triton"``.
 """
 from __future__ import annotations
 
@@ -62,8 +68,13 @@ gradient (:mod:`biasbench.models.conv_pool`; with ``fold_input_bn``; not bit for
 
 
 CONV1_KERNELS = ("torch", "triton")
-"""``conv1_kernel`` values (with ``pool_kernel="triton_conv"``): conv1's forward by cuDNN, or by
+"""``conv1_kernel`` values (with a Triton ``pool_kernel``): conv1's forward by cuDNN, or by
 :func:`biasbench.models.conv_pool.conv_forward` (an implicit GEMM in Triton; not bit for bit)."""
+
+POOL_GRAD_SUMS = ("torch", "kernel")
+"""``pool_grad_sum`` values (with a Triton ``pool_kernel``): the gradient of the addend the pool adds (conv1's
+bias, or the fold's border map) reduced over the batch by PyTorch from the stored 96x96 gradient map (bit for
+bit), or inside the pool's backward kernel (:func:`biasbench.models.maxpool.pool_backward_summed`)."""
 
 
 class PaperCNN(nn.Module):
@@ -71,7 +82,7 @@ class PaperCNN(nn.Module):
 
     def __init__(self, num_classes: int = 10, in_chans: int = 3, width: int = 32, drop_rate: float = 0.0,
                  fold_input_bn: bool = False, pool_kernel: str = "torch", conv1_pad_to: int = 0,
-                 conv1_kernel: str = "torch"):
+                 conv1_kernel: str = "torch", pool_grad_sum: str = "torch"):
         super().__init__()
         self.drop_rate = float(drop_rate)  # not in the paper (0): dropout before the classifier, for progressive runs
         if not isinstance(fold_input_bn, bool):
@@ -87,9 +98,16 @@ class PaperCNN(nn.Module):
         self.conv1_pad_to = conv1_pad_to
         if conv1_kernel not in CONV1_KERNELS:
             raise BiasbenchError(f"conv1_kernel must be one of {', '.join(CONV1_KERNELS)}, not {conv1_kernel!r}")
-        if conv1_kernel != "torch" and pool_kernel != "triton_conv":
-            raise BiasbenchError(f"conv1_kernel={conv1_kernel} runs inside pool_kernel=triton_conv; set both")
+        if conv1_kernel != "torch" and pool_kernel == "torch":
+            raise BiasbenchError(f"conv1_kernel={conv1_kernel} runs with a Triton pool; set pool_kernel=triton "
+                                 f"or triton_conv too")
         self.conv1_kernel = conv1_kernel
+        if pool_grad_sum not in POOL_GRAD_SUMS:
+            raise BiasbenchError(f"pool_grad_sum must be one of {', '.join(POOL_GRAD_SUMS)}, not {pool_grad_sum!r}")
+        if pool_grad_sum != "torch" and pool_kernel == "torch":
+            raise BiasbenchError(f"pool_grad_sum={pool_grad_sum} is done by the Triton pool's backward kernel; set "
+                                 f"pool_kernel=triton or triton_conv too")
+        self.pool_grad_sum = pool_grad_sum
         w = width
         self.input_bn = nn.BatchNorm2d(in_chans)
         self.conv1 = nn.Conv2d(in_chans, w, 5, 1, 2)
@@ -125,17 +143,19 @@ class PaperCNN(nn.Module):
         """``relu(pool1(conv1(input_bn(x))))`` = the reference's ``pool1(relu(conv1(bn(x))))`` (module docstring).
         With the Triton pool on a tensor it takes, conv1's bias (or ``fold_input_bn``'s border term) is added
         inside the pool's forward kernel instead of by a kernel of its own over the 96x96 map: the same numbers.
-        ``triton_conv`` also runs conv1 and the pool as one function (:mod:`biasbench.models.conv_pool`)."""
+        ``triton_conv``, or ``conv1_kernel="triton"``, also runs conv1 and the pool as one function
+        (:mod:`biasbench.models.conv_pool`; its fused backward only with ``triton_conv``)."""
         if self.pool_kernel == "torch" or not usable(x):
             return F.relu(self._pool(self._conv1_of_input(x)))
-        if self.pool_kernel == "triton":
-            return F.relu(max_pool_3x3_s2(*self._conv1_parts(x, split_bias=True)))
+        if self.pool_kernel == "triton" and self.conv1_kernel == "torch":
+            return F.relu(max_pool_3x3_s2(*self._conv1_parts(x, split_bias=True), grad_sum=self.pool_grad_sum))
         from .conv_pool import conv_max_pool
 
         inp, weight, addend, _ = self._conv1_operands(x)
         dt = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) \
             else inp.dtype  # the casts autocast would make for F.conv2d
-        return F.relu(conv_max_pool(inp.to(dt), weight.to(dt), addend.to(dt), self.conv1_kernel))
+        return F.relu(conv_max_pool(inp.to(dt), weight.to(dt), addend.to(dt), self.conv1_kernel,
+                                    fused=self.pool_kernel == "triton_conv", grad_sum=self.pool_grad_sum))
 
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
         """``pool1(x)``; with the Triton pool kernels through :mod:`biasbench.models.maxpool` (the same numbers)."""
