@@ -250,10 +250,11 @@ def check_in_the_network(dev, size: int, batch: int) -> str:
             f"{same(runs[0], runs[2])}")
 
 
-TUNINGS = ({"BLOCK_M": 32}, {"N_PER": 16}, {"CONV_BLOCK_M": 64}, {"CONV_BLOCK_M": 256, "CONV_WARPS": 8})
-"""Other launch settings of :mod:`biasbench.models.conv_pool`'s kernels timed with the fold; the
-defaults are in the ``cl, triton conv + fwd + fold`` row. Each compiles for sm_90 without spilling registers
-(ptxas; 8 warps for the backward throughout)."""
+TUNINGS = ({"BLOCK_M": 64}, {"BLOCK_M": 16}, {"N_PER": 16}, {"WARPS": 4})
+"""Other launch settings of :mod:`biasbench.models.conv_pool`'s fused backward timed with the fold; the defaults
+are in the ``cl, triton conv + fwd + fold`` row. Each compiles for sm_90 without spilling registers (ptxas). The
+sixth session's H100 run timed 32 positions (now the default), 16 images per program, and 64 or 256 positions
+per forward program (no better than 128)."""
 
 
 @contextlib.contextmanager

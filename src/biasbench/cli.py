@@ -354,9 +354,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         for t in trials:
             c = t.config
             prog = (c.get("progressive") or {}).get("preset", "custom") if c.get("progressive") else "-"
+            kw = ",".join(f"{k}={v}" for k, v in sorted((c.get("model_kwargs") or {}).items()))
             print(f"{t.trial_id}  unit {unit_of[t.trial_id]:3d}  {c['method']:10s} explicit={','.join(c['explicit']) or '-':40s} seed={c['seed']} "
-                  f"p_bias={sorted(set(t.dataset.p_bias.values()))} model={c['model']} opt={c['optimizer']} "
-                  f"progressive={prog}")
+                  f"p_bias={sorted(set(t.dataset.p_bias.values()))} model={c['model']}{'(' + kw + ')' if kw else ''} "
+                  f"opt={c['optimizer']} progressive={prog}")
         print(f"{len(trials)} trials in {len(set(unit_of.values()))} units of work")
         return 0
     tracker = args.tracker or spec.get("tracker") or "none"

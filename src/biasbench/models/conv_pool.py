@@ -27,13 +27,14 @@ import torch.nn.functional as F
 
 from . import maxpool
 
-BLOCK_M = 64
-"""Conv output positions per program of the fused backward."""
+BLOCK_M = 32
+"""Conv output positions per program of the fused backward. On the H100 (``benchmarks/firstblock.py``, the block
+with the fold) 32 took 2.22 ms per batch against 2.55 ms with 64."""
 N_PER = 32
-"""Images per program of the fused backward: a batch of 128 at 96x96 makes 144 x 4 = 576 programs."""
+"""Images per program of the fused backward: a batch of 128 at 96x96 makes 288 x 4 = 1,152 programs."""
 WARPS = 8
-"""Warps per program of the fused backward. Compiled for sm_90 by the wheel's ptxas (no GPU needed), it uses 177
-registers per thread and spills none with 8 warps, while with 4 it needs 255 and spills 244 bytes."""
+"""Warps per program of the fused backward. Compiled for sm_90 by the wheel's ptxas (no GPU needed), it uses 146
+registers per thread at 32 positions and spills none (178 with 4 warps; at 64 positions 4 warps spilled)."""
 CONV_BLOCK_M = 128
 """Output positions per program of :func:`conv_forward`: 9,216 programs for a batch of 128 at 96x96."""
 CONV_WARPS = 4

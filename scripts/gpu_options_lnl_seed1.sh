@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# One device call for the next GPU session (written in the sixth session; about 560 s on an H100; run from the
+# repository root with OUT set, as the device tool does):
+#   bash scripts/gpu_options_lnl_seed1.sh > $OUT/log.txt 2>&1; tail -c 6000 $OUT/log.txt
+# 1. times the first block's options in the captured loop, the sixth session's best (fold+tconv+tfwd) beside
+#    the new combinations (conv1's Triton forward with the plain Triton pool, the kernel-summed addend
+#    gradient), checks them on the device, and profiles the fastest set that passed (about 100 s);
+# 2. LNL at seed 1 with and without the fold (docs/reproduction/lnl-seed1-check.yaml, 4 trials in 4 threads,
+#    about 3 minutes): tells whether the fold or the seed made four of seed 1's LNL runs unstable;
+# 3. finishes the seed-1 Table-1 sweep with the options it was started with (fold + Triton pool; 12 trials
+#    left, about 4 minutes), from the records committed in docs/reproduction/paper-table1-seed1.
+# Each part writes its own files under $OUT (bench/, lnl.txt and lnl-check.tgz, s1/); a part cut by the
+# deadline still leaves its finished records.
+set -uo pipefail
+: "${OUT:?set OUT to the output folder}"
+export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
+DEADLINE=${DEADLINE:-560}
+DEVICE=${DEVICE:-auto}  # DEVICE=cpu SCALE=tiny DEADLINE=300: a check of the script on a CPU
+SCALE=${SCALE:-full}
+start=$(date +%s)
+left() { echo $(( DEADLINE - ($(date +%s) - start) )); }
+stamp() { echo "[$(( $(date +%s) - start ))s] $*"; }
+
+[ -d .gpu/sweep-s1 ] || { mkdir -p .gpu && cp -r docs/reproduction/paper-table1-seed1/sweep .gpu/sweep-s1; }
+
+stamp "1. options"
+python3 benchmarks/gpu.py --out "$OUT/bench" --benchmarks train,firstblock,anatomy --train-only graphs \
+    --train-options fold+triton,fold+tconv+tfwd,fold+triton+tfwd,fold+triton+ksum,fold+triton+tfwd+ksum,triton+tfwd+ksum \
+    --no-bench-compile --bench-limit 60 --model-options measured --skip-sweep --device "$DEVICE" 2>&1 | grep -v "^\[ *[0-9]*s\] *\["
+
+stamp "2. LNL check ($(( $(left) - 270 )) s at most)"
+timeout $(( $(left) - 270 )) python3 -m biasbench.cli sweep docs/reproduction/lnl-seed1-check.yaml --data .gpu/data \
+    --out .gpu/lnl-check --seeds 1 --scale "$SCALE" --device "$DEVICE" --streams 4 --cuda-graphs on > "$OUT/lnl.txt" 2>&1
+stamp "LNL check: exit $?"
+grep -v "^\[ *[0-9]*s\] *\[" "$OUT/lnl.txt" | tail -8
+(cd .gpu && find lnl-check -name "*.json" | tar czf "$OUT/lnl-check.tgz" -T -)
+
+stamp "3. seed 1, the rest ($(( $(left) - 10 )) s at most)"
+python3 benchmarks/gpu.py --out "$OUT/s1" --skip-benchmarks --model-kwarg fold_input_bn=true --model-kwarg pool_kernel=triton \
+    --seed 1 --streams 4 --cuda-graphs on --fuse 1 --first lnl,lff,stdm,sd,rubi,irm,upweight,group_dro \
+    --sweep-dir .gpu/sweep-s1 --data .gpu/data --deadline $(( $(left) - 10 )) --archive --no-report \
+    --scale "$SCALE" --device "$DEVICE" 2>&1 \
+    | grep -v "^\[ *[0-9]*s\] *\["
+rm -f "$OUT/s1/sweep-trials.yaml"
+stamp "done"
