@@ -243,13 +243,19 @@ def options_from_benchmark(out: Path, gain: float = 1.03) -> list[str]:
 
 
 def count_finished(sweep: Path) -> tuple[int, int]:
+    """(finished trials, trials) of the sweep in ``sweep``: only the runs of its own trials count (a folder may
+    also hold runs of another sweep, e.g. records copied in from an earlier session)."""
+    from biasbench.report.records import find_run
+
     try:
         trials = json.loads((sweep / "sweep.json").read_text())["trials"]
     except (OSError, ValueError, KeyError):
         return 0, 0
     done = 0
-    for st in (sweep / "runs").glob("*/status.json"):
-        done += json.loads(st.read_text()).get("state") == "finished"
+    for t in trials:
+        run_id = t.get("run_id") or find_run(sweep / "runs", t)
+        status = sweep / "runs" / str(run_id) / "status.json"
+        done += bool(run_id) and status.is_file() and json.loads(status.read_text()).get("state") == "finished"
     return done, len(trials)
 
 

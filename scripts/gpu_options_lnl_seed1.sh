@@ -15,8 +15,9 @@ set -uo pipefail
 : "${OUT:?set OUT to the output folder}"
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 DEADLINE=${DEADLINE:-560}
-DEVICE=${DEVICE:-auto}  # DEVICE=cpu SCALE=tiny DEADLINE=300: a check of the script on a CPU
+DEVICE=${DEVICE:-auto}  # DEVICE=cpu SCALE=tiny GRAPHS=off DEADLINE=300: a check of the script on a CPU
 SCALE=${SCALE:-full}
+GRAPHS=${GRAPHS:-on}
 start=$(date +%s)
 left() { echo $(( DEADLINE - ($(date +%s) - start) )); }
 stamp() { echo "[$(( $(date +%s) - start ))s] $*"; }
@@ -30,14 +31,14 @@ python3 benchmarks/gpu.py --out "$OUT/bench" --benchmarks train,firstblock,anato
 
 stamp "2. LNL check ($(( $(left) - 270 )) s at most)"
 timeout $(( $(left) - 270 )) python3 -m biasbench.cli sweep docs/reproduction/lnl-seed1-check.yaml --data .gpu/data \
-    --out .gpu/lnl-check --seeds 1 --scale "$SCALE" --device "$DEVICE" --streams 4 --cuda-graphs on > "$OUT/lnl.txt" 2>&1
+    --out .gpu/lnl-check --seeds 1 --scale "$SCALE" --device "$DEVICE" --streams 4 --cuda-graphs "$GRAPHS" > "$OUT/lnl.txt" 2>&1
 stamp "LNL check: exit $?"
 grep -v "^\[ *[0-9]*s\] *\[" "$OUT/lnl.txt" | tail -8
 (cd .gpu && find lnl-check -name "*.json" | tar czf "$OUT/lnl-check.tgz" -T -)
 
 stamp "3. seed 1, the rest ($(( $(left) - 10 )) s at most)"
 python3 benchmarks/gpu.py --out "$OUT/s1" --skip-benchmarks --model-kwarg fold_input_bn=true --model-kwarg pool_kernel=triton \
-    --seed 1 --streams 4 --cuda-graphs on --fuse 1 --first lnl,lff,stdm,sd,rubi,irm,upweight,group_dro \
+    --seed 1 --streams 4 --cuda-graphs "$GRAPHS" --fuse 1 --first lnl,lff,stdm,sd,rubi,irm,upweight,group_dro \
     --sweep-dir .gpu/sweep-s1 --data .gpu/data --deadline $(( $(left) - 10 )) --archive --no-report \
     --scale "$SCALE" --device "$DEVICE" 2>&1 \
     | grep -v "^\[ *[0-9]*s\] *\["

@@ -52,7 +52,7 @@ def load_sweep(sweep_dir: str | os.PathLike) -> tuple[dict, list[RunRecord]]:
     runs_dir = sweep_dir / "runs"
     records = []
     for t in trials:
-        run_id = t.get("run_id") or _find_run(runs_dir, t)
+        run_id = t.get("run_id") or find_run(runs_dir, t)
         if not run_id:
             continue
         mpath = runs_dir / run_id / "metrics.json"
@@ -71,7 +71,7 @@ def load_sweep(sweep_dir: str | os.PathLike) -> tuple[dict, list[RunRecord]]:
     return sweep, records
 
 
-def _find_run(runs_dir: Path, trial: dict) -> str | None:
+def find_run(runs_dir: Path, trial: dict) -> str | None:
     """Run id of a trial whose sweep record was written before it finished (interrupted sweeps)."""
     if not runs_dir.is_dir():
         return None
