@@ -199,7 +199,7 @@ def test_pool_kernel_must_be_known():
         create_model("paper_cnn", pool_kernel="cuda")
     with pytest.raises(BiasbenchError, match="pool_grad_sum must be one of torch, kernel"):
         create_model("paper_cnn", pool_kernel="triton", pool_grad_sum="cuda")
-    with pytest.raises(BiasbenchError, match="pool_grad_sum=kernel is done by the Triton pool"):
+    with pytest.raises(BiasbenchError, match="pool_grad_sum=kernel runs with a Triton pool"):
         create_model("paper_cnn", pool_grad_sum="kernel")
 
 

@@ -77,6 +77,15 @@ bias, or the fold's border map) reduced over the batch by PyTorch from the store
 bit), or inside the pool's backward kernel (:func:`biasbench.models.maxpool.pool_backward_summed`)."""
 
 
+def _triton_pool_choice(name: str, value: str, allowed: tuple[str, ...], pool_kernel: str) -> str:
+    """``value`` if it is one of ``allowed`` and, unless it is the first (PyTorch's way), a Triton pool is on."""
+    if value not in allowed:
+        raise BiasbenchError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
+    if value != allowed[0] and pool_kernel == "torch":
+        raise BiasbenchError(f"{name}={value} runs with a Triton pool; set pool_kernel=triton or triton_conv too")
+    return value
+
+
 class PaperCNN(nn.Module):
     feature_dims = {"pooled2": 32, "pooled4": 64, "before_logits": 64}
 
@@ -96,18 +105,8 @@ class PaperCNN(nn.Module):
             raise BiasbenchError(f"conv1_pad_to must be 0 (off) or a channel count from {in_chans} to 64, "
                                  f"not {conv1_pad_to!r}")
         self.conv1_pad_to = conv1_pad_to
-        if conv1_kernel not in CONV1_KERNELS:
-            raise BiasbenchError(f"conv1_kernel must be one of {', '.join(CONV1_KERNELS)}, not {conv1_kernel!r}")
-        if conv1_kernel != "torch" and pool_kernel == "torch":
-            raise BiasbenchError(f"conv1_kernel={conv1_kernel} runs with a Triton pool; set pool_kernel=triton "
-                                 f"or triton_conv too")
-        self.conv1_kernel = conv1_kernel
-        if pool_grad_sum not in POOL_GRAD_SUMS:
-            raise BiasbenchError(f"pool_grad_sum must be one of {', '.join(POOL_GRAD_SUMS)}, not {pool_grad_sum!r}")
-        if pool_grad_sum != "torch" and pool_kernel == "torch":
-            raise BiasbenchError(f"pool_grad_sum={pool_grad_sum} is done by the Triton pool's backward kernel; set "
-                                 f"pool_kernel=triton or triton_conv too")
-        self.pool_grad_sum = pool_grad_sum
+        self.conv1_kernel = _triton_pool_choice("conv1_kernel", conv1_kernel, CONV1_KERNELS, pool_kernel)
+        self.pool_grad_sum = _triton_pool_choice("pool_grad_sum", pool_grad_sum, POOL_GRAD_SUMS, pool_kernel)
         w = width
         self.input_bn = nn.BatchNorm2d(in_chans)
         self.conv1 = nn.Conv2d(in_chans, w, 5, 1, 2)
