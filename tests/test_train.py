@@ -136,6 +136,9 @@ def test_cli_train_and_runs(tiny_root, tmp_path, capsys):
     (["--eval-epochs", "3,9"], "evaluation epochs [9] are outside the run"),
     (["--tracker", "wandb"], "unknown tracker 'wandb'"),
     (["--lr", "-1"], "learning rate must be > 0"),
+    # a bad model option fails before the default tracker (MLflow) creates its database in --out
+    (["--model-kwarg", "pool_grad_sum=kernel", "--tracker", "mlflow"], "pool_grad_sum=kernel runs with a Triton pool"),
+    (["--model-kwarg", "conv1_pad_to=2", "--tracker", "mlflow"], "conv1_pad_to must be 0 (off)"),
 ])
 def test_cli_train_bad_input(tiny_root, tmp_path, capsys, extra, message):
     code = main(["train", "--data", str(tiny_root), "--out", str(tmp_path / "runs"), "--epochs", "5",

@@ -58,5 +58,14 @@ def create_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
         raise BiasbenchError(f"bad options for model {name!r}: {exc}") from None
 
 
+def check_model(name: str, **kwargs) -> None:
+    """Build ``create_model(name, **kwargs)`` on the meta device (no memory, no weights drawn): an unknown model
+    or a bad option raises its error here, before a run or sweep writes anything."""
+    import torch
+
+    with torch.device("meta"):
+        create_model(name, **kwargs)
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

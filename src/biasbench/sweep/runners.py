@@ -99,9 +99,7 @@ def shared_rng_users(trials: list[Trial]) -> list[str]:
 def check_models(trials: list[Trial]) -> None:
     """Build each distinct model and options of ``trials`` on the meta device (no memory, no weights drawn), so
     an unknown model or a bad option fails with its error before a sweep writes anything."""
-    import torch
-
-    from ..models import create_model
+    from ..models import check_model
 
     seen = set()
     for t in trials:
@@ -109,8 +107,7 @@ def check_models(trials: list[Trial]) -> None:
         key = (cfg.model, json.dumps(cfg.model_kwargs, sort_keys=True))
         if key not in seen:
             seen.add(key)
-            with torch.device("meta"):
-                create_model(cfg.model, **cfg.model_kwargs)
+            check_model(cfg.model, **cfg.model_kwargs)
 
 
 def unit_cost(unit: list[Trial]) -> float:

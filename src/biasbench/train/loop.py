@@ -37,7 +37,7 @@ from ..data.recipe import SPLITS, read_manifest
 from ..errors import BiasbenchError
 from ..eval.metrics import evaluate_split, pattern_distribution
 from ..methods import Batch, TrainInfo, get_method_class
-from ..models import count_parameters, create_model
+from ..models import check_model, count_parameters, create_model
 from ..track import Tracker, flatten, make_tracker
 from ..utils import atomic_write, atomic_write_json, read_json_record, stable_hash
 from . import graphs
@@ -232,6 +232,7 @@ class Trainer:
         self.run_dir = self.out / self.run_id
         self.device = resolve_device(device)
         self.cuda_graphs = check_cuda_graphs(cuda_graphs, self.device, compile_model)
+        check_model(cfg.model, **cfg.model_kwargs)  # a bad model option fails before the tracker writes anything
         self.progress = progress
         self.log = log or (lambda s: None)
         self.tracker = make_tracker(tracker, str(self.out)) if isinstance(tracker, str) else tracker
