@@ -286,7 +286,7 @@ def main() -> None:
     size = 3 * args.cell_size
     torch.manual_seed(0)
     x = (torch.rand(args.batch_size, 3, size, size, device=dev) * 255).round()
-    base = create_model("paper_cnn").to(dev)
+    base = create_model("paper_cnn", pool_kernel="torch").to(dev)  # PyTorch's pool unless a variant says otherwise
     variants = []  # (label, model, input, options)
     x_cl = x.contiguous(memory_format=torch.channels_last)
     for fold in (False, True):

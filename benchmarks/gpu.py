@@ -210,8 +210,9 @@ def options_from_benchmark(out: Path, gain: float = 1.03) -> list[str]:
     this call's train.py was fastest, as ``--model-kwarg`` items, if at least ``gain`` x the captured loop
     without options; options with the Triton pool only if firstblock.py's check passed (:func:`triton_pool_checked`),
     with ``tconv`` only if the fused backward's check passed too, with ``tfwd`` only if the Triton forward's did,
-    with ``ksum`` only if the kernel-summed gradient's did (:func:`check_passed`).
-    None (an empty list) otherwise."""
+    with ``ksum`` only if the kernel-summed gradient's did (:func:`check_passed`); ``pool_kernel=torch`` added
+    when the Triton pool's check did not pass (the default takes that pool on CUDA). None (an empty list)
+    otherwise."""
     from train import OPTIONS  # benchmarks/train.py
 
     base = "bf16 + channels_last + graphs"
@@ -228,14 +229,20 @@ def options_from_benchmark(out: Path, gain: float = 1.03) -> list[str]:
 
     options = {label[len(base) + 3:]: rate for label, rate in loops.items()
                if label.startswith(base + " + ") and checked(label[len(base) + 3:])}
+    # without options the model takes the Triton pool on CUDA (pool_kernel="auto"): not verified here unless the
+    # check passed, so then PyTorch's pool
+    unverified = [] if triton_ok else ["pool_kernel=torch"]
     if base not in loops or not options:
         print(f"--model-options measured: {'no options measured' if base in loops else 'no ' + base + ' row'} "
-              f"(triton pool check {'passed' if triton_ok else 'failed or missing'}); none", flush=True)
-        return []
+              f"(triton pool check {'passed' if triton_ok else 'failed or missing'}); "
+              f"{' '.join(unverified) or 'none'}", flush=True)
+        return unverified
     best = max(options, key=options.get)
     ratio = options[best] / loops[base]
     chosen = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for w in best.split("+")
               for k, v in OPTIONS[w].items()] if ratio >= gain else []
+    if not any(kv.startswith("pool_kernel=") for kv in chosen):
+        chosen += unverified
     print(f"--model-options measured: checks passed: triton pool {triton_ok}, fused conv backward {passed['tconv']}, "
           f"triton conv1 forward {passed['tfwd']}, kernel-summed pool gradient {passed['ksum']}; best "
           f"{best} at {ratio:.2f}x the captured loop without options -> {' '.join(chosen) or 'none'}", flush=True)

@@ -16,7 +16,9 @@ CUDA only), ``tconv`` (``pool_kernel=triton_conv``: with ``fold``, conv1's weigh
 backward kernel), ``tfwd`` (conv1's forward as a Triton implicit GEMM; with ``triton`` or ``tconv``), ``ksum``
 (conv1's bias or the fold's border-map gradient summed over the batch in the pool's backward kernel; with
 ``triton`` or ``tconv``), ``pad4`` / ``pad8`` (conv1's input padded with zero channels to 4 or 8), joined with
-``+`` to combine (``fold+triton+tfwd+ksum``). Prints images/s per configuration and the loop / bare ratio.
+``+`` to combine (``fold+triton+tfwd+ksum``), ``torchpool`` (PyTorch's max-pool; the default,
+``pool_kernel="auto"``, is the Triton pool in the bf16 CUDA configurations). Prints images/s per configuration
+and the loop / bare ratio.
 """
 from __future__ import annotations
 
@@ -39,9 +41,12 @@ from common import device_name, pick_device  # benchmarks/common.py (scripts run
 
 OPTIONS = {"fold": {"fold_input_bn": True}, "triton": {"pool_kernel": "triton"},
            "tconv": {"pool_kernel": "triton_conv"}, "tfwd": {"conv1_kernel": "triton"},
-           "ksum": {"pool_grad_sum": "kernel"}, "pad4": {"conv1_pad_to": 4}, "pad8": {"conv1_pad_to": 8}}
+           "ksum": {"pool_grad_sum": "kernel"}, "pad4": {"conv1_pad_to": 4}, "pad8": {"conv1_pad_to": 8},
+           "torchpool": {"pool_kernel": "torch"}}
 """``--options`` words: paper CNN keyword arguments. ``tfwd`` and ``ksum`` need a Triton pool (``triton`` or
-``tconv``) in the same combination. (In the sixth session's H100 table ``fold+tfwd`` meant ``fold+tconv+tfwd``.)"""
+``tconv``) in the same combination. Without a pool word the model's default applies (``pool_kernel="auto"``:
+the Triton pool in the captured bf16 CUDA configurations); ``torchpool`` measures PyTorch's pool. (In the sixth
+session's H100 table the default was PyTorch's pool, and ``fold+tfwd`` meant ``fold+tconv+tfwd``.)"""
 POOL_WORDS = ("triton", "tconv")
 NEEDS_POOL = ("tfwd", "ksum")
 
@@ -54,8 +59,9 @@ def option_error(opt: str) -> str | None:
     if set(words) & set(NEEDS_POOL) and not set(words) & set(POOL_WORDS):
         need = [w for w in NEEDS_POOL if w in words]
         return f"option {opt!r}: {' and '.join(need)} need{'s' if len(need) == 1 else ''} triton or tconv with it"
-    if len(set(words) & set(POOL_WORDS)) > 1:
-        return f"option {opt!r}: triton and tconv are two pool kernels; take one"
+    if len(set(words) & {*POOL_WORDS, "torchpool"}) > 1:
+        return f"option {opt!r}: {' and '.join(w for w in words if w in {*POOL_WORDS, 'torchpool'})} are two pool " \
+               f"kernels; take one"
     return None
 
 
@@ -139,7 +145,8 @@ def main() -> None:
                          "and conv1's weight gradient in one kernel), tfwd (conv1's forward in Triton; with triton "
                          "or tconv), ksum (the bias or border map gradient summed in the pool's backward kernel; "
                          "with triton or tconv), pad4 or pad8 (conv1's input padded to 4 or 8 channels); join with "
-                         "+ to combine, e.g. fold+triton+tfwd+ksum")
+                         "+ to combine, e.g. fold+triton+tfwd+ksum; torchpool (PyTorch's max-pool instead of the default, which "
+                         "is the Triton pool on CUDA in bf16)")
     ap.add_argument("--only", default=None, help="comma-separated words: keep configurations whose labels hold one")
     args = ap.parse_args()
     dev = torch.device(pick_device(args.device))

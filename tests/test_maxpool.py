@@ -191,11 +191,49 @@ def test_paper_cnn_sums_the_addends_gradient_in_the_pools_kernel(interpreted, mo
         torch.testing.assert_close(gb[n], ga[n], rtol=1e-4, atol=1e-6, msg=n)
 
 
+def test_pool_kernel_auto_takes_the_triton_pool_only_where_it_was_verified(interpreted, monkeypatch):
+    """The default pool_kernel="auto": the Triton pool on CUDA in bf16 (autocast or a bf16 input) on channels-last
+    input, PyTorch's pool on the CPU, in fp32, for NCHW input, under torch.compile, inside vmap (--fuse) and
+    without Triton. A CUDA input is stood in for by ``cuda=True`` on CPU tensors (the interpreter runs the
+    kernels), and a default model then trains through the Triton pool."""
+    import functools
+
+    from biasbench.models import create_model, paper_cnn
+
+    auto = paper_cnn.auto_pool_kernel
+    m = create_model("paper_cnn").to(memory_format=torch.channels_last)
+    w = m.conv1.weight
+    x = (torch.rand(2, 3, 24, 24) * 255).round().contiguous(memory_format=torch.channels_last)
+    assert m.pool_kernel == "auto" and m.pool_kernel_for(x) == "torch"  # a CPU tensor
+    assert auto(x, w, cuda=True) == "torch"  # fp32: the paper's precision stays on PyTorch's kernels
+    assert auto(x.bfloat16(), w, cuda=True) == "triton"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert auto(x, w, cuda=True) == "triton"
+    assert auto(x.contiguous().bfloat16(), w, cuda=True) == "torch"  # NCHW
+    inside = []
+    torch.vmap(lambda t: inside.append(auto(t, w, cuda=True)) or t.sum())(x.bfloat16().unsqueeze(0).repeat(2, 1, 1, 1, 1))
+    assert inside == ["torch"]
+    with monkeypatch.context() as mp:
+        mp.setattr(torch.compiler, "is_compiling", lambda: True)
+        assert auto(x.bfloat16(), w, cuda=True) == "torch"
+    with monkeypatch.context() as mp:
+        mp.setattr(maxpool, "triton_available", lambda: False)
+        assert auto(x.bfloat16(), w, cuda=True) == "torch"
+    calls = []
+    apply = maxpool._TritonMaxPool.apply
+    monkeypatch.setattr(maxpool._TritonMaxPool, "apply", lambda *a: calls.append(1) or apply(*a))
+    monkeypatch.setattr(paper_cnn, "auto_pool_kernel", functools.partial(auto, cuda=True))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = m(x)
+    F.cross_entropy(logits.float(), torch.tensor([1, 2])).backward()
+    assert calls == [1] and m.conv1.weight.grad is not None
+
+
 def test_pool_kernel_must_be_known():
     from biasbench.errors import BiasbenchError
     from biasbench.models import create_model
 
-    with pytest.raises(BiasbenchError, match="pool_kernel must be one of torch, triton"):
+    with pytest.raises(BiasbenchError, match="pool_kernel must be one of auto, torch, triton"):
         create_model("paper_cnn", pool_kernel="cuda")
     with pytest.raises(BiasbenchError, match="pool_grad_sum must be one of torch, kernel"):
         create_model("paper_cnn", pool_kernel="triton", pool_grad_sum="cuda")

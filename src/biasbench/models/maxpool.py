@@ -173,6 +173,14 @@ def addend_ok(x: torch.Tensor, addend: torch.Tensor, channels: int | None = None
                  or tuple(addend.shape) == (1, c, h, w) and addend.stride()[1] == 1))
 
 
+@functools.lru_cache(maxsize=None)
+def triton_available() -> bool:
+    """Whether Triton can be imported (PyTorch's Linux CUDA wheels bring it; others may not)."""
+    import importlib.util
+
+    return importlib.util.find_spec("triton") is not None
+
+
 def interpreted() -> bool:
     """Whether Triton runs its kernels through its CPU interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET") == "1"

@@ -35,9 +35,12 @@ or 8 (compilers such as TVM pad to them for this reason); at 3 channels conv1 ra
 what ``benchmarks/train.py --options pad4,pad8`` measures. Not bit for bit (another kernel adds in another
 order), so not the default. Parameters and checkpoints are unchanged.
 
-``pool_kernel="triton"`` (off by default) runs the max-pool through :mod:`biasbench.models.maxpool` on CUDA:
-the same numbers bit for bit, without the int64 indices of PyTorch's NHWC kernels (0.72 ms of the 2.46 ms
-step on an H100), conv1's bias added inside its forward kernel. ``pool_kernel="triton_conv"`` runs conv1 and
+``pool_kernel="triton"`` runs the max-pool through :mod:`biasbench.models.maxpool` on CUDA: the same numbers
+bit for bit, without the int64 indices of PyTorch's NHWC kernels (0.72 ms of the 2.46 ms step on an H100),
+conv1's bias added inside its forward kernel. The default, ``pool_kernel="auto"``, takes it where it was
+verified bit for bit on a device (CUDA, bf16 autocast, channels-last: what ``train`` and ``sweep`` run on
+CUDA by default; an H100 in the sixth GPU session, 1.39x the captured loop) and PyTorch's pool elsewhere
+(:func:`auto_pool_kernel`); ``pool_kernel="torch"`` always takes PyTorch's. ``pool_kernel="triton_conv"`` runs conv1 and
 the pool as one function (:mod:`biasbench.models.conv_pool`): with ``fold_input_bn`` its backward computes
 conv1's weight gradient inside the pool's backward kernel, without the 96x96 gradient map (not bit for bit);
 without the fold it is ``triton``'s arithmetic. ``conv1_kernel="triton"`` (with either Triton pool) also
@@ -56,12 +59,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import BiasbenchError
+from . import maxpool
 from .maxpool import max_pool_3x3_s2, usable  # the Triton kernels themselves are imported on first use
 from .registry import pick_features, register_model
 
 
-POOL_KERNELS = ("torch", "triton", "triton_conv")
-"""``pool_kernel`` values: PyTorch's max-pool; :mod:`biasbench.models.maxpool`'s Triton kernels (CUDA,
+POOL_KERNELS = ("auto", "torch", "triton", "triton_conv")
+"""``pool_kernel`` values: ``triton`` where it is verified, else ``torch`` (:func:`auto_pool_kernel`; the
+default); PyTorch's max-pool; :mod:`biasbench.models.maxpool`'s Triton kernels (CUDA,
 channels-last; bit for bit the same numbers, one-byte offsets instead of int64 indices); or those with conv1 in
 one function whose backward computes conv1's weight gradient in the pool's kernel when conv1's input needs no
 gradient (:mod:`biasbench.models.conv_pool`; with ``fold_input_bn``; not bit for bit)."""
@@ -81,16 +86,33 @@ def _triton_pool_choice(name: str, value: str, allowed: tuple[str, ...], pool_ke
     """``value`` if it is one of ``allowed`` and, unless it is the first (PyTorch's way), a Triton pool is on."""
     if value not in allowed:
         raise BiasbenchError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
-    if value != allowed[0] and pool_kernel == "torch":
+    if value != allowed[0] and pool_kernel in ("auto", "torch"):
         raise BiasbenchError(f"{name}={value} runs with a Triton pool; set pool_kernel=triton or triton_conv too")
     return value
+
+
+def auto_pool_kernel(x: torch.Tensor, weight: torch.Tensor, cuda: bool | None = None) -> str:
+    """``pool_kernel="auto"`` for the network input ``x`` and conv1's ``weight``: ``"triton"`` where the Triton
+    pool was verified bit for bit on a device, that is on CUDA (``cuda``: ``x.is_cuda`` unless given) with Triton
+    importable, in bf16 (bf16 autocast or a bf16 input) on a channels-last input; ``"torch"`` otherwise: on the
+    CPU, in fp32 (the paper's precision, kept on PyTorch's kernels), under ``torch.compile`` (Inductor makes
+    its own pool) and inside ``torch.func`` transforms (``--fuse``'s vmap: the kernels' autograd function has
+    no vmap rule)."""
+    cuda = x.is_cuda if cuda is None else cuda
+    if not cuda or not maxpool.triton_available() or torch.compiler.is_compiling():
+        return "torch"
+    if torch._C._functorch.is_functorch_wrapped_tensor(x) or torch._C._functorch.is_functorch_wrapped_tensor(weight):
+        return "torch"
+    autocast_bf16 = torch.is_autocast_enabled(x.device.type) and \
+        torch.get_autocast_dtype(x.device.type) == torch.bfloat16
+    return "triton" if (x.dtype == torch.bfloat16 or autocast_bf16) and usable(x) else "torch"
 
 
 class PaperCNN(nn.Module):
     feature_dims = {"pooled2": 32, "pooled4": 64, "before_logits": 64}
 
     def __init__(self, num_classes: int = 10, in_chans: int = 3, width: int = 32, drop_rate: float = 0.0,
-                 fold_input_bn: bool = False, pool_kernel: str = "torch", conv1_pad_to: int = 0,
+                 fold_input_bn: bool = False, pool_kernel: str = "auto", conv1_pad_to: int = 0,
                  conv1_kernel: str = "torch", pool_grad_sum: str = "torch"):
         super().__init__()
         self.drop_rate = float(drop_rate)  # not in the paper (0): dropout before the classifier, for progressive runs
@@ -144,9 +166,10 @@ class PaperCNN(nn.Module):
         inside the pool's forward kernel instead of by a kernel of its own over the 96x96 map: the same numbers.
         ``triton_conv``, or ``conv1_kernel="triton"``, also runs conv1 and the pool as one function
         (:mod:`biasbench.models.conv_pool`; its fused backward only with ``triton_conv``)."""
-        if self.pool_kernel == "torch" or not usable(x):
-            return F.relu(self._pool(self._conv1_of_input(x)))
-        if self.pool_kernel == "triton" and self.conv1_kernel == "torch":
+        kernel = self.pool_kernel_for(x)
+        if kernel == "torch" or not usable(x):
+            return F.relu(self._pool(self._conv1_of_input(x), kernel))
+        if kernel == "triton" and self.conv1_kernel == "torch":
             return F.relu(max_pool_3x3_s2(*self._conv1_parts(x, split_bias=True), grad_sum=self.pool_grad_sum))
         from .conv_pool import conv_max_pool
 
@@ -154,11 +177,16 @@ class PaperCNN(nn.Module):
         dt = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) \
             else inp.dtype  # the casts autocast would make for F.conv2d
         return F.relu(conv_max_pool(inp.to(dt), weight.to(dt), addend.to(dt), self.conv1_kernel,
-                                    fused=self.pool_kernel == "triton_conv", grad_sum=self.pool_grad_sum))
+                                    fused=kernel == "triton_conv", grad_sum=self.pool_grad_sum))
 
-    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+    def pool_kernel_for(self, x: torch.Tensor) -> str:
+        """The pool kernel a forward on the input ``x`` takes: ``pool_kernel``, "auto" resolved by
+        :func:`auto_pool_kernel`."""
+        return auto_pool_kernel(x, self.conv1.weight) if self.pool_kernel == "auto" else self.pool_kernel
+
+    def _pool(self, x: torch.Tensor, kernel: str) -> torch.Tensor:
         """``pool1(x)``; with the Triton pool kernels through :mod:`biasbench.models.maxpool` (the same numbers)."""
-        if self.pool_kernel != "torch":
+        if kernel != "torch":
             return max_pool_3x3_s2(x)
         return self.pool1(x)
 

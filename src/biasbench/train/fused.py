@@ -72,7 +72,7 @@ def fusable(cfg: TrainConfig) -> str | None:
         return f"random regularisation ({', '.join(sorted(drops))}) is not fused"
     if cfg.model_kwargs.get("fold_input_bn"):  # it updates the batch norm's running statistics itself
         return "fold_input_bn is not fused"
-    if cfg.model_kwargs.get("pool_kernel", "torch") != "torch":  # an autograd.Function without a vmap rule
+    if cfg.model_kwargs.get("pool_kernel", "auto") not in ("auto", "torch"):  # autograd.Functions, no vmap rule
         return f"pool_kernel={cfg.model_kwargs['pool_kernel']} is not fused"
     from ..methods import get_method_class
 
