@@ -39,3 +39,16 @@ def interpreted(monkeypatch):
     fresh()
     yield
     fresh()
+
+
+@pytest.fixture
+def count_calls(monkeypatch):
+    """``count_calls(owner, name)``: a list that gets one entry per call of ``owner.name``, which still runs."""
+
+    def patch(owner, name: str) -> list:
+        calls = []
+        real = getattr(owner, name)
+        monkeypatch.setattr(owner, name, lambda *a: calls.append(1) or real(*a))
+        return calls
+
+    return patch

@@ -41,15 +41,13 @@ def _unfused(x, weight, addend):
 
 
 @pytest.mark.parametrize("kind", ["bias", "map", "none"])
-def test_fused_backward_gives_the_weight_and_addend_gradients(interpreted, monkeypatch, kind):
+def test_fused_backward_gives_the_weight_and_addend_gradients(interpreted, monkeypatch, kind, count_calls):
     """Input without a gradient (the folded batch norm's case): the pool's kernel forms the pooled map's input
     gradient tile by tile and multiplies it with the input's im2col tile; in float32 the weight and addend
     gradients are the unfused path's up to summation order. Small tiles and chunks (3 images, 2 per chunk; 132
     positions, 64 per tile) exercise the partial last tile and chunk."""
     monkeypatch.setattr(conv_pool, "N_PER", 2)
-    calls = []
-    fused = conv_pool.conv_weight_grad
-    monkeypatch.setattr(conv_pool, "conv_weight_grad", lambda *a: calls.append(1) or fused(*a))
+    calls = count_calls(conv_pool, "conv_weight_grad")
     x, weight, addend = _inputs(torch.float32, kind)
     out, g, _, gw, ga = _grads(conv_pool.conv_max_pool, x, weight, addend)
     ref, _, _, rgw, rga = _grads(_unfused, x, weight, addend, g)
@@ -139,23 +137,19 @@ def test_conv_forward_kernel_is_the_convolution(interpreted, dtype):
 
 
 @pytest.mark.parametrize("pool_kernel", ["triton", "triton_conv"])
-def test_paper_cnn_with_the_triton_conv1_forward(interpreted, monkeypatch, pool_kernel):
+def test_paper_cnn_with_the_triton_conv1_forward(interpreted, pool_kernel, count_calls):
     """conv1_kernel="triton" (with a Triton pool and the fold): conv1's forward through the Triton kernel,
     logits and gradients those of the default network up to summation order (with pool_kernel="triton" the
     backward is the unfused one, not the fused weight-gradient kernel); refused without a Triton pool."""
     from biasbench.errors import BiasbenchError
     from biasbench.models import create_model
 
-    calls = []
-    forward = conv_pool.conv_forward
-    monkeypatch.setattr(conv_pool, "conv_forward", lambda *a: calls.append(1) or forward(*a))
+    calls = count_calls(conv_pool, "conv_forward")
     torch.manual_seed(0)
     x = (torch.rand(4, 3, 24, 24) * 255).round().contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (4,))
     runs = []
-    fused = []
-    weight_grad = conv_pool.conv_weight_grad
-    monkeypatch.setattr(conv_pool, "conv_weight_grad", lambda *a: fused.append(1) or weight_grad(*a))
+    fused = count_calls(conv_pool, "conv_weight_grad")
     for kwargs in ({}, {"pool_kernel": pool_kernel, "conv1_kernel": "triton"}):
         torch.manual_seed(1)
         m = create_model("paper_cnn", fold_input_bn=True, **kwargs).to(memory_format=torch.channels_last)

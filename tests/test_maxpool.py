@@ -172,14 +172,12 @@ def test_paper_cnn_with_the_triton_pool_trains_bit_for_bit_like_torchs(interpret
 
 @pytest.mark.parametrize("pool_kernel", ["triton", "triton_conv"])
 @pytest.mark.parametrize("fold", [False, True])
-def test_paper_cnn_sums_the_addends_gradient_in_the_pools_kernel(interpreted, monkeypatch, pool_kernel, fold):
+def test_paper_cnn_sums_the_addends_gradient_in_the_pools_kernel(interpreted, pool_kernel, fold, count_calls):
     """pool_grad_sum="kernel": conv1's bias gradient (or, with the fold, the border map's, which reaches conv1's
     weight and the batch norm's parameters) comes from the pool's summing backward kernel, and every gradient
     is the default's up to float32 summation order. (triton_conv's fused backward sums the map itself, so with
     the fold it does not call the summing kernel.)"""
-    calls = []
-    summed = maxpool.pool_backward_summed
-    monkeypatch.setattr(maxpool, "pool_backward_summed", lambda *a: calls.append(1) or summed(*a))
+    calls = count_calls(maxpool, "pool_backward_summed")
     torch.manual_seed(0)
     x = (torch.rand(4, 3, 24, 24) * 255).round().contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (4,))
@@ -191,7 +189,7 @@ def test_paper_cnn_sums_the_addends_gradient_in_the_pools_kernel(interpreted, mo
         torch.testing.assert_close(gb[n], ga[n], rtol=1e-4, atol=1e-6, msg=n)
 
 
-def test_pool_kernel_auto_takes_the_triton_pool_only_where_it_was_verified(interpreted, monkeypatch):
+def test_pool_kernel_auto_takes_the_triton_pool_only_where_it_was_verified(interpreted, monkeypatch, count_calls):
     """The default pool_kernel="auto": the Triton pool on CUDA in bf16 (autocast or a bf16 input) on channels-last
     input, PyTorch's pool on the CPU, in fp32, for NCHW input, under torch.compile, inside vmap (--fuse) and
     without Triton. A CUDA input is stood in for by ``cuda=True`` on CPU tensors (the interpreter runs the
@@ -211,7 +209,8 @@ def test_pool_kernel_auto_takes_the_triton_pool_only_where_it_was_verified(inter
         assert auto(x, w, cuda=True) == "triton"
     assert auto(x.contiguous().bfloat16(), w, cuda=True) == "torch"  # NCHW
     inside = []
-    torch.vmap(lambda t: inside.append(auto(t, w, cuda=True)) or t.sum())(x.bfloat16().unsqueeze(0).repeat(2, 1, 1, 1, 1))
+    runs = x.bfloat16().unsqueeze(0).repeat(2, 1, 1, 1, 1)  # vmap over two runs, as --fuse does
+    torch.vmap(lambda t: inside.append(auto(t, w, cuda=True)) or t.sum())(runs)
     assert inside == ["torch"]
     with monkeypatch.context() as mp:
         mp.setattr(torch.compiler, "is_compiling", lambda: True)
@@ -219,9 +218,7 @@ def test_pool_kernel_auto_takes_the_triton_pool_only_where_it_was_verified(inter
     with monkeypatch.context() as mp:
         mp.setattr(maxpool, "triton_available", lambda: False)
         assert auto(x.bfloat16(), w, cuda=True) == "torch"
-    calls = []
-    apply = maxpool._TritonMaxPool.apply
-    monkeypatch.setattr(maxpool._TritonMaxPool, "apply", lambda *a: calls.append(1) or apply(*a))
+    calls = count_calls(maxpool._TritonMaxPool, "apply")
     monkeypatch.setattr(paper_cnn, "auto_pool_kernel", functools.partial(auto, cuda=True))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = m(x)

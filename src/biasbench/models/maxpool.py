@@ -63,14 +63,15 @@ def triton_cdiv(a: int, b: int) -> int:
     return (a + b - 1) // b
 
 
-def _geometry(x: torch.Tensor) -> tuple[int, int, int, int, int]:
-    n, c, h, w = x.shape
+def _geometry(shape: torch.Size) -> tuple[int, int, int, int, int]:
+    """(C, H, W, OH, OW) of the pool on an (N, C, H, W) map."""
+    n, c, h, w = shape
     return c, h, w, (h - 1) // 2 + 1, (w - 1) // 2 + 1
 
 
 def pool_forward(x: torch.Tensor, addend: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The forward kernel: ``(max_pool(x + addend), window offsets)``, both channels-last, the offsets uint8."""
-    c, h, w, oh, ow = _geometry(x)
+    c, h, w, oh, ow = _geometry(x.shape)
     shape = (x.shape[0], c, oh, ow)
     out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
     off = torch.empty(shape, dtype=torch.uint8, device=x.device, memory_format=torch.channels_last)
@@ -91,7 +92,7 @@ def pool_forward(x: torch.Tensor, addend: torch.Tensor | None) -> tuple[torch.Te
 def pool_backward(grad: torch.Tensor, off: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """The backward kernel: the pool's input gradient (``shape``, channels-last) from the output gradient and
     the forward's window offsets."""
-    c, h, w, oh, ow = _geometry(torch.empty(shape, device="meta"))
+    c, h, w, oh, ow = _geometry(shape)
     grad = grad.contiguous(memory_format=torch.channels_last)
     gin = torch.empty(shape, dtype=grad.dtype, device=grad.device, memory_format=torch.channels_last)
     total = gin.numel()
@@ -105,8 +106,8 @@ def pool_backward_summed(grad: torch.Tensor, off: torch.Tensor, shape: torch.Siz
                          ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`pool_backward`'s input gradient (the same values) and its sum over the batch, (1, C, H, W) float32
     channels-last, from one kernel (``backward_sum_kernel``)."""
-    n, c, h, w = shape
-    oh, ow = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+    c, h, w, oh, ow = _geometry(shape)
+    n = shape[0]
     grad = grad.contiguous(memory_format=torch.channels_last)
     gin = torch.empty(shape, dtype=grad.dtype, device=grad.device, memory_format=torch.channels_last)
     chunks = triton_cdiv(n, SUM_N_PER)
