@@ -15,6 +15,9 @@ output and conv1 weight gradient are from the current form's (the same function;
   (``pool_kernel``; on the CPU, where Triton does not run, it is PyTorch's);
 - ``cl, triton pool + fwd`` / ``+ ksum``: with conv1's forward by a Triton implicit GEMM (``conv1_kernel``),
   and/or the bias or border-map gradient summed in the pool's backward kernel (``pool_grad_sum="kernel"``);
+- ``cl, triton pool + wgrad`` / ``+ fwd + wgrad``: conv1's weight gradient and that sum by one Triton kernel
+  reading the pool's input gradient once (``conv1_wgrad="triton"``), with the fold also with other launch
+  settings of it (:data:`WGRAD_TUNINGS`);
 - ``cl, triton conv``: conv1 and the Triton pool as one function (``pool_kernel="triton_conv"``); with the fold
   its backward computes conv1's weight gradient inside the pool's kernel (:mod:`biasbench.models.conv_pool`);
   ``+ fwd``: conv1's forward by a Triton implicit GEMM too (``conv1_kernel="triton"``); with the fold also with
@@ -48,7 +51,7 @@ def block(model, x: torch.Tensor, pool_nchw: bool = False, out_cl: bool = False)
     """relu(maxpool(conv1(bn(x)))) as PaperCNN runs it, optionally pooling in the default layout and handing on a
     channels-last output."""
     if pool_nchw:
-        y = F.relu(model._pool(model._conv1_of_input(x).contiguous()))
+        y = F.relu(model._pool(model._conv1_of_input(x).contiguous(), "torch"))
     else:
         y = model._first_block(x)
     return y.contiguous(memory_format=torch.channels_last) if out_cl else y
@@ -60,13 +63,14 @@ def _word(same: bool) -> str:
 
 def check_lines(dev, size: int, batch: int) -> list[str]:
     """The checks' lines (:func:`check_triton_pool`, :func:`check_in_the_network`, :func:`check_conv_pool`,
-    :func:`check_conv_forward`); a check that raises (a kernel that does not compile with this device's Triton,
+    :func:`check_conv_forward`, :func:`check_grad_sum`, :func:`check_wgrad`); a check that raises (a kernel that does not compile with this device's Triton,
     say) gives one line "<name> check FAILED: ...", which ``gpu.py`` reads as not passed, and the timings still
     run."""
     lines = []
     for name, check in (("triton pool", check_triton_pool), ("paper CNN step", check_in_the_network),
                         ("fused conv backward", check_conv_pool), ("triton conv1 forward", check_conv_forward),
-                        ("pool gradient summed in the kernel", check_grad_sum)):
+                        ("pool gradient summed in the kernel", check_grad_sum),
+                        ("triton conv1 weight gradient", check_wgrad)):
         try:
             out = check(dev, size, batch)
             lines += out if isinstance(out, list) else [out]
@@ -189,6 +193,35 @@ CONV_POOL_TOLERANCE = 1e-4
 1e-6 relative); a relative difference (norm of the difference over the norm) above this is a fault."""
 
 
+def _conv_pool_case(dev, size: int, batch: int):
+    """bf16 channels-last inputs of conv1 + pool (x, weight, bias, the pooled gradient g), the pool's input
+    gradient G as the unfused path stores it (bf16), and the float64 weight gradient of input x G; None where
+    :mod:`biasbench.models.conv_pool` does not run (no CUDA, no interpreter)."""
+    from biasbench.models import conv_pool
+
+    torch.manual_seed(0)
+    x = (torch.rand(batch, 3, size, size, device=dev) * 255).round().to(torch.bfloat16)
+    x = x.contiguous(memory_format=torch.channels_last)
+    w0 = (torch.randn(32, 3, 5, 5, device=dev) * 0.01).to(torch.bfloat16)
+    bias = torch.randn(32, device=dev).to(torch.bfloat16)
+    if not conv_pool.usable(x, w0):
+        return None
+    conv = (F.conv2d(x, w0, None, 1, 2) + bias.view(1, -1, 1, 1)).contiguous(memory_format=torch.channels_last)
+    g = torch.randn(batch, 32, (size - 1) // 2 + 1, (size - 1) // 2 + 1, device=dev).to(torch.bfloat16)
+    g = g.contiguous(memory_format=torch.channels_last)
+    t = conv.float().requires_grad_(True)
+    F.max_pool2d(t, 3, 2, 1).backward(g.float())
+    gin = t.grad.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    wd = w0.double().requires_grad_(True)
+    F.conv2d(x.double(), wd, None, 1, 2).backward(gin.double())
+    return x, w0, bias, g, gin, wd.grad
+
+
+def _rel(grad: torch.Tensor, exact: torch.Tensor) -> float:
+    """Norm of the difference over the norm."""
+    return ((grad.double() - exact).norm() / exact.norm()).item()
+
+
 def check_conv_pool(dev, size: int, batch: int) -> str:
     """One line: how far :mod:`biasbench.models.conv_pool`'s fused backward (conv1's weight gradient computed in
     the pool's kernel, float32 before its rounding to bf16; bf16 inputs, input without a gradient: the folded
@@ -197,32 +230,35 @@ def check_conv_pool(dev, size: int, batch: int) -> str:
     "ok" when the fused one is below :data:`CONV_POOL_TOLERANCE`."""
     from biasbench.models import conv_pool, maxpool
 
-    torch.manual_seed(0)
-    x = (torch.rand(batch, 3, size, size, device=dev) * 255).round().to(torch.bfloat16)
-    x = x.contiguous(memory_format=torch.channels_last)
-    w0 = (torch.randn(32, 3, 5, 5, device=dev) * 0.01).to(torch.bfloat16)
-    bias = torch.randn(32, device=dev).to(torch.bfloat16)
-    if not conv_pool.usable(x, w0):
+    case = _conv_pool_case(dev, size, batch)
+    if case is None:
         return "fused conv backward: not usable here (needs CUDA, or TRITON_INTERPRET=1)"
-    conv = (F.conv2d(x, w0, None, 1, 2) + bias.view(1, -1, 1, 1)).contiguous(memory_format=torch.channels_last)
-    g = torch.randn(batch, 32, (size - 1) // 2 + 1, (size - 1) // 2 + 1, device=dev).to(torch.bfloat16)
-    g = g.contiguous(memory_format=torch.channels_last)
-    t = conv.float().requires_grad_(True)
-    F.max_pool2d(t, 3, 2, 1).backward(g.float())
-    wd = w0.double().requires_grad_(True)
-    F.conv2d(x.double(), wd, None, 1, 2).backward(t.grad.to(torch.bfloat16).double())
-    exact = wd.grad
-
-    def rel(grad: torch.Tensor) -> float:
-        return ((grad.double() - exact).norm() / exact.norm()).item()
-
+    x, w0, bias, g, _, exact = case
     w = w0.clone().requires_grad_(True)
     F.max_pool2d(F.conv2d(x, w, bias, 1, 2), 3, 2, 1).backward(g)
     _, off = maxpool.pool_forward(F.conv2d(x, w0, None, 1, 2), bias)
-    fused = rel(conv_pool.conv_weight_grad(g, off, x, 5)[0])  # float32, before the gradient's bf16 rounding
+    fused = _rel(conv_pool.conv_weight_grad(g, off, x, 5)[0], exact)  # float32, before the gradient's bf16 rounding
     return (f"fused conv backward (triton_conv), its float32 weight gradient against the float64 sum: relative "
-            f"difference {fused:.2e} (cuDNN's bf16 one: {rel(w.grad):.2e}) "
+            f"difference {fused:.2e} (cuDNN's bf16 one: {_rel(w.grad, exact):.2e}) "
             f"({'ok' if fused < CONV_POOL_TOLERANCE else 'TOO LARGE'})")
+
+
+def check_wgrad(dev, size: int, batch: int) -> str:
+    """One line: how far :func:`biasbench.models.conv_pool.conv_weight_from_grad` (``conv1_wgrad="triton"``; float32,
+    before its rounding to bf16) is from the float64 weight gradient of input x the stored pool input gradient G,
+    and its sum of G over the batch from the float64 sum; "ok" when both are below :data:`CONV_POOL_TOLERANCE`."""
+    from biasbench.models import conv_pool
+
+    case = _conv_pool_case(dev, size, batch)
+    if case is None:
+        return "triton conv1 weight gradient: not usable here (needs CUDA, or TRITON_INTERPRET=1)"
+    x, _, _, _, gin, exact = case
+    gw, total = conv_pool.conv_weight_from_grad(gin, x, 5, True)
+    rel_w = _rel(gw, exact)
+    rel_sum = _rel(total, gin.double().sum(0, keepdim=True))
+    ok = max(rel_w, rel_sum) < CONV_POOL_TOLERANCE
+    return (f"triton conv1 weight gradient (conv1_wgrad=triton) against the float64 sums: weight {rel_w:.2e}, "
+            f"G over the batch {rel_sum:.2e} ({'ok' if ok else 'TOO LARGE'})")
 
 
 def check_in_the_network(dev, size: int, batch: int) -> str:
@@ -255,6 +291,12 @@ TUNINGS = ({"BLOCK_M": 64}, {"BLOCK_M": 16}, {"N_PER": 16}, {"WARPS": 4})
 are in the ``cl, triton conv + fwd + fold`` row. Each compiles for sm_90 without spilling registers (ptxas). The
 sixth session's H100 run timed 32 positions (now the default), 16 images per program, and 64 or 256 positions
 per forward program (no better than 128)."""
+
+
+WGRAD_TUNINGS = ({"WGRAD_BLOCK_M": 64}, {"WGRAD_N_PER": 32}, {"WGRAD_N_PER": 8}, {"WGRAD_WARPS": 8})
+"""Other launch settings of :func:`biasbench.models.conv_pool.conv_weight_from_grad` timed with the fold (the
+defaults, 128 positions, 16 images, 4 warps, are in the ``cl, triton pool + fwd + wgrad + fold`` row); each
+compiles for sm_90 without spills (ptxas: 158 registers at the defaults, 183 at 64 positions or 8 warps)."""
 
 
 @contextlib.contextmanager
@@ -308,7 +350,10 @@ def main() -> None:
         variants += [("cl, triton pool + fwd" + tag, model(pool_kernel="triton", conv1_kernel="triton"), x_cl, {}),
                      ("cl, triton pool + ksum" + tag, model(pool_kernel="triton", pool_grad_sum="kernel"), x_cl, {}),
                      ("cl, triton pool + fwd + ksum" + tag,
-                      model(pool_kernel="triton", conv1_kernel="triton", pool_grad_sum="kernel"), x_cl, {})]
+                      model(pool_kernel="triton", conv1_kernel="triton", pool_grad_sum="kernel"), x_cl, {}),
+                     ("cl, triton pool + wgrad" + tag, model(pool_kernel="triton", conv1_wgrad="triton"), x_cl, {}),
+                     ("cl, triton pool + fwd + wgrad" + tag,
+                      model(pool_kernel="triton", conv1_kernel="triton", conv1_wgrad="triton"), x_cl, {})]
         variants.append(("cl, triton conv" + tag, model(pool_kernel="triton_conv"), x_cl, {}))
         variants.append(("cl, triton conv + fwd" + tag, model(pool_kernel="triton_conv", conv1_kernel="triton"), x_cl,
                          {}))
@@ -316,6 +361,10 @@ def main() -> None:
             for tune in TUNINGS:
                 variants.append(("cl, triton conv + fwd, " + ", ".join(f"{k}={v}" for k, v in tune.items()) + tag,
                                  model(pool_kernel="triton_conv", conv1_kernel="triton"), x_cl, {"tune": tune}))
+            for tune in WGRAD_TUNINGS:
+                variants.append(("cl, triton pool + fwd + wgrad, " + ", ".join(f"{k}={v}" for k, v in tune.items())
+                                 + tag, model(pool_kernel="triton", conv1_kernel="triton", conv1_wgrad="triton"),
+                                 x_cl, {"tune": tune}))
         for pad in (4, 8):
             variants += [(f"cl, pad {pad}" + tag, model(conv1_pad_to=pad), x_cl, {}),
                          (f"cl, pad {pad}, triton pool" + tag, model(conv1_pad_to=pad, pool_kernel="triton"), x_cl, {})]

@@ -210,10 +210,11 @@ def options_from_benchmark(out: Path, gain: float = 1.03) -> list[str]:
     this call's train.py was fastest, as ``--model-kwarg`` items, if at least ``gain`` x the captured loop
     without options; options with the Triton pool only if firstblock.py's check passed (:func:`triton_pool_checked`),
     with ``tconv`` only if the fused backward's check passed too, with ``tfwd`` only if the Triton forward's did,
-    with ``ksum`` only if the kernel-summed gradient's did (:func:`check_passed`); ``pool_kernel=torch`` added
+    with ``ksum`` only if the kernel-summed gradient's did, with ``twg`` only if the Triton weight gradient's did
+    (:func:`check_passed`); ``pool_kernel=torch`` added
     when the Triton pool's check did not pass (the default takes that pool on CUDA). None (an empty list)
     otherwise."""
-    from train import OPTIONS  # benchmarks/train.py
+    from train import option_kwargs  # benchmarks/train.py
 
     base = "bf16 + channels_last + graphs"
     loops = {label: float(nums[1].replace(",", "")) for label, nums in table_rows(out / "train.txt")
@@ -222,7 +223,8 @@ def options_from_benchmark(out: Path, gain: float = 1.03) -> list[str]:
     passed = {"triton": triton_ok,
               "tconv": triton_ok and check_passed(out / "firstblock.txt", "fused conv backward"),
               "tfwd": triton_ok and check_passed(out / "firstblock.txt", "triton conv1 forward"),
-              "ksum": triton_ok and check_passed(out / "firstblock.txt", "pool gradient summed in the kernel")}
+              "ksum": triton_ok and check_passed(out / "firstblock.txt", "pool gradient summed in the kernel"),
+              "twg": triton_ok and check_passed(out / "firstblock.txt", "triton conv1 weight gradient")}
 
     def checked(opt: str) -> bool:
         return all(passed.get(word, True) for word in opt.split("+"))
@@ -239,12 +241,13 @@ def options_from_benchmark(out: Path, gain: float = 1.03) -> list[str]:
         return unverified
     best = max(options, key=options.get)
     ratio = options[best] / loops[base]
-    chosen = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for w in best.split("+")
-              for k, v in OPTIONS[w].items()] if ratio >= gain else []
+    chosen = [f"{k}={v if isinstance(v, str) else json.dumps(v)}"
+              for k, v in option_kwargs(best).items()] if ratio >= gain else []
     if not any(kv.startswith("pool_kernel=") for kv in chosen):
         chosen += unverified
     print(f"--model-options measured: checks passed: triton pool {triton_ok}, fused conv backward {passed['tconv']}, "
-          f"triton conv1 forward {passed['tfwd']}, kernel-summed pool gradient {passed['ksum']}; best "
+          f"triton conv1 forward {passed['tfwd']}, kernel-summed pool gradient {passed['ksum']}, triton conv1 "
+          f"weight gradient {passed['twg']}; best "
           f"{best} at {ratio:.2f}x the captured loop without options -> {' '.join(chosen) or 'none'}", flush=True)
     return chosen
 

@@ -15,8 +15,9 @@ configurations whose labels contain one of the comma-separated words (e.g. ``--o
 CUDA only), ``tconv`` (``pool_kernel=triton_conv``: with ``fold``, conv1's weight gradient inside the pool's
 backward kernel), ``tfwd`` (conv1's forward as a Triton implicit GEMM; with ``triton`` or ``tconv``), ``ksum``
 (conv1's bias or the fold's border-map gradient summed over the batch in the pool's backward kernel; with
-``triton`` or ``tconv``), ``pad4`` / ``pad8`` (conv1's input padded with zero channels to 4 or 8), joined with
-``+`` to combine (``fold+triton+tfwd+ksum``), ``torchpool`` (PyTorch's max-pool; the default,
+``triton`` or ``tconv``), ``twg`` (conv1's weight gradient and that sum in one Triton kernel reading the pool's
+input gradient once; with ``triton``, not with ``ksum``), ``pad4`` / ``pad8`` (conv1's input padded with zero
+channels to 4 or 8), joined with ``+`` to combine (``fold+triton+tfwd+ksum``, ``fold+triton+tfwd+twg``), ``torchpool`` (PyTorch's max-pool; the default,
 ``pool_kernel="auto"``, is the Triton pool in the bf16 CUDA configurations). Prints images/s per configuration
 and the loop / bare ratio.
 """
@@ -41,27 +42,36 @@ from common import device_name, pick_device  # benchmarks/common.py (scripts run
 
 OPTIONS = {"fold": {"fold_input_bn": True}, "triton": {"pool_kernel": "triton"},
            "tconv": {"pool_kernel": "triton_conv"}, "tfwd": {"conv1_kernel": "triton"},
-           "ksum": {"pool_grad_sum": "kernel"}, "pad4": {"conv1_pad_to": 4}, "pad8": {"conv1_pad_to": 8},
-           "torchpool": {"pool_kernel": "torch"}}
+           "ksum": {"pool_grad_sum": "kernel"}, "twg": {"conv1_wgrad": "triton"}, "pad4": {"conv1_pad_to": 4},
+           "pad8": {"conv1_pad_to": 8}, "torchpool": {"pool_kernel": "torch"}}
 """``--options`` words: paper CNN keyword arguments. ``tfwd`` and ``ksum`` need a Triton pool (``triton`` or
-``tconv``) in the same combination. Without a pool word the model's default applies (``pool_kernel="auto"``:
-the Triton pool in the captured bf16 CUDA configurations); ``torchpool`` measures PyTorch's pool. (In the sixth
+``tconv``) in the same combination, ``twg`` needs ``triton`` and excludes ``ksum`` (the model's own checks
+decide, :func:`option_error`). Without a pool word the model's default applies (``pool_kernel="auto"``: the
+Triton pool in the captured bf16 CUDA configurations); ``torchpool`` measures PyTorch's pool. (In the sixth
 session's H100 table the default was PyTorch's pool, and ``fold+tfwd`` meant ``fold+tconv+tfwd``.)"""
-POOL_WORDS = ("triton", "tconv")
-NEEDS_POOL = ("tfwd", "ksum")
+POOL_WORDS = ("triton", "tconv", "torchpool")
+
+
+def option_kwargs(opt: str) -> dict:
+    """The paper CNN keyword arguments of ``opt`` (words joined by +)."""
+    return {k: v for w in opt.split("+") for k, v in OPTIONS[w].items()}
 
 
 def option_error(opt: str) -> str | None:
-    """Why ``opt`` (words joined by +) is not a valid ``--options`` item, or None."""
+    """Why ``opt`` (words joined by +) is not a valid ``--options`` item, or None: unknown words, two pool
+    kernels, or what the paper CNN itself refuses (built on the meta device)."""
+    from biasbench.errors import BiasbenchError
+    from biasbench.models import check_model
+
     words = opt.split("+")
     if not set(words) <= set(OPTIONS):
         return f"unknown option {opt!r}; expected words from {', '.join(OPTIONS)} joined by +"
-    if set(words) & set(NEEDS_POOL) and not set(words) & set(POOL_WORDS):
-        need = [w for w in NEEDS_POOL if w in words]
-        return f"option {opt!r}: {' and '.join(need)} need{'s' if len(need) == 1 else ''} triton or tconv with it"
-    if len(set(words) & {*POOL_WORDS, "torchpool"}) > 1:
-        return f"option {opt!r}: {' and '.join(w for w in words if w in {*POOL_WORDS, 'torchpool'})} are two pool " \
-               f"kernels; take one"
+    if len(set(words) & set(POOL_WORDS)) > 1:
+        return f"option {opt!r}: {' and '.join(w for w in words if w in POOL_WORDS)} are two pool kernels; take one"
+    try:
+        check_model("paper_cnn", **option_kwargs(opt))
+    except BiasbenchError as exc:
+        return f"option {opt!r}: {exc}"
     return None
 
 
@@ -144,7 +154,8 @@ def main() -> None:
                          "(input batch norm folded into conv1), triton (Triton max-pool), tconv (Triton max-pool "
                          "and conv1's weight gradient in one kernel), tfwd (conv1's forward in Triton; with triton "
                          "or tconv), ksum (the bias or border map gradient summed in the pool's backward kernel; "
-                         "with triton or tconv), pad4 or pad8 (conv1's input padded to 4 or 8 channels); join with "
+                         "with triton or tconv), twg (conv1's weight gradient and that sum in one Triton kernel; "
+                         "with triton, not with ksum), pad4 or pad8 (conv1's input padded to 4 or 8 channels); join with "
                          "+ to combine, e.g. fold+triton+tfwd+ksum; torchpool (PyTorch's max-pool instead of the default, which "
                          "is the Triton pool on CUDA in bf16)")
     ap.add_argument("--only", default=None, help="comma-separated words: keep configurations whose labels hold one")
@@ -168,10 +179,9 @@ def main() -> None:
     configs = [c + ({},) for c in configs]
     extra = []
     for opt in [o for o in args.options.split(",") if o]:
-        words = opt.split("+")
         if option_error(opt):
             ap.error(option_error(opt))
-        kwargs = {k: v for w in words for k, v in OPTIONS[w].items()}
+        kwargs = option_kwargs(opt)
         extra += [(c[0] + " + " + opt,) + c[1:-1] + (kwargs,) for c in configs]
     configs += extra
     if args.only:

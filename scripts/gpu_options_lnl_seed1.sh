@@ -4,8 +4,9 @@
 #   bash scripts/gpu_options_lnl_seed1.sh > $OUT/log.txt 2>&1; tail -c 6000 $OUT/log.txt
 # 1. times the first block's options in the captured loop: the new default (the Triton pool, pool_kernel=auto)
 #    and PyTorch's pool (torchpool), the sixth session's best (fold+tconv+tfwd) beside the new combinations
-#    (conv1's Triton forward with the plain Triton pool, the kernel-summed addend gradient), checks them on the
-#    device, and profiles the fastest set that passed (about 100 s);
+#    (conv1's Triton forward with the plain Triton pool, the kernel-summed addend gradient, and the seventh
+#    session's Triton weight gradient, twg), checks them on the device, and profiles the fastest set that passed
+#    (about 110 s);
 # 2. LNL at seed 1 with and without the fold (docs/reproduction/lnl-seed1-check.yaml, 4 trials in 4 threads,
 #    about 3 minutes): tells whether the fold or the seed made four of seed 1's LNL runs unstable;
 # 3. finishes the seed-1 Table-1 sweep with the options it was started with (fold + Triton pool; 12 trials
@@ -30,7 +31,7 @@ stamp() { echo "[$(( $(date +%s) - start ))s] $*"; }
 [ -d .gpu/sweep-s1 ] || { mkdir -p .gpu && cp -r docs/reproduction/paper-table1-seed1/sweep .gpu/sweep-s1; }
 
 want bench && stamp "1. options" && python3 benchmarks/gpu.py --out "$OUT/bench" --benchmarks train,firstblock,anatomy --train-only graphs \
-    --train-options torchpool,fold+triton,fold+tconv+tfwd,fold+triton+tfwd,fold+triton+ksum,fold+triton+tfwd+ksum,triton+tfwd+ksum \
+    --train-options torchpool,fold+triton,fold+tconv+tfwd,fold+triton+tfwd,fold+triton+tfwd+ksum,fold+triton+tfwd+twg,triton+tfwd+ksum,triton+tfwd+twg \
     --no-bench-compile --bench-limit 60 --model-options measured --skip-sweep --device "$DEVICE" 2>&1 | grep -v "^\[ *[0-9]*s\] *\["
 
 if want lnl; then

@@ -167,9 +167,90 @@ def test_paper_cnn_with_the_triton_conv1_forward(interpreted, pool_kernel, count
         create_model("paper_cnn", pool_kernel="triton_conv", conv1_kernel="cuda")
 
 
+@pytest.mark.parametrize("dtype,want_sum", [(torch.float32, True), (torch.bfloat16, True), (torch.float32, False)])
+def test_weight_gradient_from_the_stored_map(interpreted, monkeypatch, dtype, want_sum):
+    """conv_weight_from_grad (conv_wgrad_kernel): the weight gradient of the convolution whose output gradient is
+    the stored map G, and G's sum over the batch, are the float64 ones up to float32 accumulation; small tiles
+    and chunks (5 images, 2 per chunk; 132 positions, 32 per tile) exercise the partial last tile and chunk."""
+    monkeypatch.setattr(conv_pool, "WGRAD_N_PER", 2)
+    monkeypatch.setattr(conv_pool, "WGRAD_BLOCK_M", 32)
+    x, weight, _ = _inputs(dtype, "none", n=5)
+    gin = torch.randn(5, 32, 12, 11, generator=torch.Generator().manual_seed(2)).to(dtype)
+    gin = gin.contiguous(memory_format=torch.channels_last)
+    wd = weight.double().requires_grad_(True)
+    F.conv2d(x.double(), wd, None, 1, 2).backward(gin.double())
+    gw, total = conv_pool.conv_weight_from_grad(gin, x, 5, want_sum)
+    assert gw.dtype == torch.float32 and gw.shape == weight.shape
+    torch.testing.assert_close(gw.double(), wd.grad, rtol=1e-6, atol=1e-6 * wd.grad.abs().max().item())
+    if want_sum:
+        assert total.shape == (1, 32, 12, 11) and total.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(total.double(), gin.double().sum(0, keepdim=True), rtol=1e-6, atol=1e-6)
+    else:
+        assert total is None
+
+
+@pytest.mark.parametrize("kind", ["bias", "map", "none"])
+@pytest.mark.parametrize("x_grad", [False, True])
+def test_triton_weight_gradient_in_the_backward(interpreted, kind, x_grad, count_calls):
+    """wgrad="triton": the pool's kernel writes G, conv_wgrad_kernel gives the weight's and the addend's
+    gradients from it (the unfused path's up to summation order) and, where the input needs one, its gradient
+    is cuDNN's, bit for bit the unfused path's; the fused backward does not run."""
+    calls = count_calls(conv_pool, "conv_weight_from_grad")
+    fused = count_calls(conv_pool, "conv_weight_grad")
+    x, weight, addend = _inputs(torch.float32, kind)
+    out, g, gx, gw, ga = _grads(lambda *a: conv_pool.conv_max_pool(*a, wgrad="triton"), x, weight, addend,
+                                x_grad=x_grad)
+    ref, _, rgx, rgw, rga = _grads(_unfused, x, weight, addend, g, x_grad=x_grad)
+    assert calls == [1] and fused == []
+    assert torch.equal(out, ref)
+    assert (gw - rgw).abs().max() < 1e-5 * rgw.abs().max()
+    if x_grad:
+        assert torch.equal(gx, rgx)
+    if addend is not None:
+        torch.testing.assert_close(ga, rga, rtol=1e-5, atol=1e-5)
+        assert ga.shape == addend.shape and ga.dtype == addend.dtype
+
+
+@pytest.mark.parametrize("fold", [False, True])
+def test_paper_cnn_with_the_triton_conv1_weight_gradient(interpreted, fold, count_calls):
+    """conv1_wgrad="triton" (with pool_kernel="triton", alone or with conv1_kernel="triton"): the same logits
+    as the default network, gradients equal up to summation order, conv1's weight gradient through the Triton
+    kernel; refused with another pool or with pool_grad_sum=kernel."""
+    from biasbench.errors import BiasbenchError
+    from biasbench.models import create_model
+
+    calls = count_calls(conv_pool, "conv_weight_from_grad")
+    torch.manual_seed(0)
+    x = (torch.rand(4, 3, 24, 24) * 255).round().contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (4,))
+    runs = []
+    for kwargs in ({}, {"pool_kernel": "triton", "conv1_wgrad": "triton"},
+                   {"pool_kernel": "triton", "conv1_wgrad": "triton", "conv1_kernel": "triton"}):
+        torch.manual_seed(1)
+        m = create_model("paper_cnn", fold_input_bn=fold, **kwargs).to(memory_format=torch.channels_last)
+        logits = m(x)
+        F.cross_entropy(logits, y).backward()
+        runs.append((logits.detach(), {n: p.grad for n, p in m.named_parameters()}))
+    assert calls == [1, 1]
+    a, ga = runs[0]
+    for b, gb in runs[1:]:
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+        for n in ga:
+            torch.testing.assert_close(gb[n], ga[n], rtol=1e-3, atol=1e-6, msg=n)
+    assert not torch.equal(runs[1][1]["conv1.weight"], ga["conv1.weight"])  # not cuDNN's sum: the kernel's
+    with pytest.raises(BiasbenchError, match="conv1_wgrad=triton runs with a Triton pool; set pool_kernel=triton"):
+        create_model("paper_cnn", conv1_wgrad="triton")
+    with pytest.raises(BiasbenchError, match="conv1_wgrad=triton runs with pool_kernel=triton, not triton_conv"):
+        create_model("paper_cnn", pool_kernel="triton_conv", conv1_wgrad="triton")
+    with pytest.raises(BiasbenchError, match="leave pool_grad_sum at torch"):
+        create_model("paper_cnn", pool_kernel="triton", conv1_wgrad="triton", pool_grad_sum="kernel")
+    with pytest.raises(BiasbenchError, match="conv1_wgrad must be one of torch, triton"):
+        create_model("paper_cnn", pool_kernel="triton", conv1_wgrad="cudnn")
+
+
 @pytest.mark.parametrize("dtype", ["*bf16", "*fp32"])
 def test_the_kernels_compile_for_an_h100_without_one(dtype, tmp_path):
-    """The fused backward and the forward convolution compile ahead of time for sm_90 with the launch settings
+    """The fused backward, the forward convolution and the weight gradient compile ahead of time for sm_90 with the launch settings
     conv_pool uses (PTX, then a cubin through the wheel's ptxas, which reports registers and spills), with
     tensor-core dots (bf16) or exact float32 ones; in bf16 neither spills registers to memory."""
     import glob
@@ -189,7 +270,10 @@ def test_the_kernels_compile_for_an_h100_without_one(dtype, tmp_path):
                                 "dmap_ptr": "*fp32", "N": "i32"},
          shape | {"OH": 48, "OW": 48, "BLOCK_M": conv_pool.BLOCK_M, "N_PER": conv_pool.N_PER}, conv_pool.WARPS),
         (k.conv_forward_kernel, {"x_ptr": dtype, "w_ptr": dtype, "out_ptr": dtype, "total": "i32"},
-         shape | {"BLOCK_M": conv_pool.CONV_BLOCK_M}, conv_pool.CONV_WARPS)]
+         shape | {"BLOCK_M": conv_pool.CONV_BLOCK_M}, conv_pool.CONV_WARPS),
+        (k.conv_wgrad_kernel, {"gin_ptr": dtype, "x_ptr": dtype, "dw_ptr": "*fp32", "dmap_ptr": "*fp32", "N": "i32"},
+         shape | {"BLOCK_M": conv_pool.WGRAD_BLOCK_M, "N_PER": conv_pool.WGRAD_N_PER, "SUM": True},
+         conv_pool.WGRAD_WARPS)]
     for fn, pointers, consts, warps in kernels:
         compiled = triton.compile(ASTSource(fn=fn, signature=pointers | {n: "constexpr" for n in consts},
                                             constexprs=consts),

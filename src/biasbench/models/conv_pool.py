@@ -14,7 +14,13 @@ bias or ``fold_input_bn``'s border map, added inside it). The backward depends o
   partial sums per program, added in a fixed order. What it saves on an H100 (``docs/benchmarks.md``): G's
   75 MB written and read twice (the weight gradient and the bias sum), the pool's backward kernel, and cuDNN's
   weight-gradient kernel for 3 input channels (about 0.24 ms). Not bit for bit: the weight gradient sums in
-  another order than cuDNN's (G itself is rounded exactly as the unfused path stores it).
+  another order than cuDNN's (G itself is rounded exactly as the unfused path stores it);
+- with ``wgrad="triton"`` (``paper_cnn``'s ``conv1_wgrad="triton"``): the pool's backward kernel writes G as in the
+  unfused path, then one Triton kernel (``conv_wgrad_kernel``) reads it once for both the weight gradient (the
+  transposed im2col tile of x times the G tile on the tensor cores, the positions as the dots' reduction
+  dimension) and G's sum over the batch (the addend's gradient), instead of cuDNN's weight-gradient kernel for 3
+  input channels and PyTorch's reduction each reading G (0.18 and 0.195 ms of a 1.67 ms captured step on an H100
+  with the fold). x's gradient, where it needs one, stays cuDNN's. Not bit for bit (another summation order).
 
 Contract: stride-1 square convolution with ``padding = K // 2`` (output the input's size), channels-last CUDA
 tensors (or the CPU under ``TRITON_INTERPRET=1``), x and weight of one floating dtype (callers cast for autocast),
@@ -35,6 +41,14 @@ N_PER = 32
 WARPS = 8
 """Warps per program of the fused backward. Compiled for sm_90 by the wheel's ptxas (no GPU needed), it uses 146
 registers per thread at 32 positions and spills none (178 with 4 warps; at 64 positions 4 warps spilled)."""
+WGRAD_BLOCK_M = 128
+"""Positions per program of :func:`conv_weight_from_grad` (the reduction dimension of its dots): 72 x 8 = 576
+programs for a batch of 128 at 96x96."""
+WGRAD_N_PER = 16
+"""Images per program of :func:`conv_weight_from_grad`."""
+WGRAD_WARPS = 4
+"""Warps per program of :func:`conv_weight_from_grad` (registers: ``tests/test_conv_pool.py`` compiles it for
+sm_90 and asserts no spills)."""
 CONV_BLOCK_M = 128
 """Output positions per program of :func:`conv_forward`: 9,216 programs for a batch of 128 at 96x96."""
 CONV_WARPS = 4
@@ -69,6 +83,27 @@ def conv_weight_grad(g: torch.Tensor, off: torch.Tensor, x: torch.Tensor, ks: in
     return weight, dmap.sum(0).permute(2, 0, 1).unsqueeze(0)
 
 
+def conv_weight_from_grad(gin: torch.Tensor, x: torch.Tensor, ks: int, want_sum: bool
+                          ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight gradient (C, CI, K, K) float32, and if ``want_sum`` the sums of ``gin`` over the batch per position,
+    (1, C, H, W) float32 channels-last, else None) of the stride-1 convolution with ``padding = K // 2`` whose
+    output gradient is ``gin`` (channels-last, x's dtype), by ``conv_wgrad_kernel``: one read of ``gin`` for both,
+    instead of cuDNN's weight-gradient kernel and PyTorch's reduction each reading it."""
+    n, ci, h, w = x.shape
+    c = gin.shape[1]
+    k1, k2 = _k_blocks(ci, ks)
+    tiles, chunks = maxpool.triton_cdiv(h * w, WGRAD_BLOCK_M), maxpool.triton_cdiv(n, WGRAD_N_PER)
+    dw = torch.empty((tiles, chunks, k1 + k2, c), dtype=torch.float32, device=gin.device)
+    dmap = torch.empty((chunks, h, w, c) if want_sum else (1,), dtype=torch.float32, device=gin.device)
+    kernel = maxpool._kernels().conv_wgrad_kernel
+    gin = gin.contiguous(memory_format=torch.channels_last)
+    with maxpool._LAUNCH_LOCK:
+        kernel[(tiles, chunks)](gin, x, dw, dmap, n, c, h, w, ci, ks, ks // 2, k1, k2, WGRAD_BLOCK_M, WGRAD_N_PER,
+                                want_sum, x.dtype == torch.float32, maxpool.interpreted(), num_warps=WGRAD_WARPS)
+    weight = dw.sum((0, 1))[: ci * ks * ks].t().reshape(c, ci, ks, ks)
+    return weight, dmap.sum(0).permute(2, 0, 1).unsqueeze(0) if want_sum else None
+
+
 def conv_forward(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``F.conv2d(x, weight, None, 1, K // 2)`` by ``conv_forward_kernel`` (an implicit GEMM on the tensor cores):
     channels-last, in x's dtype, the same sums in another order than cuDNN's."""
@@ -88,7 +123,8 @@ def conv_forward(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 class _ConvMaxPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, addend: torch.Tensor | None,
-                conv_kernel: str = "torch", fused: bool = True, grad_sum: str = "torch") -> torch.Tensor:
+                conv_kernel: str = "torch", fused: bool = True, grad_sum: str = "torch",
+                wgrad: str = "torch") -> torch.Tensor:
         ks = weight.shape[-1]
         out = conv_forward(x, weight) if conv_kernel == "triton" else F.conv2d(x, weight, None, 1, ks // 2)
         pooled, off = maxpool.pool_forward(out, addend)
@@ -98,6 +134,7 @@ class _ConvMaxPool(torch.autograd.Function):
         ctx.addend_dtype = None if addend is None else addend.dtype
         ctx.fused = fused
         ctx.grad_sum = grad_sum
+        ctx.wgrad = wgrad
         return pooled
 
     @staticmethod
@@ -105,16 +142,33 @@ class _ConvMaxPool(torch.autograd.Function):
         x, weight, off = ctx.saved_tensors
         need_x, need_w, need_a = ctx.needs_input_grad[:3]
         ks = weight.shape[-1]
+        rest = (None,) * 4  # conv_kernel, fused, grad_sum, wgrad
+        if ctx.wgrad == "triton" and need_w:  # the pool's kernel, then conv_wgrad_kernel (and cuDNN for x's)
+            gin = maxpool.pool_backward(g, off, ctx.shape)
+            want_sum = bool(need_a and ctx.addend_dim)
+            gw, total = conv_weight_from_grad(gin, x, ks, want_sum)
+            ga = maxpool.addend_grad_of_sum(total, ctx.addend_dim, ctx.addend_dtype) if want_sum else None
+            gx = _input_grad(gin, x, weight) if need_x else None
+            return gx, gw.to(weight.dtype), ga, *rest
         if need_x or not ctx.fused:  # the unfused path's arithmetic
             gin, ga = maxpool.backward_with_addend(ctx, g, off, need_a)
             gx = gw = None
             if need_x or need_w:
                 gx, gw, _ = torch.ops.aten.convolution_backward(gin, x, weight, None, [1, 1], [ks // 2] * 2, [1, 1],
                                                                 False, [0, 0], 1, [need_x, need_w, False])
-            return gx, gw, ga, None, None, None
+            return gx, gw, ga, *rest
         gw, gmap = conv_weight_grad(g, off, x, ks)
         ga = maxpool.addend_grad_of_sum(gmap, ctx.addend_dim, ctx.addend_dtype) if need_a and ctx.addend_dim else None
-        return None, gw.to(weight.dtype) if need_w else None, ga, None, None, None
+        return None, gw.to(weight.dtype) if need_w else None, ga, *rest
+
+
+def _input_grad(gin: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x's gradient of the stride-1 ``padding = K // 2`` convolution with output gradient ``gin``, as autograd
+    computes it for ``F.conv2d`` (``aten.convolution_backward``, the input's part only)."""
+    ks = weight.shape[-1]
+    gx, _, _ = torch.ops.aten.convolution_backward(gin, x, weight, None, [1, 1], [ks // 2] * 2, [1, 1], False,
+                                                   [0, 0], 1, [True, False, False])
+    return gx
 
 
 def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -126,14 +180,17 @@ def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def conv_max_pool(x: torch.Tensor, weight: torch.Tensor, addend: torch.Tensor | None = None,
-                  conv_kernel: str = "torch", fused: bool = True, grad_sum: str = "torch") -> torch.Tensor:
+                  conv_kernel: str = "torch", fused: bool = True, grad_sum: str = "torch",
+                  wgrad: str = "torch") -> torch.Tensor:
     """``max_pool2d(conv2d(x, weight, padding=K // 2) + addend, 3, 2, 1)``; see the module docstring.
     ``conv_kernel``: the forward convolution by cuDNN (``torch``) or :func:`conv_forward` (``triton``).
     ``fused``: whether the backward, when x needs no gradient, is ``conv_weight_kernel`` (else always the unfused
     arithmetic). ``grad_sum``: the unfused backward's sum of the addend's gradient (:data:`maxpool.GRAD_SUMS`).
+    ``wgrad="triton"`` (it takes precedence over both): the backward is the pool's kernel, then
+    :func:`conv_weight_from_grad` for the weight's and the addend's gradients (and cuDNN for x's, if it needs one).
     Inputs it does not take (:func:`usable`, and an addend the pool's kernel does not add itself) go the unfused
     way."""
     ks = weight.shape[-1]
     if not usable(x, weight) or (addend is not None and not maxpool.addend_ok(x, addend, weight.shape[0])):
         return maxpool.max_pool_3x3_s2(F.conv2d(x, weight, None, 1, ks // 2), addend, grad_sum)
-    return _ConvMaxPool.apply(x, weight, addend, conv_kernel, fused, grad_sum)
+    return _ConvMaxPool.apply(x, weight, addend, conv_kernel, fused, grad_sum, wgrad)

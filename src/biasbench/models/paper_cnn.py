@@ -49,7 +49,9 @@ computes conv1's forward by a Triton implicit GEMM instead of cuDNN's generic en
 ``pool_grad_sum="kernel"`` (with either Triton pool) sums the gradient of conv1's bias or of the fold's border
 map over the batch inside the pool's backward kernel instead of by PyTorch's reduction over the 96x96 gradient
 map (0.195 ms of a 1.67 ms captured step on an H100 with the fold; the same sum in another order, so not bit for
-bit). On an H100 (``docs/benchmarks.md``) the captured loop ran 50.7k images/s by default, 76.8k with
+bit). ``conv1_wgrad="triton"`` (with ``pool_kernel="triton"``) computes conv1's weight gradient and that sum in one
+Triton kernel that reads the pool's input gradient once, instead of cuDNN's weight-gradient kernel (0.18 ms) and
+the reduction (:func:`biasbench.models.conv_pool.conv_weight_from_grad`; not bit for bit; not timed on a GPU yet). On an H100 (``docs/benchmarks.md``) the captured loop ran 50.7k images/s by default, 76.8k with
 ``fold_input_bn`` and ``triton``, 86.5k with ``fold_input_bn``, ``triton_conv`` and ``conv1_kernel="triton"``.
 """
 from __future__ import annotations
@@ -76,18 +78,28 @@ CONV1_KERNELS = ("torch", "triton")
 """``conv1_kernel`` values (with a Triton ``pool_kernel``): conv1's forward by cuDNN, or by
 :func:`biasbench.models.conv_pool.conv_forward` (an implicit GEMM in Triton; not bit for bit)."""
 
+CONV1_WGRADS = ("torch", "triton")
+"""``conv1_wgrad`` values (with ``pool_kernel="triton"``): conv1's weight gradient (and its bias's or the fold's
+border map's, G summed over the batch) by cuDNN and PyTorch's reduction, or by
+:func:`biasbench.models.conv_pool.conv_weight_from_grad` (one Triton kernel reading the pool's input gradient
+once; not bit for bit)."""
+
 POOL_GRAD_SUMS = ("torch", "kernel")
 """``pool_grad_sum`` values (with a Triton ``pool_kernel``): the gradient of the addend the pool adds (conv1's
 bias, or the fold's border map) reduced over the batch by PyTorch from the stored 96x96 gradient map (bit for
 bit), or inside the pool's backward kernel (:func:`biasbench.models.maxpool.pool_backward_summed`)."""
 
 
-def _triton_pool_choice(name: str, value: str, allowed: tuple[str, ...], pool_kernel: str) -> str:
-    """``value`` if it is one of ``allowed`` and, unless it is the first (PyTorch's way), a Triton pool is on."""
+def _triton_pool_choice(name: str, value: str, allowed: tuple[str, ...], pool_kernel: str,
+                        pools: tuple[str, ...] = ("triton", "triton_conv")) -> str:
+    """``value`` if it is one of ``allowed`` and, unless it is the first (PyTorch's way), ``pool_kernel`` is one
+    of the Triton pools in ``pools``."""
     if value not in allowed:
         raise BiasbenchError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
-    if value != allowed[0] and pool_kernel in ("auto", "torch"):
-        raise BiasbenchError(f"{name}={value} runs with a Triton pool; set pool_kernel=triton or triton_conv too")
+    if value != allowed[0] and pool_kernel not in pools:
+        raise BiasbenchError(f"{name}={value} runs with a Triton pool; set pool_kernel={' or '.join(pools)} too"
+                             if pool_kernel in ("auto", "torch") else
+                             f"{name}={value} runs with pool_kernel={' or '.join(pools)}, not {pool_kernel}")
     return value
 
 
@@ -113,7 +125,7 @@ class PaperCNN(nn.Module):
 
     def __init__(self, num_classes: int = 10, in_chans: int = 3, width: int = 32, drop_rate: float = 0.0,
                  fold_input_bn: bool = False, pool_kernel: str = "auto", conv1_pad_to: int = 0,
-                 conv1_kernel: str = "torch", pool_grad_sum: str = "torch"):
+                 conv1_kernel: str = "torch", pool_grad_sum: str = "torch", conv1_wgrad: str = "torch"):
         super().__init__()
         self.drop_rate = float(drop_rate)  # not in the paper (0): dropout before the classifier, for progressive runs
         if not isinstance(fold_input_bn, bool):
@@ -129,6 +141,11 @@ class PaperCNN(nn.Module):
         self.conv1_pad_to = conv1_pad_to
         self.conv1_kernel = _triton_pool_choice("conv1_kernel", conv1_kernel, CONV1_KERNELS, pool_kernel)
         self.pool_grad_sum = _triton_pool_choice("pool_grad_sum", pool_grad_sum, POOL_GRAD_SUMS, pool_kernel)
+        # not with triton_conv, whose fused backward computes conv1's weight gradient itself
+        self.conv1_wgrad = _triton_pool_choice("conv1_wgrad", conv1_wgrad, CONV1_WGRADS, pool_kernel, ("triton",))
+        if conv1_wgrad == "triton" and pool_grad_sum == "kernel":
+            raise BiasbenchError("conv1_wgrad=triton sums the pool's input gradient over the batch itself; "
+                                 "leave pool_grad_sum at torch")
         w = width
         self.input_bn = nn.BatchNorm2d(in_chans)
         self.conv1 = nn.Conv2d(in_chans, w, 5, 1, 2)
@@ -164,12 +181,12 @@ class PaperCNN(nn.Module):
         """``relu(pool1(conv1(input_bn(x))))`` = the reference's ``pool1(relu(conv1(bn(x))))`` (module docstring).
         With the Triton pool on a tensor it takes, conv1's bias (or ``fold_input_bn``'s border term) is added
         inside the pool's forward kernel instead of by a kernel of its own over the 96x96 map: the same numbers.
-        ``triton_conv``, or ``conv1_kernel="triton"``, also runs conv1 and the pool as one function
-        (:mod:`biasbench.models.conv_pool`; its fused backward only with ``triton_conv``)."""
+        ``triton_conv``, ``conv1_kernel="triton"`` or ``conv1_wgrad="triton"`` also runs conv1 and the pool as one
+        function (:mod:`biasbench.models.conv_pool`; its fused backward only with ``triton_conv``)."""
         kernel = self.pool_kernel_for(x)
         if kernel == "torch" or not usable(x):
             return F.relu(self._pool(self._conv1_of_input(x), kernel))
-        if kernel == "triton" and self.conv1_kernel == "torch":
+        if kernel == "triton" and self.conv1_kernel == "torch" and self.conv1_wgrad == "torch":
             return F.relu(max_pool_3x3_s2(*self._conv1_parts(x, split_bias=True), grad_sum=self.pool_grad_sum))
         from .conv_pool import conv_max_pool
 
@@ -177,7 +194,8 @@ class PaperCNN(nn.Module):
         dt = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) \
             else inp.dtype  # the casts autocast would make for F.conv2d
         return F.relu(conv_max_pool(inp.to(dt), weight.to(dt), addend.to(dt), self.conv1_kernel,
-                                    fused=kernel == "triton_conv", grad_sum=self.pool_grad_sum))
+                                    fused=kernel == "triton_conv", grad_sum=self.pool_grad_sum,
+                                    wgrad=self.conv1_wgrad))
 
     def pool_kernel_for(self, x: torch.Tensor) -> str:
         """The pool kernel a forward on the input ``x`` takes: ``pool_kernel``, "auto" resolved by
