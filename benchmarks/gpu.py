@@ -25,7 +25,7 @@ in at most 10 minutes on one H100-class GPU):
                              [--compile [MODE]] [--no-bench-compile] [--train-only WORDS] [--train-options O]
                              [--scale full]
                              [--seed S] [--trials N] [--model-kwarg KEY=VALUE] [--model-options measured]
-                             [--first rubi,lnl] [--sweep-dir D] [--data D] [--deadline S] [--archive]
+                             [--options-file F] [--first rubi,lnl] [--sweep-dir D] [--data D] [--deadline S] [--archive]
                              [--no-report] [--skip-benchmarks] [--skip-sweep]
 
 A device lease is short (15 minutes in all, 10 per call, at most 8 files back): ``--deadline S`` stops the
@@ -320,6 +320,9 @@ def main() -> None:
                     help="measured: add the --train-options combination whose captured loop was fastest in this "
                          "call's train benchmark (at least 1.03x none; the Triton kernels only if firstblock's "
                          "checks passed) to --model-kwarg; anatomy, if asked for, then profiles the step with them")
+    ap.add_argument("--options-file", default=None, metavar="PATH",
+                    help="write the sweep's model options (--model-kwarg, with those --model-options measured "
+                         "picked), one KEY=VALUE per line, to PATH, for a later call to pass on")
     ap.add_argument("--sweep-dir", default=None, help="the sweep folder (default OUT/sweep)")
     ap.add_argument("--data", default=None, help="the datasets folder (default OUT/data)")
     ap.add_argument("--deadline", type=float, default=None, help="end the script within this many seconds")
@@ -362,6 +365,9 @@ def main() -> None:
             run(cmds[b], out / f"{b}.txt", args.bench_limit)
     measured = options_from_benchmark(out) if args.model_options == "measured" else []
     args.model_kwarg += measured
+    if args.options_file:
+        Path(args.options_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.options_file).write_text("".join(kv + "\n" for kv in args.model_kwarg))
     for b in deferred:
         run(cmds[b] + [a for kv in args.model_kwarg for a in ("--model-kwarg", kv)], out / f"{b}.txt",
             args.bench_limit)

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# The next GPU session's device calls (written in the seventh session, which had no GPU; run from the repository
+# root with OUT set, as the device tool does). Parts, in this order, each only if named in PARTS:
+#   bench  times the first block's options in the captured loop (the default Triton pool against PyTorch's pool,
+#          the sixth session's best fold+tconv+tfwd, and the combinations not yet timed: conv1's Triton forward
+#          with the plain Triton pool, the kernel-summed addend gradient ksum, the seventh session's Triton weight
+#          gradient twg), checks the kernels on the device, profiles the fastest set that passed, and keeps the
+#          options gpu.py chose in .gpu/options.txt (about 120 s);
+#   e2e    one whole seed of paper-table1 (SEED, default 2: a seed not run yet) from scratch with those options,
+#          4 balanced threads, CUDA graphs: the end-to-end time issue 9 asks for (the dataset rendered in it);
+#          a second call continues it (finished trials are skipped, an interrupted one resumes from its last
+#          epoch's checkpoint), so its time is the sum of the calls' "min wall time this call";
+#   lnl    LNL at seed 1 with and without the fold (docs/reproduction/lnl-seed1-check.yaml, 4 trials in 4 threads,
+#          about 3 minutes): whether the fold or the seed made four of seed 1's LNL runs unstable; only with at
+#          least 200 s left;
+#   s1     the rest of the seed-1 sweep with the options it was started with (fold + Triton pool; 12 cheap trials,
+#          about 4 minutes), from the records in docs/reproduction/paper-table1-seed1; only with 120 s left.
+# Calls (the lease is 15 minutes, a machine start about 30 s, 10 minutes per call at most; a machine stays warm only
+# 30 s after a call, and .gpu/ with the sweep's checkpoints and the chosen options is lost with it, so make the
+# second call at once):
+#   DEADLINE=565 bash scripts/gpu_session.sh > $OUT/log.txt 2>&1; tail -c 6000 $OUT/log.txt      # timeout_s 590
+#   PARTS="e2e lnl s1" DEADLINE=<lease left - 35> bash scripts/gpu_session.sh > $OUT/log.txt 2>&1; tail -c 5000 $OUT/log.txt
+# Outputs under $OUT (a call brings back at most 8 files; the first call writes 7 with log.txt): bench/ (train.txt,
+# firstblock.txt, anatomy.txt), e2e/ (sweep.txt, summary.txt, sweep.tgz), lnl.txt and lnl-check.tgz, s1/ (the same
+# three as e2e/: the second call, with all three parts, would write 9, so s1 keeps only its archive). A check of the script on a CPU (a minute or two):
+#   OUT=/tmp/o DEVICE=cpu SCALE=tiny GRAPHS=off TRIALS=4 DEADLINE=300 bash scripts/gpu_session.sh
+set -uo pipefail
+: "${OUT:?set OUT to the output folder}"
+export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
+DEADLINE=${DEADLINE:-565}
+DEVICE=${DEVICE:-auto}
+SCALE=${SCALE:-full}
+GRAPHS=${GRAPHS:-on}
+SEED=${SEED:-2}
+TRIALS=${TRIALS:-}  # only the first N trials of the e2e sweep (a check of the script)
+PARTS=${PARTS:-"bench e2e"}
+OPTIONS_FILE=.gpu/options.txt
+want() { [[ " $PARTS " == *" $1 "* ]]; }
+start=$(date +%s)
+left() { echo $(( DEADLINE - ($(date +%s) - start) )); }
+stamp() { echo "[$(( $(date +%s) - start ))s] $*"; }
+quiet() { grep -v "^\[ *[0-9]*s\] *\["; }  # the sub-commands' echoed lines stay in their own files
+mkdir -p .gpu "$OUT"
+
+if want bench; then
+  stamp "bench: the first block's options"
+  rm -f "$OPTIONS_FILE"
+  python3 benchmarks/gpu.py --out "$OUT/bench" --benchmarks train,firstblock,anatomy --train-only graphs \
+      --train-options torchpool,fold+triton,fold+tconv+tfwd,fold+triton+tfwd,fold+triton+tfwd+ksum,fold+triton+tfwd+twg,triton+tfwd+ksum,triton+tfwd+twg \
+      --no-bench-compile --bench-limit 60 --model-options measured --options-file "$OPTIONS_FILE" --skip-sweep \
+      --device "$DEVICE" 2>&1 | quiet
+  stamp "bench: options for the sweep (kept in $OPTIONS_FILE for the next call): '$(echo $(cat "$OPTIONS_FILE" 2>/dev/null))'"
+fi
+
+if want e2e; then
+  kwargs=()
+  if [ -f "$OPTIONS_FILE" ]; then
+    for kv in $(cat "$OPTIONS_FILE"); do kwargs+=(--model-kwarg "$kv"); done
+  else
+    stamp "e2e: no $OPTIONS_FILE (the bench part did not run or failed): the default model"
+  fi
+  stamp "e2e: paper-table1 seed $SEED with '${kwargs[*]:-no model options}' ($(( $(left) - 5 )) s at most)"
+  python3 benchmarks/gpu.py --out "$OUT/e2e" --skip-benchmarks "${kwargs[@]}" --seed "$SEED" --streams 4 \
+      --cuda-graphs "$GRAPHS" --fuse 1 --first lnl,lff,stdm,sd,rubi,irm,upweight,group_dro \
+      --sweep-dir ".gpu/sweep-s$SEED" --data .gpu/data --deadline $(( $(left) - 5 )) --archive --no-report \
+      --scale "$SCALE" --device "$DEVICE" ${TRIALS:+--trials "$TRIALS"} 2>&1 | quiet
+  rm -f "$OUT/e2e/sweep-trials.yaml"
+fi
+
+if want lnl && [ "$(left)" -ge 200 ]; then
+  reserve=10; want s1 && reserve=120
+  budget=$(( $(left) - reserve ))
+  stamp "lnl: the LNL seed-1 check ($budget s at most)"
+  timeout $budget python3 -m biasbench.cli sweep docs/reproduction/lnl-seed1-check.yaml --data .gpu/data \
+      --out .gpu/lnl-check --seeds 1 --scale "$SCALE" --device "$DEVICE" --streams 4 --cuda-graphs "$GRAPHS" \
+      > "$OUT/lnl.txt" 2>&1
+  stamp "lnl: exit $?"
+  quiet < "$OUT/lnl.txt" | tail -8
+  [ -d .gpu/lnl-check ] && (cd .gpu && find lnl-check -name "*.json" | tar czf "$OUT/lnl-check.tgz" -T -)
+fi
+
+if want s1 && [ "$(left)" -ge 120 ]; then
+  [ -d .gpu/sweep-s1 ] || cp -r docs/reproduction/paper-table1-seed1/sweep .gpu/sweep-s1
+  stamp "s1: seed 1, the rest ($(( $(left) - 5 )) s at most)"
+  python3 benchmarks/gpu.py --out "$OUT/s1" --skip-benchmarks --model-kwarg fold_input_bn=true \
+      --model-kwarg pool_kernel=triton --seed 1 --streams 4 --cuda-graphs "$GRAPHS" --fuse 1 \
+      --first lnl,lff,stdm,sd,rubi,irm,upweight,group_dro --sweep-dir .gpu/sweep-s1 --data .gpu/data \
+      --deadline $(( $(left) - 5 )) --archive --no-report --scale "$SCALE" --device "$DEVICE" 2>&1 | quiet
+  rm -f "$OUT/s1/sweep-trials.yaml" "$OUT/s1/sweep.txt" "$OUT/s1/summary.txt"
+fi
+stamp "done"
