@@ -356,7 +356,7 @@ def main() -> None:
             + (["--runs", args.fused_runs] if args.fused_runs else [])
             + (["--cuda-graphs", "off,on"] if args.cuda_graphs != "off" and "cuda" in dev[1] else []),
             "streams": [py, str(HERE / "streams.py"), *dev, *small],
-            "anatomy": [py, str(HERE / "anatomy.py"), *dev, *small],
+            "anatomy": [py, str(HERE / "anatomy.py"), *dev, *small, "--top", "25"],
             "firstblock": [py, str(HERE / "firstblock.py"), *dev, *small, *comp],
             "audit": [py, str(HERE / "audit.py"), *dev, "--samples", "1000"]}
     deferred = ["anatomy"] if args.model_options == "measured" and "anatomy" in benches else []
