@@ -33,10 +33,12 @@ def _windows_with_ties(x) -> int:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("size", [(2, 5, 12, 12), (1, 3, 7, 9)])
+@pytest.mark.parametrize("size", [(2, 5, 12, 12), (1, 3, 7, 9), (2, 32, 12, 11)])
 def test_triton_max_pool_equals_torch_bit_for_bit(interpreted, dtype, size):
     """Values, and gradients routed to the same element and summed in the same order, ties included: the
-    input is rounded to a few levels, so many windows hold their maximum twice or more."""
+    input is rounded to a few levels, so many windows hold their maximum twice or more. 5 and 3 channels take
+    the kernels' channel mask (tiles of 8 and 4), 32 the unmasked tiles the paper CNN uses; the last tile of
+    positions is partial in all three."""
     torch.manual_seed(0)
     x = (torch.randn(size) * 2).round().to(dtype).contiguous(memory_format=torch.channels_last)
     assert maxpool.usable(x)
@@ -240,9 +242,11 @@ def test_pool_kernel_must_be_known():
 
 @pytest.mark.parametrize("dtype", ["*bf16", "*fp32"])
 def test_kernels_compile_for_an_h100_without_one(dtype):
-    """Triton compiles both kernels ahead of time for sm_90 (PTX and, with the wheel's ptxas, a cubin) on a
+    """Triton compiles the kernels ahead of time for sm_90 (PTX and, with the wheel's ptxas, a cubin) on a
     machine without a GPU: the lowering the interpreter skips. The map's sizes are constants, so the index
-    arithmetic has no division left."""
+    arithmetic has no division left; with 16-byte aligned pointers (what the JIT specialises on for PyTorch's
+    allocations) a position's 32 channels move with 16-byte vector loads and stores, and the pooled gradient
+    and offsets too (8 or 16 bytes at a time)."""
     import importlib
     import re
 
@@ -251,19 +255,26 @@ def test_kernels_compile_for_an_h100_without_one(dtype):
 
     k = importlib.import_module("biasbench.models._maxpool_kernels")  # not the interpreted one of other tests
 
-    consts = {"C": 32, "H": 96, "W": 96, "OH": 48, "OW": 48, "BLOCK_SIZE": maxpool.BLOCK}
+    p_block, cb = maxpool._tile(32, maxpool.BLOCK)
+    consts = {"C": 32, "H": 96, "W": 96, "OH": 48, "OW": 48, "P_BLOCK": p_block, "CB": cb}
     fwd = {"x_ptr": dtype, "a_ptr": dtype, "out_ptr": dtype, "off_ptr": "*u8"}
     addends = [{"HAS_ADDEND": False, "A_SC": 0, "A_SH": 0, "A_SW": 0},  # none; conv1's bias; the folded border map
                {"HAS_ADDEND": True, "A_SC": 1, "A_SH": 0, "A_SW": 0},
                {"HAS_ADDEND": True, "A_SC": 1, "A_SH": 96 * 32, "A_SW": 32}]
-    kernels = [(k.forward_kernel, fwd | {"total": "i32"}, consts | a) for a in addends]
-    kernels.append((k.backward_kernel, {"g_ptr": dtype, "off_ptr": "*u8", "gin_ptr": dtype, "total": "i32"}, consts))
+    kernels = [(k.forward_kernel, fwd | {"total_p": "i32"}, consts | a) for a in addends]
+    kernels.append((k.backward_kernel, {"g_ptr": dtype, "off_ptr": "*u8", "gin_ptr": dtype, "total_p": "i32"},
+                    consts))
+    p_sum, _ = maxpool._tile(32, maxpool.SUM_BLOCK)
     kernels.append((k.backward_sum_kernel, {"g_ptr": dtype, "off_ptr": "*u8", "gin_ptr": dtype, "sum_ptr": "*fp32",
                                             "N": "i32"},
-                    consts | {"BLOCK_SIZE": maxpool.SUM_BLOCK, "N_PER": maxpool.SUM_N_PER}))
+                    consts | {"P_BLOCK": p_sum, "N_PER": maxpool.SUM_N_PER}))
     for fn, pointers, constants in kernels:
         signature = pointers | {name: "constexpr" for name in constants}
-        compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constants),
+        aligned = {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name, ty in pointers.items()
+                   if ty.startswith("*")}
+        compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constants, attrs=aligned),
                                   target=GPUTarget("cuda", 90, 32))  # a ptxas failure fails the test
         ptx = compiled.asm["ptx"]
         assert ".target sm_90" in ptx and not re.search(r"\b(div|rem)\.", ptx)
+        assert not re.search(r"ld\.global\.b16|st\.global\.b16|ld\.global\.b8", ptx), fn.__name__  # no scalar
+        assert re.search(r"ld\.global\.v[24]\.b32", ptx) and re.search(r"st\.global\.v[24]\.b32", ptx), fn.__name__

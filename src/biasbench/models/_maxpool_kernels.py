@@ -1,22 +1,31 @@
 """The Triton kernels of :mod:`biasbench.models.maxpool` (imported on first use: Triton reads
 ``TRITON_INTERPRET`` when a kernel is defined, so the tests import this module after setting it).
 
-Layout: channels-last, element ``(n, c, h, w)`` at ``((n * H + h) * W + w) * C + c``; one program per
-``BLOCK_SIZE`` consecutive elements (of the output in the forward, of the input in the backward). The map's
-sizes are compile-time constants, so the index arithmetic divides by constants (a kernel per map shape: the
-paper CNN has one; the batch size is not among them).
+Layout: channels-last, element ``(n, c, h, w)`` at ``((n * H + h) * W + w) * C + c``. The pool's kernels work on
+tiles of ``P_BLOCK`` consecutive positions ``n * H * W + h * W + w`` (of the output in the forward, of the input in
+the backward) by ``CB`` channels (``C`` rounded up to a power of two): the index arithmetic and the masks are
+per position, so that the loads and stores of a position's channels are contiguous and (with ``CB == C``)
+vectorised, 16 bytes per instruction (ptxas, sm_90: 18 loads per thread in the forward instead of 144). The
+map's sizes are compile-time constants, so the index arithmetic divides by constants (a kernel per map shape:
+the paper CNN has one; the batch size is not among them).
 """
 import triton
 import triton.language as tl
 
 
 @triton.jit
-def _block_coords(BLOCK_SIZE: tl.constexpr, total, C: tl.constexpr, H: tl.constexpr, W: tl.constexpr):
-    """This program's element indices in a channels-last (N, C, H, W) map, whether each exists, and its
-    (n, c, h, w)."""
-    idx = tl.program_id(0) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
-    t = idx // C
-    return idx, idx < total, t // W // H, idx % C, t // W % H, t % W
+def _tile_coords(P_BLOCK: tl.constexpr, CB: tl.constexpr, total_p, C: tl.constexpr, H: tl.constexpr,
+                 W: tl.constexpr):
+    """This program's tile of a channels-last (N, C, H, W) map: element indices (P_BLOCK, CB), whether each
+    exists, and n, c, h, w broadcastable to the tile (n, h, w a column of positions, c a row of channels). The
+    channel mask is left out when ``CB == C``, so the masks stay constant along the channels."""
+    p = tl.program_id(0) * P_BLOCK + tl.arange(0, P_BLOCK)
+    c = tl.arange(0, CB)
+    live = (p < total_p)[:, None]
+    if CB != C:
+        live = live & (c < C)[None, :]
+    return (p[:, None] * C + c[None, :], live, (p // (H * W))[:, None], c[None, :], (p // W % H)[:, None],
+            (p % W)[:, None])
 
 
 @triton.jit
@@ -32,15 +41,16 @@ def _rounded(v, DTYPE: tl.constexpr):
 
 
 @triton.jit
-def forward_kernel(x_ptr, a_ptr, out_ptr, off_ptr, total, C: tl.constexpr, H: tl.constexpr, W: tl.constexpr,
+def forward_kernel(x_ptr, a_ptr, out_ptr, off_ptr, total_p, C: tl.constexpr, H: tl.constexpr, W: tl.constexpr,
                    OH: tl.constexpr, OW: tl.constexpr, HAS_ADDEND: tl.constexpr, A_SC: tl.constexpr,
-                   A_SH: tl.constexpr, A_SW: tl.constexpr, BLOCK_SIZE: tl.constexpr):
+                   A_SH: tl.constexpr, A_SW: tl.constexpr, P_BLOCK: tl.constexpr, CB: tl.constexpr):
     """Max-pool of ``x + a`` where ``HAS_ADDEND`` (``a`` broadcast over the batch, element ``(c, h, w)`` at
-    ``c * A_SC + h * A_SH + w * A_SW``; the sum is rounded to x's dtype, as PyTorch's add rounds it), else of x."""
-    idx, live, n, c, oh, ow = _block_coords(BLOCK_SIZE, total, C, OH, OW)
-    best = tl.full((BLOCK_SIZE,), float("-inf"), tl.float32)
+    ``c * A_SC + h * A_SH + w * A_SW``; the sum is rounded to x's dtype, as PyTorch's add rounds it), else of x;
+    ``total_p`` = N * OH * OW output positions."""
+    idx, live, n, c, oh, ow = _tile_coords(P_BLOCK, CB, total_p, C, OH, OW)
+    best = tl.full((P_BLOCK, CB), float("-inf"), tl.float32)
     # the window's first element inside the image: row 2oh-1 is outside only for oh = 0, likewise columns
-    off = tl.where(oh == 0, 3, 0) + tl.where(ow == 0, 1, 0)
+    off = tl.full((P_BLOCK, CB), 0, tl.int32) + tl.where(oh == 0, 3, 0) + tl.where(ow == 0, 1, 0)
     for kh in tl.static_range(3):
         h = 2 * oh - 1 + kh
         for kw in tl.static_range(3):
@@ -73,39 +83,37 @@ def _pooled_input_grad(g_ptr, off_ptr, n, c, h, w, live, C: tl.constexpr, OH: tl
             o = ((n * OH + oh) * OW + ow) * C + c
             want = (h - (2 * oh - 1)) * 3 + (w - (2 * ow - 1))
             hit = ok & (tl.load(off_ptr + o, mask=ok, other=255).to(tl.int32) == want)
-            acc = tl.where(hit, acc + tl.load(g_ptr + o, mask=hit, other=0.0).to(tl.float32), acc)
+            # loaded under ok (constant along the channels, so vectorised), added only where hit
+            acc = tl.where(hit, acc + tl.load(g_ptr + o, mask=ok, other=0.0).to(tl.float32), acc)
     return acc
 
 
 @triton.jit
-def backward_kernel(g_ptr, off_ptr, gin_ptr, total, C: tl.constexpr, H: tl.constexpr, W: tl.constexpr,
-                    OH: tl.constexpr, OW: tl.constexpr, BLOCK_SIZE: tl.constexpr):
-    idx, live, n, c, h, w = _block_coords(BLOCK_SIZE, total, C, H, W)
+def backward_kernel(g_ptr, off_ptr, gin_ptr, total_p, C: tl.constexpr, H: tl.constexpr, W: tl.constexpr,
+                    OH: tl.constexpr, OW: tl.constexpr, P_BLOCK: tl.constexpr, CB: tl.constexpr):
+    """The pool's input gradient; ``total_p`` = N * H * W input positions."""
+    idx, live, n, c, h, w = _tile_coords(P_BLOCK, CB, total_p, C, H, W)
     acc = _pooled_input_grad(g_ptr, off_ptr, n, c, h, w, live, C, OH, OW)
     tl.store(gin_ptr + idx, _rounded(acc, gin_ptr.dtype.element_ty), mask=live)
 
 
 @triton.jit
 def backward_sum_kernel(g_ptr, off_ptr, gin_ptr, sum_ptr, N, C: tl.constexpr, H: tl.constexpr, W: tl.constexpr,
-                        OH: tl.constexpr, OW: tl.constexpr, BLOCK_SIZE: tl.constexpr, N_PER: tl.constexpr):
+                        OH: tl.constexpr, OW: tl.constexpr, P_BLOCK: tl.constexpr, CB: tl.constexpr,
+                        N_PER: tl.constexpr):
     """``backward_kernel`` that also sums the input gradient over the batch (the gradient of an addend broadcast
-    over it). Program ``(e, j)``: the elements ``e * BLOCK_SIZE ...`` of one image's H * W * C (channels-last)
-    for the images ``j * N_PER ...``; it stores each image's input gradient as ``backward_kernel`` does and adds
-    the stored (rounded) values in float32 in batch order, writing the partial sum to ``sum_ptr[j, e ...]``; the
+    over it). Program ``(t, j)``: the positions ``t * P_BLOCK ...`` of one image's H * W by its CB channels, for
+    the images ``j * N_PER ...``; it stores each image's input gradient as ``backward_kernel`` does and adds the
+    stored (rounded) values in float32 in batch order, writing the partial sum to ``sum_ptr[j]`` (H, W, C); the
     caller adds the chunks in a fixed order (deterministic)."""
-    e = tl.program_id(0) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
-    live_e = e < H * W * C
-    c = e % C
-    t = e // C
-    h = t // W
-    w = t % W
+    e, live, _, c, h, w = _tile_coords(P_BLOCK, CB, H * W, C, H, W)  # one image's tile: n = 0
     j = tl.program_id(1)
-    total = tl.full((BLOCK_SIZE,), 0.0, tl.float32)
+    total = tl.full((P_BLOCK, CB), 0.0, tl.float32)
     for n in range(j * N_PER, tl.minimum(j * N_PER + N_PER, N)):
-        q = _rounded(_pooled_input_grad(g_ptr, off_ptr, n, c, h, w, live_e, C, OH, OW), gin_ptr.dtype.element_ty)
-        tl.store(gin_ptr + n * (H * W * C) + e, q, mask=live_e)
+        q = _rounded(_pooled_input_grad(g_ptr, off_ptr, n, c, h, w, live, C, OH, OW), gin_ptr.dtype.element_ty)
+        tl.store(gin_ptr + n * (H * W * C) + e, q, mask=live)
         total += q.to(tl.float32)
-    tl.store(sum_ptr + j * (H * W * C) + e, total, mask=live_e)
+    tl.store(sum_ptr + j * (H * W * C) + e, total, mask=live)
 
 
 @triton.jit

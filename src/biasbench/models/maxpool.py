@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 
 BLOCK = 1024
+"""Elements (positions x channels, the channels rounded up to a power of two) per program of the forward and
+backward kernels: 32 positions of a 32-channel map."""
 SUM_BLOCK = 512
 """Elements of one image's map per program of ``backward_sum_kernel``."""
 SUM_N_PER = 32
@@ -69,13 +71,21 @@ def _geometry(shape: torch.Size) -> tuple[int, int, int, int, int]:
     return c, h, w, (h - 1) // 2 + 1, (w - 1) // 2 + 1
 
 
+def _tile(c: int, elements: int) -> tuple[int, int]:
+    """(P_BLOCK, CB) of the kernels' tiles: CB = C rounded up to a power of two, P_BLOCK positions so that a tile
+    holds about ``elements`` (both powers of two, ``tl.arange``'s requirement)."""
+    cb = 1 << (c - 1).bit_length()
+    return max(1, elements // cb), cb
+
+
 def pool_forward(x: torch.Tensor, addend: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The forward kernel: ``(max_pool(x + addend), window offsets)``, both channels-last, the offsets uint8."""
     c, h, w, oh, ow = _geometry(x.shape)
     shape = (x.shape[0], c, oh, ow)
     out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
     off = torch.empty(shape, dtype=torch.uint8, device=x.device, memory_format=torch.channels_last)
-    total = out.numel()
+    total_p = out.numel() // c
+    p_block, cb = _tile(c, BLOCK)
     fwd = _kernels().forward_kernel
     if addend is None:
         a, strides = x, (0, 0, 0)  # a placeholder pointer, never read
@@ -84,8 +94,8 @@ def pool_forward(x: torch.Tensor, addend: torch.Tensor | None) -> tuple[torch.Te
         a = addend.view(1, c, 1, 1).expand(1, c, h, w) if addend.dim() == 1 else addend
         strides = a.stride()[1:]
     with _LAUNCH_LOCK:
-        fwd[(triton_cdiv(total, BLOCK),)](x, a, out, off, total, c, h, w, oh, ow, addend is not None, *strides,
-                                           BLOCK_SIZE=BLOCK)
+        fwd[(triton_cdiv(total_p, p_block),)](x, a, out, off, total_p, c, h, w, oh, ow, addend is not None, *strides,
+                                               P_BLOCK=p_block, CB=cb)
     return out, off
 
 
@@ -95,10 +105,11 @@ def pool_backward(grad: torch.Tensor, off: torch.Tensor, shape: torch.Size) -> t
     c, h, w, oh, ow = _geometry(shape)
     grad = grad.contiguous(memory_format=torch.channels_last)
     gin = torch.empty(shape, dtype=grad.dtype, device=grad.device, memory_format=torch.channels_last)
-    total = gin.numel()
+    total_p = gin.numel() // c
+    p_block, cb = _tile(c, BLOCK)
     bwd = _kernels().backward_kernel
     with _LAUNCH_LOCK:
-        bwd[(triton_cdiv(total, BLOCK),)](grad, off, gin, total, c, h, w, oh, ow, BLOCK_SIZE=BLOCK)
+        bwd[(triton_cdiv(total_p, p_block),)](grad, off, gin, total_p, c, h, w, oh, ow, P_BLOCK=p_block, CB=cb)
     return gin
 
 
@@ -112,10 +123,11 @@ def pool_backward_summed(grad: torch.Tensor, off: torch.Tensor, shape: torch.Siz
     gin = torch.empty(shape, dtype=grad.dtype, device=grad.device, memory_format=torch.channels_last)
     chunks = triton_cdiv(n, SUM_N_PER)
     sums = torch.empty((chunks, h, w, c), dtype=torch.float32, device=grad.device)
+    p_block, cb = _tile(c, SUM_BLOCK)
     bwd = _kernels().backward_sum_kernel
     with _LAUNCH_LOCK:
-        bwd[(triton_cdiv(h * w * c, SUM_BLOCK), chunks)](grad, off, gin, sums, n, c, h, w, oh, ow,
-                                                          BLOCK_SIZE=SUM_BLOCK, N_PER=SUM_N_PER)
+        bwd[(triton_cdiv(h * w, p_block), chunks)](grad, off, gin, sums, n, c, h, w, oh, ow, P_BLOCK=p_block, CB=cb,
+                                                    N_PER=SUM_N_PER)
     return gin, sums.sum(0, keepdim=True).permute(0, 3, 1, 2)
 
 
