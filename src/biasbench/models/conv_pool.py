@@ -148,27 +148,27 @@ class _ConvMaxPool(torch.autograd.Function):
             want_sum = bool(need_a and ctx.addend_dim)
             gw, total = conv_weight_from_grad(gin, x, ks, want_sum)
             ga = maxpool.addend_grad_of_sum(total, ctx.addend_dim, ctx.addend_dtype) if want_sum else None
-            gx = _input_grad(gin, x, weight) if need_x else None
+            gx, _ = _conv_backward(gin, x, weight, need_x, False)
             return gx, gw.to(weight.dtype), ga, *rest
         if need_x or not ctx.fused:  # the unfused path's arithmetic
             gin, ga = maxpool.backward_with_addend(ctx, g, off, need_a)
-            gx = gw = None
-            if need_x or need_w:
-                gx, gw, _ = torch.ops.aten.convolution_backward(gin, x, weight, None, [1, 1], [ks // 2] * 2, [1, 1],
-                                                                False, [0, 0], 1, [need_x, need_w, False])
-            return gx, gw, ga, *rest
+            return *_conv_backward(gin, x, weight, need_x, need_w), ga, *rest
         gw, gmap = conv_weight_grad(g, off, x, ks)
         ga = maxpool.addend_grad_of_sum(gmap, ctx.addend_dim, ctx.addend_dtype) if need_a and ctx.addend_dim else None
         return None, gw.to(weight.dtype) if need_w else None, ga, *rest
 
 
-def _input_grad(gin: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x's gradient of the stride-1 ``padding = K // 2`` convolution with output gradient ``gin``, as autograd
-    computes it for ``F.conv2d`` (``aten.convolution_backward``, the input's part only)."""
+def _conv_backward(gin: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, need_x: bool, need_w: bool
+                   ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(x's gradient, the weight's gradient), each None unless asked for, of the stride-1 ``padding = K // 2``
+    convolution with output gradient ``gin``, as autograd computes them for ``F.conv2d``
+    (``aten.convolution_backward``)."""
+    if not (need_x or need_w):
+        return None, None
     ks = weight.shape[-1]
-    gx, _, _ = torch.ops.aten.convolution_backward(gin, x, weight, None, [1, 1], [ks // 2] * 2, [1, 1], False,
-                                                   [0, 0], 1, [True, False, False])
-    return gx
+    gx, gw, _ = torch.ops.aten.convolution_backward(gin, x, weight, None, [1, 1], [ks // 2] * 2, [1, 1], False,
+                                                    [0, 0], 1, [need_x, need_w, False])
+    return gx, gw
 
 
 def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
