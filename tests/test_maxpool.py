@@ -96,6 +96,37 @@ def test_triton_max_pool_adds_the_addend_bit_for_bit(interpreted, dtype, kind):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["none", "bias", "map"])
+def test_relu_folded_into_the_pool(interpreted, dtype, kind):
+    """relu=True is F.relu(F.max_pool2d(x + a)) bit for bit, forward (with -0.0 made +0.0, as CUDA's ReLU, a
+    float max, makes it; the CPU's keeps the sign, so the reference adds +0.0) and backward (no gradient through
+    a window whose output is not above zero, ties and zeros included): such windows' offsets are NO_WINDOW."""
+    torch.manual_seed(0)
+    n, c, h, w = 2, 32, 12, 11
+    x = (torch.randn(n, c, h, w) * 2).round().to(dtype).contiguous(memory_format=torch.channels_last)
+    x[0, :4] = -x[0, :4].abs()  # whole channels without a positive value: windows of zeros and -0.0
+    a = {"none": None, "bias": torch.randn(c).round().to(dtype),
+         "map": torch.randn(1, c, h, w).round().to(dtype).contiguous(memory_format=torch.channels_last)}[kind]
+    g = torch.randn(n, c, (h - 1) // 2 + 1, (w - 1) // 2 + 1).to(dtype).contiguous(memory_format=torch.channels_last)
+    y = x if a is None else x + (a.view(1, c, 1, 1) if kind == "bias" else a)
+    t = y.detach().float().requires_grad_(True)
+    ref = F.relu(F.max_pool2d(t, 3, 2, 1))
+    ref.backward(g.float())
+    assert (ref == 0).sum() > 50 and torch.signbit(F.max_pool2d(y, 3, 2, 1)).logical_and(
+        F.max_pool2d(y, 3, 2, 1) == 0).any()  # zeros, and -0.0 among the pooled values
+    xt = x.clone().requires_grad_(True)
+    at = None if a is None else a.clone().requires_grad_(True)
+    out = maxpool.max_pool_3x3_s2(xt, at, relu=True)
+    out.backward(g)
+    assert torch.equal(out, ref.detach().to(dtype) + 0.0) and not torch.signbit(out).any()
+    assert torch.equal(xt.grad, t.grad.to(dtype))
+    if a is not None:
+        assert torch.equal(at.grad, maxpool.addend_grad(t.grad.to(dtype), a.dim()))
+    _, off = maxpool.pool_forward(y if a is None else x, a, relu=True)
+    assert torch.equal(off == maxpool.NO_WINDOW, ~(ref.detach() > 0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("kind", ["bias", "map"])
 def test_backward_kernel_sums_the_addends_gradient(interpreted, monkeypatch, dtype, kind):
     """grad_sum="kernel": the input gradient is the same bit for bit, and the addend's gradient is the stored
@@ -261,7 +292,8 @@ def test_kernels_compile_for_an_h100_without_one(dtype):
     addends = [{"HAS_ADDEND": False, "A_SC": 0, "A_SH": 0, "A_SW": 0},  # none; conv1's bias; the folded border map
                {"HAS_ADDEND": True, "A_SC": 1, "A_SH": 0, "A_SW": 0},
                {"HAS_ADDEND": True, "A_SC": 1, "A_SH": 96 * 32, "A_SW": 32}]
-    kernels = [(k.forward_kernel, fwd | {"total_p": "i32"}, consts | a) for a in addends]
+    kernels = [(k.forward_kernel, fwd | {"total_p": "i32"}, consts | a | {"RELU": relu})
+               for a in addends for relu in (False, True)]
     kernels.append((k.backward_kernel, {"g_ptr": dtype, "off_ptr": "*u8", "gin_ptr": dtype, "total_p": "i32"},
                     consts))
     p_sum, _ = maxpool._tile(32, maxpool.SUM_BLOCK)

@@ -43,10 +43,14 @@ def _rounded(v, DTYPE: tl.constexpr):
 @triton.jit
 def forward_kernel(x_ptr, a_ptr, out_ptr, off_ptr, total_p, C: tl.constexpr, H: tl.constexpr, W: tl.constexpr,
                    OH: tl.constexpr, OW: tl.constexpr, HAS_ADDEND: tl.constexpr, A_SC: tl.constexpr,
-                   A_SH: tl.constexpr, A_SW: tl.constexpr, P_BLOCK: tl.constexpr, CB: tl.constexpr):
+                   A_SH: tl.constexpr, A_SW: tl.constexpr, P_BLOCK: tl.constexpr, CB: tl.constexpr,
+                   RELU: tl.constexpr = False):
     """Max-pool of ``x + a`` where ``HAS_ADDEND`` (``a`` broadcast over the batch, element ``(c, h, w)`` at
     ``c * A_SC + h * A_SH + w * A_SW``; the sum is rounded to x's dtype, as PyTorch's add rounds it), else of x;
-    ``total_p`` = N * OH * OW output positions."""
+    ``total_p`` = N * OH * OW output positions. ``RELU``: the output is ReLU'd as CUDA's ``F.relu`` does (NaN kept,
+    anything else not above zero made +0.0) and such a window's offset is ``NO_WINDOW`` (255), which no input
+    element matches, so the backward routes it no gradient: ``F.relu``'s backward (zero where its output is not
+    above zero) folded into the pool's."""
     idx, live, n, c, oh, ow = _tile_coords(P_BLOCK, CB, total_p, C, OH, OW)
     best = tl.full((P_BLOCK, CB), float("-inf"), tl.float32)
     # the window's first element inside the image: row 2oh-1 is outside only for oh = 0, likewise columns
@@ -63,6 +67,10 @@ def forward_kernel(x_ptr, a_ptr, out_ptr, off_ptr, total_p, C: tl.constexpr, H: 
             take = inside & ((v > best) | (v != v))
             best = tl.where(take, v, best)
             off = tl.where(take, kh * 3 + kw, off)
+    if RELU:
+        keep = (best > 0.0) | (best != best)
+        best = tl.where(keep, best, 0.0)
+        off = tl.where(keep, off, 255)
     tl.store(out_ptr + idx, best.to(out_ptr.dtype.element_ty), mask=live)
     tl.store(off_ptr + idx, off.to(tl.uint8), mask=live)
 

@@ -124,10 +124,10 @@ class _ConvMaxPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, addend: torch.Tensor | None,
                 conv_kernel: str = "torch", fused: bool = True, grad_sum: str = "torch",
-                wgrad: str = "torch") -> torch.Tensor:
+                wgrad: str = "torch", relu: bool = False) -> torch.Tensor:
         ks = weight.shape[-1]
         out = conv_forward(x, weight) if conv_kernel == "triton" else F.conv2d(x, weight, None, 1, ks // 2)
-        pooled, off = maxpool.pool_forward(out, addend)
+        pooled, off = maxpool.pool_forward(out, addend, relu)
         ctx.save_for_backward(x, weight, off)
         ctx.shape = out.shape
         ctx.addend_dim = None if addend is None else addend.dim()
@@ -142,7 +142,7 @@ class _ConvMaxPool(torch.autograd.Function):
         x, weight, off = ctx.saved_tensors
         need_x, need_w, need_a = ctx.needs_input_grad[:3]
         ks = weight.shape[-1]
-        rest = (None,) * 4  # conv_kernel, fused, grad_sum, wgrad
+        rest = (None,) * 5  # conv_kernel, fused, grad_sum, wgrad, relu
         if ctx.wgrad == "triton" and need_w:  # the pool's kernel, then conv_wgrad_kernel (and cuDNN for x's)
             gin = maxpool.pool_backward(g, off, ctx.shape)
             want_sum = bool(need_a and ctx.addend_dim)
@@ -181,16 +181,17 @@ def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 def conv_max_pool(x: torch.Tensor, weight: torch.Tensor, addend: torch.Tensor | None = None,
                   conv_kernel: str = "torch", fused: bool = True, grad_sum: str = "torch",
-                  wgrad: str = "torch") -> torch.Tensor:
+                  wgrad: str = "torch", relu: bool = False) -> torch.Tensor:
     """``max_pool2d(conv2d(x, weight, padding=K // 2) + addend, 3, 2, 1)``; see the module docstring.
     ``conv_kernel``: the forward convolution by cuDNN (``torch``) or :func:`conv_forward` (``triton``).
     ``fused``: whether the backward, when x needs no gradient, is ``conv_weight_kernel`` (else always the unfused
     arithmetic). ``grad_sum``: the unfused backward's sum of the addend's gradient (:data:`maxpool.GRAD_SUMS`).
     ``wgrad="triton"`` (it takes precedence over both): the backward is the pool's kernel, then
     :func:`conv_weight_from_grad` for the weight's and the addend's gradients (and cuDNN for x's, if it needs one).
+    ``relu``: ``F.relu`` of the pooled map, folded into the pool's kernels (:func:`maxpool.max_pool_3x3_s2`).
     Inputs it does not take (:func:`usable`, and an addend the pool's kernel does not add itself) go the unfused
     way."""
     ks = weight.shape[-1]
     if not usable(x, weight) or (addend is not None and not maxpool.addend_ok(x, addend, weight.shape[0])):
-        return maxpool.max_pool_3x3_s2(F.conv2d(x, weight, None, 1, ks // 2), addend, grad_sum)
-    return _ConvMaxPool.apply(x, weight, addend, conv_kernel, fused, grad_sum, wgrad)
+        return maxpool.max_pool_3x3_s2(F.conv2d(x, weight, None, 1, ks // 2), addend, grad_sum, relu)
+    return _ConvMaxPool.apply(x, weight, addend, conv_kernel, fused, grad_sum, wgrad, relu)

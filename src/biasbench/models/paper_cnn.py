@@ -11,7 +11,9 @@ The first block runs as ``relu(maxpool(conv1))``, the reference's ``maxpool(relu
 same values (ReLU is monotonic, so it commutes with max) and the same gradients (a window's gradient goes
 to its first maximum in both orders when that maximum is positive, and is zero in both when it is not),
 tested bit for bit, with the ReLU and its backward on the pooled 48x48 map instead of the 96x96 one: a
-quarter of the bytes of the step's largest elementwise kernels.
+quarter of the bytes of the step's largest elementwise kernels. With the Triton pool the ReLU runs inside the
+pool's forward kernel and its backward is the pool's routing (no gradient through a window whose output is not
+above zero), so it has no kernels of its own (:func:`biasbench.models.maxpool.max_pool_3x3_s2`, ``relu``).
 
 ``fold_input_bn=True`` (off by default; ``--model-kwarg fold_input_bn=true``) trains the input batch norm
 folded into conv1. In training mode the batch norm is a per-channel affine map of the raw input,
@@ -180,22 +182,23 @@ class PaperCNN(nn.Module):
     def _first_block(self, x: torch.Tensor) -> torch.Tensor:
         """``relu(pool1(conv1(input_bn(x))))`` = the reference's ``pool1(relu(conv1(bn(x))))`` (module docstring).
         With the Triton pool on a tensor it takes, conv1's bias (or ``fold_input_bn``'s border term) is added
-        inside the pool's forward kernel instead of by a kernel of its own over the 96x96 map: the same numbers.
+        inside the pool's forward kernel instead of by a kernel of its own over the 96x96 map, and the ReLU is
+        applied there too (its backward folded into the pool's routing): the same numbers.
         ``triton_conv``, ``conv1_kernel="triton"`` or ``conv1_wgrad="triton"`` also runs conv1 and the pool as one
         function (:mod:`biasbench.models.conv_pool`; its fused backward only with ``triton_conv``)."""
         kernel = self.pool_kernel_for(x)
         if kernel == "torch" or not usable(x):
             return F.relu(self._pool(self._conv1_of_input(x), kernel))
         if kernel == "triton" and self.conv1_kernel == "torch" and self.conv1_wgrad == "torch":
-            return F.relu(max_pool_3x3_s2(*self._conv1_parts(x, split_bias=True), grad_sum=self.pool_grad_sum))
+            return max_pool_3x3_s2(*self._conv1_parts(x, split_bias=True), grad_sum=self.pool_grad_sum, relu=True)
         from .conv_pool import conv_max_pool
 
         inp, weight, addend, _ = self._conv1_operands(x)
         dt = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) \
             else inp.dtype  # the casts autocast would make for F.conv2d
-        return F.relu(conv_max_pool(inp.to(dt), weight.to(dt), addend.to(dt), self.conv1_kernel,
-                                    fused=kernel == "triton_conv", grad_sum=self.pool_grad_sum,
-                                    wgrad=self.conv1_wgrad))
+        return conv_max_pool(inp.to(dt), weight.to(dt), addend.to(dt), self.conv1_kernel,
+                             fused=kernel == "triton_conv", grad_sum=self.pool_grad_sum, wgrad=self.conv1_wgrad,
+                             relu=True)
 
     def pool_kernel_for(self, x: torch.Tensor) -> str:
         """The pool kernel a forward on the input ``x`` takes: ``pool_kernel``, "auto" resolved by
