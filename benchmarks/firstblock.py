@@ -82,8 +82,9 @@ def check_lines(dev, size: int, batch: int) -> list[str]:
 def check_triton_pool(dev, size: int, batch: int) -> list[str]:
     """Lines saying whether the Triton max-pool gives PyTorch's numbers bit for bit on this device: on a bf16
     channels-last map with many tied windows (output, and input gradient against the float32-summed one and
-    against PyTorch's bf16 kernel); and with conv1's bias added inside the kernel (against ``x + bias`` pooled,
-    the bias gradient against ``grad.sum((0, 2, 3))``, what CUDA's convolution backward computes)."""
+    against PyTorch's bf16 kernel); with conv1's bias added inside the kernel (against ``x + bias`` pooled,
+    the bias gradient against ``grad.sum((0, 2, 3))``, what CUDA's convolution backward computes); and with the
+    ReLU inside too (against this device's ``F.relu``, bit patterns, so a -0.0 counts)."""
     from biasbench.models import maxpool
 
     torch.manual_seed(0)
@@ -116,6 +117,24 @@ def check_triton_pool(dev, size: int, batch: int) -> list[str]:
     lines.append(f"triton pool with the bias inside: output {_word(torch.equal(out, ref_out))}, input gradient "
                  f"{_word(torch.equal(u.grad, ref_grad))}, bias gradient "
                  f"{_word(torch.equal(b.grad, ref_grad.sum((0, 2, 3))))}")
+    # the ReLU inside the forward kernel (relu=True, what paper_cnn runs): against this device's F.relu, bit
+    # patterns compared (torch.equal takes -0.0 for +0.0), the gradient against the float32 one through F.relu;
+    # half the channels made non-positive (-|x|: zeros become -0.0), so many windows have no gradient
+    x = torch.where(torch.arange(32, device=dev).view(1, -1, 1, 1) < 16, -x.abs(), x)
+    bias = (torch.randn(32, device=dev) * 2).round().to(torch.bfloat16) * (torch.arange(32, device=dev) >= 16)
+    y = x + bias.view(1, -1, 1, 1)
+    ref_out = F.relu(F.max_pool2d(y, 3, 2, 1))
+    t = y.float().requires_grad_(True)
+    F.relu(F.max_pool2d(t, 3, 2, 1)).backward(g.float())
+    u, b = x.clone().requires_grad_(True), bias.clone().requires_grad_(True)
+    out = maxpool.max_pool_3x3_s2(u, b, relu=True)
+    out.backward(g)
+    neg_zero = int((torch.signbit(ref_out) & (ref_out == 0)).sum())
+    signs = int((out.view(torch.int16) != ref_out.view(torch.int16)).sum()) if torch.equal(out, ref_out) else -1
+    lines.append(f"triton pool with the bias and the ReLU inside: output {_word(torch.equal(out, ref_out))} to "
+                 f"F.relu's (bit patterns: {'all the same' if signs == 0 else f'{signs} zeros of another sign'}; "
+                 f"{neg_zero} -0.0 in F.relu's), input gradient {_word(torch.equal(u.grad, t.grad.to(x.dtype)))}, "
+                 f"bias gradient {_word(torch.equal(b.grad, t.grad.to(x.dtype).sum((0, 2, 3))))}")
     return lines
 
 

@@ -187,12 +187,13 @@ def streams_from_benchmark(path: Path, gain: float = 1.15) -> str:
 
 def triton_pool_checked(path: Path) -> bool:
     """Whether firstblock.py's check lines say the Triton max-pool gave PyTorch's numbers bit for bit on this
-    device: every comparison "equal", and in the network step as many gradients equal to the default pool's as
+    device: every comparison "equal" (alone, with the bias, with the bias and the ReLU; a zero's sign is
+    reported, not counted), and in the network step as many gradients equal to the default pool's as
     the default pool's two runs had between themselves (cuDNN's own run-to-run differences aside)."""
     lines = path.read_text().splitlines() if path.is_file() else []
     pool = [line for line in lines if line.startswith("triton pool")]
     net = [line for line in lines if line.startswith("paper CNN step")]
-    if len(pool) != 2 or len(net) != 1 or any("DIFFERENT" in line or "not usable" in line for line in pool):
+    if len(pool) != 3 or len(net) != 1 or any("DIFFERENT" in line or "not usable" in line for line in pool):
         return False
     counts = [int(n) for n in re.findall(r"(\d+) of \d+ gradients equal", net[0])]
     return len(counts) == 2 and counts[1] >= counts[0] and net[0].count("logits equal") == 2

@@ -47,8 +47,8 @@ def forward_kernel(x_ptr, a_ptr, out_ptr, off_ptr, total_p, C: tl.constexpr, H: 
                    RELU: tl.constexpr = False):
     """Max-pool of ``x + a`` where ``HAS_ADDEND`` (``a`` broadcast over the batch, element ``(c, h, w)`` at
     ``c * A_SC + h * A_SH + w * A_SW``; the sum is rounded to x's dtype, as PyTorch's add rounds it), else of x;
-    ``total_p`` = N * OH * OW output positions. ``RELU``: the output is ReLU'd as CUDA's ``F.relu`` does (NaN kept,
-    anything else not above zero made +0.0) and such a window's offset is ``NO_WINDOW`` (255), which no input
+    ``total_p`` = N * OH * OW output positions. ``RELU``: the output is ReLU'd (NaN kept, anything else not above
+    zero made +0.0) and such a window's offset is ``NO_WINDOW`` (255), which no input
     element matches, so the backward routes it no gradient: ``F.relu``'s backward (zero where its output is not
     above zero) folded into the pool's."""
     idx, live, n, c, oh, ow = _tile_coords(P_BLOCK, CB, total_p, C, OH, OW)

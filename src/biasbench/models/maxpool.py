@@ -27,7 +27,8 @@ its last bit. On the H100 that reduction over the batch (``fold_input_bn``'s bor
 1.67 ms captured step.
 
 With ``relu=True`` the output is ``F.relu`` of the pool's, computed in the forward kernel (NaN kept, anything not
-above zero made +0.0, as CUDA's ReLU, a float maximum, makes it; the CPU's keeps -0.0's sign), and a window whose
+above zero made +0.0; the CPU's ReLU keeps -0.0's sign, CUDA's, a float maximum, is expected not to, and
+``benchmarks/firstblock.py`` reports it on the device), and a window whose
 output is not above zero gets the offset :data:`NO_WINDOW`, which the backward kernels match to no input element:
 ``F.relu``'s backward (zero where its output is not above zero) folded into the pool's, without the ReLU's two
 kernels over the pooled map (about 40 MB read and written each way per step at batch 128 and 96 px).
@@ -227,7 +228,7 @@ def max_pool_3x3_s2(x: torch.Tensor, addend: torch.Tensor | None = None, grad_su
     (1, C, H, W) with unit channel stride (channels-last), of x's dtype; any other is added by PyTorch first.
     ``grad_sum``: how the addend's gradient is summed over the batch (:data:`GRAD_SUMS`; ``"kernel"`` is not bit
     for bit). ``relu``: ``F.relu`` of that, inside the forward kernel and the backward's routing (the same
-    numbers as CUDA's ``F.relu``; on the CPU, whose ReLU keeps the sign of -0.0, F.relu itself runs)."""
+    numbers as ``F.relu``, up to the sign of a zero; on the CPU without the interpreter F.relu itself runs)."""
     if grad_sum not in GRAD_SUMS:
         raise ValueError(f"grad_sum must be one of {', '.join(GRAD_SUMS)}, not {grad_sum!r}")
     if not usable(x):
