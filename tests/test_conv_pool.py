@@ -169,7 +169,7 @@ def test_paper_cnn_with_the_triton_conv1_forward(interpreted, pool_kernel, count
 
 @pytest.mark.parametrize("dtype,want_sum", [(torch.float32, True), (torch.bfloat16, True), (torch.float32, False)])
 def test_weight_gradient_from_the_stored_map(interpreted, monkeypatch, dtype, want_sum):
-    """conv_weight_from_grad (conv_wgrad_kernel): the weight gradient of the convolution whose output gradient is
+    """conv_weight_from_grad (conv_weight_kernel reading the stored map): the weight gradient of the convolution whose output gradient is
     the stored map G, and G's sum over the batch, are the float64 ones up to float32 accumulation; small tiles
     and chunks (5 images, 2 per chunk; 132 positions, 32 per tile) exercise the partial last tile and chunk."""
     monkeypatch.setattr(conv_pool, "WGRAD_N_PER", 2)
@@ -192,7 +192,7 @@ def test_weight_gradient_from_the_stored_map(interpreted, monkeypatch, dtype, wa
 @pytest.mark.parametrize("kind", ["bias", "map", "none"])
 @pytest.mark.parametrize("x_grad", [False, True])
 def test_triton_weight_gradient_in_the_backward(interpreted, kind, x_grad, count_calls):
-    """wgrad="triton": the pool's kernel writes G, conv_wgrad_kernel gives the weight's and the addend's
+    """wgrad="triton": the pool's kernel writes G, conv_weight_kernel reading it gives the weight's and the addend's
     gradients from it (the unfused path's up to summation order) and, where the input needs one, its gradient
     is cuDNN's, bit for bit the unfused path's; the fused backward does not run."""
     calls = count_calls(conv_pool, "conv_weight_from_grad")
@@ -268,12 +268,14 @@ def test_the_kernels_compile_for_an_h100_without_one(dtype, tmp_path):
     kernels = [
         (k.conv_weight_kernel, {"g_ptr": dtype, "off_ptr": "*u8", "x_ptr": dtype, "dw_ptr": "*fp32",
                                 "dmap_ptr": "*fp32", "N": "i32"},
-         shape | {"OH": 48, "OW": 48, "BLOCK_M": conv_pool.BLOCK_M, "N_PER": conv_pool.N_PER}, conv_pool.WARPS),
+         shape | {"OH": 48, "OW": 48, "BLOCK_M": conv_pool.BLOCK_M, "N_PER": conv_pool.N_PER, "FORM_G": True,
+                  "SUM": True}, conv_pool.WARPS),
         (k.conv_forward_kernel, {"x_ptr": dtype, "w_ptr": dtype, "out_ptr": dtype, "total": "i32"},
          shape | {"BLOCK_M": conv_pool.CONV_BLOCK_M}, conv_pool.CONV_WARPS),
-        (k.conv_wgrad_kernel, {"gin_ptr": dtype, "x_ptr": dtype, "dw_ptr": "*fp32", "dmap_ptr": "*fp32", "N": "i32"},
-         shape | {"BLOCK_M": conv_pool.WGRAD_BLOCK_M, "N_PER": conv_pool.WGRAD_N_PER, "SUM": True},
-         conv_pool.WGRAD_WARPS)]
+        (k.conv_weight_kernel, {"g_ptr": dtype, "off_ptr": "*u8", "x_ptr": dtype, "dw_ptr": "*fp32",
+                                "dmap_ptr": "*fp32", "N": "i32"},
+         shape | {"OH": 96, "OW": 96, "BLOCK_M": conv_pool.WGRAD_BLOCK_M, "N_PER": conv_pool.WGRAD_N_PER,
+                  "FORM_G": False, "SUM": True}, conv_pool.WGRAD_WARPS)]
     for fn, pointers, consts, warps in kernels:
         compiled = triton.compile(ASTSource(fn=fn, signature=pointers | {n: "constexpr" for n in consts},
                                             constexprs=consts),

@@ -163,18 +163,24 @@ def _dot(a, b, IEEE: tl.constexpr, UPCAST_DOT: tl.constexpr):
 def conv_weight_kernel(g_ptr, off_ptr, x_ptr, dw_ptr, dmap_ptr, N, C: tl.constexpr, H: tl.constexpr,
                        W: tl.constexpr, OH: tl.constexpr, OW: tl.constexpr, CI: tl.constexpr, KS: tl.constexpr,
                        PAD: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, BLOCK_M: tl.constexpr,
-                       N_PER: tl.constexpr, IEEE: tl.constexpr, UPCAST_DOT: tl.constexpr):
-    """The max-pool's backward fused with the weight gradient of the stride-1 convolution before it.
+                       N_PER: tl.constexpr, IEEE: tl.constexpr, UPCAST_DOT: tl.constexpr,
+                       FORM_G: tl.constexpr = True, SUM: tl.constexpr = True):
+    """The weight gradient of a stride-1 convolution with few input channels (and with ``SUM`` its output
+    gradient G summed over the batch per position: the gradient of an addend broadcast over it, a bias or the
+    fold's border map), from G formed from the max-pool after it (``FORM_G``: the pool's backward fused in) or
+    read from G stored channels-last at ``g_ptr`` (N, H, W, C) (``off_ptr``, OH and OW then unused).
 
     Program ``(t, j)``: the conv output positions ``t * BLOCK_M ...`` (of H * W) and the images ``j * N_PER ...``.
     Per image it forms the pool's input gradient G for its positions and all C channels as the backward kernel
-    does (same windows, same order, rounded to g's dtype), never writing it out, and accumulates
+    does (same windows, same order, rounded to g's dtype), never writing it out, or reads the G tile (BLOCK_M x C,
+    contiguous), and accumulates
 
         dw[k, co] += sum_p x[n, h_p + kh - PAD, w_p + kw - PAD, ci] * G[p, co],  k = (ci * KS + kh) * KS + kw
 
-    (``tl.dot`` of the im2col tile in two column blocks, K1 + K2 >= CI * KS * KS, so that 75 columns cost 80
-    rather than 128) and, per position, ``dmap[p, co] += G[p, co]``. Writes its partial sums: ``dw_ptr[t, j]``
-    (K1 + K2, C) and ``dmap_ptr[j, p]`` (C); the caller sums them in a fixed order (deterministic)."""
+    (``tl.dot`` of the transposed im2col tile in two column blocks, K1 + K2 >= CI * KS * KS, so that 75 columns
+    cost 80 rather than 128, with the G tile, the positions being the dots' reduction dimension) and, per
+    position, ``dmap[p, co] += G[p, co]``. Writes its partial sums: ``dw_ptr[t, j]`` (K1 + K2, C) and
+    ``dmap_ptr[j, p]`` (C); the caller sums them in a fixed order (deterministic)."""
     t = tl.program_id(0)
     j = tl.program_id(1)
     p = t * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -188,9 +194,14 @@ def conv_weight_kernel(g_ptr, off_ptr, x_ptr, dw_ptr, dmap_ptr, N, C: tl.constex
     for i in range(N_PER):
         n = j * N_PER + i
         live = live_p & (n < N)
-        gacc = _pooled_input_grad(g_ptr, off_ptr, n, co[None, :], h[:, None], w[:, None], live[:, None], C, OH, OW)
-        gq = _rounded(gacc, g_ptr.dtype.element_ty)  # the pool's input gradient as the unfused path stores it
-        acc_map += gq.to(tl.float32)
+        if FORM_G:
+            gacc = _pooled_input_grad(g_ptr, off_ptr, n, co[None, :], h[:, None], w[:, None], live[:, None], C, OH,
+                                      OW)
+            gq = _rounded(gacc, g_ptr.dtype.element_ty)  # the pool's input gradient as the unfused path stores it
+        else:
+            gq = tl.load(g_ptr + (n * (H * W) + p[:, None]) * C + co[None, :], mask=live[:, None], other=0.0)
+        if SUM:
+            acc_map += gq.to(tl.float32)
         x1 = _im2col(x_ptr, n, h, w, live, 0, K1, CI, KS, PAD, H, W, True).to(gq.dtype)
         acc1 += _dot(x1, gq, IEEE, UPCAST_DOT)
         x2 = _im2col(x_ptr, n, h, w, live, K1, K2, CI, KS, PAD, H, W, True).to(gq.dtype)
@@ -198,7 +209,8 @@ def conv_weight_kernel(g_ptr, off_ptr, x_ptr, dw_ptr, dmap_ptr, N, C: tl.constex
     base = dw_ptr + (t * tl.num_programs(1) + j) * (K1 + K2) * C
     tl.store(base + tl.arange(0, K1)[:, None] * C + co[None, :], acc1)
     tl.store(base + (K1 + tl.arange(0, K2))[:, None] * C + co[None, :], acc2)
-    tl.store(dmap_ptr + (j * (H * W) + p[:, None]) * C + co[None, :], acc_map, mask=live_p[:, None])
+    if SUM:
+        tl.store(dmap_ptr + (j * (H * W) + p[:, None]) * C + co[None, :], acc_map, mask=live_p[:, None])
 
 
 @triton.jit
@@ -222,48 +234,3 @@ def conv_forward_kernel(x_ptr, w_ptr, out_ptr, total, C: tl.constexpr, H: tl.con
     acc = _dot(_im2col(x_ptr, n, h, w, live, 0, K1, CI, KS, PAD, H, W), b1, IEEE, UPCAST_DOT)
     acc += _dot(_im2col(x_ptr, n, h, w, live, K1, K2, CI, KS, PAD, H, W), b2, IEEE, UPCAST_DOT)
     tl.store(out_ptr + q[:, None] * C + co[None, :], _rounded(acc, out_ptr.dtype.element_ty), mask=live[:, None])
-
-
-@triton.jit
-def conv_wgrad_kernel(gin_ptr, x_ptr, dw_ptr, dmap_ptr, N, C: tl.constexpr, H: tl.constexpr, W: tl.constexpr,
-                      CI: tl.constexpr, KS: tl.constexpr, PAD: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr,
-                      BLOCK_M: tl.constexpr, N_PER: tl.constexpr, SUM: tl.constexpr, IEEE: tl.constexpr,
-                      UPCAST_DOT: tl.constexpr):
-    """The weight gradient of a stride-1 convolution with few input channels from its stored output gradient
-    G (channels-last (N, H, W, C), e.g. what the pool's backward kernel writes), and with ``SUM`` G's sum over
-    the batch per position (the gradient of an addend broadcast over it: a bias, or the fold's border map).
-
-    Program ``(t, j)``: positions ``t * BLOCK_M ...`` of H * W, images ``j * N_PER ...``. Per image it reads
-    the G tile (BLOCK_M x C, contiguous in memory) once and accumulates in float32
-
-        dw[k, co] += sum_p x[n, h_p + kh - PAD, w_p + kw - PAD, ci] * G[n, p, co],  k = (ci * KS + kh) * KS + kw
-
-    as ``tl.dot`` of the transposed im2col tile (two column blocks K1 + K2, see ``conv_weight_kernel``) with the G
-    tile, the positions being the dot's reduction dimension, and ``dmap[p, co] += G[n, p, co]``. Writes its
-    partial sums, ``dw_ptr[t, j]`` (K1 + K2, C) and ``dmap_ptr[j, p]`` (C); the caller adds them in a fixed order
-    (deterministic)."""
-    t = tl.program_id(0)
-    j = tl.program_id(1)
-    p = t * BLOCK_M + tl.arange(0, BLOCK_M)
-    live_p = p < H * W
-    h = p // W
-    w = p % W
-    co = tl.arange(0, C)
-    acc1 = tl.full((K1, C), 0.0, tl.float32)
-    acc2 = tl.full((K2, C), 0.0, tl.float32)
-    acc_map = tl.full((BLOCK_M, C), 0.0, tl.float32)
-    for i in range(N_PER):
-        n = j * N_PER + i
-        live = live_p & (n < N)
-        g = tl.load(gin_ptr + (n * (H * W) + p[:, None]) * C + co[None, :], mask=live[:, None], other=0.0)
-        if SUM:
-            acc_map += g.to(tl.float32)
-        x1 = _im2col(x_ptr, n, h, w, live, 0, K1, CI, KS, PAD, H, W, True).to(g.dtype)
-        acc1 += _dot(x1, g, IEEE, UPCAST_DOT)
-        x2 = _im2col(x_ptr, n, h, w, live, K1, K2, CI, KS, PAD, H, W, True).to(g.dtype)
-        acc2 += _dot(x2, g, IEEE, UPCAST_DOT)
-    base = dw_ptr + (t * tl.num_programs(1) + j) * (K1 + K2) * C
-    tl.store(base + tl.arange(0, K1)[:, None] * C + co[None, :], acc1)
-    tl.store(base + (K1 + tl.arange(0, K2))[:, None] * C + co[None, :], acc2)
-    if SUM:
-        tl.store(dmap_ptr + (j * (H * W) + p[:, None]) * C + co[None, :], acc_map, mask=live_p[:, None])

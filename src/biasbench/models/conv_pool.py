@@ -16,7 +16,7 @@ bias or ``fold_input_bn``'s border map, added inside it). The backward depends o
   weight-gradient kernel for 3 input channels (about 0.24 ms). Not bit for bit: the weight gradient sums in
   another order than cuDNN's (G itself is rounded exactly as the unfused path stores it);
 - with ``wgrad="triton"`` (``paper_cnn``'s ``conv1_wgrad="triton"``): the pool's backward kernel writes G as in the
-  unfused path, then one Triton kernel (``conv_wgrad_kernel``) reads it once for both the weight gradient (the
+  unfused path, then the same Triton kernel reading it (``conv_weight_kernel`` with ``FORM_G=False``) reads it once for both the weight gradient (the
   transposed im2col tile of x times the G tile on the tensor cores, the positions as the dots' reduction
   dimension) and G's sum over the batch (the addend's gradient), instead of cuDNN's weight-gradient kernel for 3
   input channels and PyTorch's reduction each reading G (0.18 and 0.195 ms of a 1.67 ms captured step on an H100
@@ -87,19 +87,21 @@ def conv_weight_from_grad(gin: torch.Tensor, x: torch.Tensor, ks: int, want_sum:
                           ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(weight gradient (C, CI, K, K) float32, and if ``want_sum`` the sums of ``gin`` over the batch per position,
     (1, C, H, W) float32 channels-last, else None) of the stride-1 convolution with ``padding = K // 2`` whose
-    output gradient is ``gin`` (channels-last, x's dtype), by ``conv_wgrad_kernel``: one read of ``gin`` for both,
-    instead of cuDNN's weight-gradient kernel and PyTorch's reduction each reading it."""
+    output gradient is ``gin`` (channels-last, x's dtype), by ``conv_weight_kernel`` reading the stored map
+    (``FORM_G=False``): one read of ``gin`` for both, instead of cuDNN's weight-gradient kernel and PyTorch's
+    reduction each reading it."""
     n, ci, h, w = x.shape
     c = gin.shape[1]
     k1, k2 = _k_blocks(ci, ks)
     tiles, chunks = maxpool.triton_cdiv(h * w, WGRAD_BLOCK_M), maxpool.triton_cdiv(n, WGRAD_N_PER)
     dw = torch.empty((tiles, chunks, k1 + k2, c), dtype=torch.float32, device=gin.device)
     dmap = torch.empty((chunks, h, w, c) if want_sum else (1,), dtype=torch.float32, device=gin.device)
-    kernel = maxpool._kernels().conv_wgrad_kernel
+    kernel = maxpool._kernels().conv_weight_kernel
     gin = gin.contiguous(memory_format=torch.channels_last)
-    with maxpool._LAUNCH_LOCK:
-        kernel[(tiles, chunks)](gin, x, dw, dmap, n, c, h, w, ci, ks, ks // 2, k1, k2, WGRAD_BLOCK_M, WGRAD_N_PER,
-                                want_sum, x.dtype == torch.float32, maxpool.interpreted(), num_warps=WGRAD_WARPS)
+    with maxpool._LAUNCH_LOCK:  # off_ptr, OH and OW unused without FORM_G
+        kernel[(tiles, chunks)](gin, gin, x, dw, dmap, n, c, h, w, h, w, ci, ks, ks // 2, k1, k2, WGRAD_BLOCK_M,
+                                WGRAD_N_PER, x.dtype == torch.float32, maxpool.interpreted(), False, want_sum,
+                                num_warps=WGRAD_WARPS)
     weight = dw.sum((0, 1))[: ci * ks * ks].t().reshape(c, ci, ks, ks)
     return weight, dmap.sum(0).permute(2, 0, 1).unsqueeze(0) if want_sum else None
 
@@ -143,7 +145,7 @@ class _ConvMaxPool(torch.autograd.Function):
         need_x, need_w, need_a = ctx.needs_input_grad[:3]
         ks = weight.shape[-1]
         rest = (None,) * 5  # conv_kernel, fused, grad_sum, wgrad, relu
-        if ctx.wgrad == "triton" and need_w:  # the pool's kernel, then conv_wgrad_kernel (and cuDNN for x's)
+        if ctx.wgrad == "triton" and need_w:  # the pool's kernel, then conv_weight_kernel reading G (and cuDNN for x's)
             gin = maxpool.pool_backward(g, off, ctx.shape)
             want_sum = bool(need_a and ctx.addend_dim)
             gw, total = conv_weight_from_grad(gin, x, ks, want_sum)
