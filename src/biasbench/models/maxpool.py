@@ -28,10 +28,10 @@ its last bit. On the H100 that reduction over the batch (``fold_input_bn``'s bor
 
 With ``relu=True`` the output is ``F.relu`` of the pool's, computed in the forward kernel (NaN kept, anything not
 above zero made +0.0; the CPU's ReLU keeps -0.0's sign, CUDA's, a float maximum, is expected not to, and
-``benchmarks/firstblock.py`` reports it on the device), and a window whose
-output is not above zero gets the offset :data:`NO_WINDOW`, which the backward kernels match to no input element:
-``F.relu``'s backward (zero where its output is not above zero) folded into the pool's, without the ReLU's two
-kernels over the pooled map (about 40 MB read and written each way per step at batch 128 and 96 px).
+``benchmarks/firstblock.py`` reports it on the device), and a window whose output is not above zero gets the
+offset :data:`NO_WINDOW`, which the backward kernels match to no input element: ``F.relu``'s backward (zero where
+its output is not above zero) folded into the pool's, without the ReLU's two kernels over the pooled map (about
+40 MB read and written each way per step at batch 128 and 96 px).
 
 Tested against ``F.max_pool2d`` on the CPU through Triton's interpreter (``TRITON_INTERPRET=1``), float32
 and bfloat16, ties and padding included. Used by ``paper_cnn`` with ``pool_kernel="triton"`` on CUDA
@@ -57,8 +57,9 @@ GRAD_SUMS = ("torch", "kernel")
 """``grad_sum`` values: the addend's gradient reduced by PyTorch from the stored input gradient (bit for bit the
 unfused path's), or summed over the batch inside the backward kernel (:func:`pool_backward_summed`)."""
 NO_WINDOW = 255
-"""The offset the forward stores (with ``relu``) for a window whose ReLU'd output is not above zero: it matches no
-input element, so the backward kernels route that window no gradient, as ``F.relu``'s backward would not."""
+"""The offset the forward kernel stores (with ``relu``; spelled 255 there) for a window whose ReLU'd output is not
+above zero: it matches no input element, so the backward kernels route that window no gradient, as ``F.relu``'s
+backward routes none."""
 _LAUNCH_LOCK = threading.Lock()  # a first launch compiles; threads of ``sweep --streams`` must not race on it
 
 
