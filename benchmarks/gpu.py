@@ -360,9 +360,10 @@ def main() -> None:
             "anatomy": [py, str(HERE / "anatomy.py"), *dev, *small, "--top", "25"],
             "firstblock": [py, str(HERE / "firstblock.py"), *dev, *small, *comp],
             "audit": [py, str(HERE / "audit.py"), *dev, "--samples", "1000"]}
-    deferred = ["anatomy"] if args.model_options == "measured" and "anatomy" in benches else []
+    # anatomy profiles the step with the sweep's model options (--model-kwarg, and the measured ones once chosen)
+    deferred = ["anatomy"] if "anatomy" in benches else []
     for b in benches:
-        if b not in deferred:  # anatomy profiles the step with the measured options, once they are chosen
+        if b not in deferred:
             run(cmds[b], out / f"{b}.txt", args.bench_limit)
     measured = options_from_benchmark(out) if args.model_options == "measured" else []
     args.model_kwarg += measured

@@ -4,8 +4,8 @@
 #   bench  times the first block's options in the captured loop (the default Triton pool against PyTorch's pool,
 #          the sixth session's best fold+tconv+tfwd, and the combinations not yet timed: conv1's Triton forward
 #          with the plain Triton pool, the kernel-summed addend gradient ksum, the seventh session's Triton weight
-#          gradient twg), checks the kernels on the device, profiles the fastest set that passed, and keeps the
-#          options gpu.py chose in .gpu/options.txt (about 120 s);
+#          gradient twg; the likeliest winners first, in case the time limit cuts the list), checks the kernels on
+#          the device, and keeps the options gpu.py chose in .gpu/options.txt (about 100 s);
 #   e2e    one whole seed of paper-table1 (SEED, default 2: a seed not run yet) from scratch with those options,
 #          4 balanced threads, CUDA graphs: the end-to-end time issue 9 asks for (the dataset rendered in it);
 #          a second call continues it (finished trials are skipped, an interrupted one resumes from its last
@@ -13,16 +13,19 @@
 #   lnl    LNL at seed 1 with and without the fold (docs/reproduction/lnl-seed1-check.yaml, 4 trials in 4 threads,
 #          about 3 minutes): whether the fold or the seed made four of seed 1's LNL runs unstable; only with at
 #          least 200 s left;
+#   prof   anatomy.py of the chosen options' step (every kernel accounted for: where the next saving is); only
+#          with 60 s left;
 #   s1     the rest of the seed-1 sweep with the options it was started with (fold + Triton pool; 12 cheap trials,
 #          about 4 minutes), from the records in docs/reproduction/paper-table1-seed1; only with 120 s left.
 # Calls (the lease is 15 minutes, a machine start about 30 s, 10 minutes per call at most; a machine stays warm only
 # 30 s after a call, and .gpu/ with the sweep's checkpoints and the chosen options is lost with it, so make the
 # second call at once):
 #   DEADLINE=565 bash scripts/gpu_session.sh > $OUT/log.txt 2>&1; tail -c 6000 $OUT/log.txt      # timeout_s 590
-#   PARTS="e2e lnl s1" DEADLINE=<lease left - 35> bash scripts/gpu_session.sh > $OUT/log.txt 2>&1; tail -c 5000 $OUT/log.txt
-# Outputs under $OUT (a call brings back at most 8 files; the first call writes 7 with log.txt): bench/ (train.txt,
-# firstblock.txt, anatomy.txt), e2e/ (sweep.txt, summary.txt, sweep.tgz), lnl.txt and lnl-check.tgz, s1/ (the same
-# three as e2e/: the second call, with all three parts, would write 9, so s1 keeps only its archive). A check of the script on a CPU (a minute or two):
+#   PARTS="e2e lnl prof s1" DEADLINE=<lease left - 35> bash scripts/gpu_session.sh > $OUT/log.txt 2>&1; tail -c 5000 $OUT/log.txt
+# Outputs under $OUT (a call brings back at most 8 files): the first call bench/ (train.txt, firstblock.txt) and
+# e2e/ (sweep.txt, summary.txt, sweep.tgz), 6 with log.txt; the second e2e/, lnl-check.tgz, prof/anatomy.txt and
+# s1/sweep.tgz (s1 keeps only its archive; the LNL check's output ends in the log), 7 with log.txt. A check of the script on a CPU
+# (a minute or two):
 #   OUT=/tmp/o DEVICE=cpu SCALE=tiny GRAPHS=off TRIALS=4 DEADLINE=300 bash scripts/gpu_session.sh
 set -uo pipefail
 : "${OUT:?set OUT to the output folder}"
@@ -45,9 +48,9 @@ mkdir -p .gpu "$OUT"
 if want bench; then
   stamp "bench: the first block's options"
   rm -f "$OPTIONS_FILE"
-  python3 benchmarks/gpu.py --out "$OUT/bench" --benchmarks train,firstblock,anatomy --train-only graphs \
-      --train-options torchpool,fold+triton,fold+tconv+tfwd,fold+triton+tfwd,fold+triton+tfwd+ksum,fold+triton+tfwd+twg,triton+tfwd+ksum,triton+tfwd+twg \
-      --no-bench-compile --bench-limit 60 --model-options measured --options-file "$OPTIONS_FILE" --skip-sweep \
+  python3 benchmarks/gpu.py --out "$OUT/bench" --benchmarks train,firstblock --train-only graphs \
+      --train-options fold+triton+tfwd+twg,fold+tconv+tfwd,fold+triton+tfwd+ksum,fold+triton+tfwd,triton+tfwd+twg,fold+triton,torchpool,triton+tfwd+ksum \
+      --no-bench-compile --bench-limit 55 --model-options measured --options-file "$OPTIONS_FILE" --skip-sweep \
       --device "$DEVICE" 2>&1 | quiet
   stamp "bench: options for the sweep (kept in $OPTIONS_FILE for the next call): '$(echo $(cat "$OPTIONS_FILE" 2>/dev/null))'"
 fi
@@ -73,10 +76,17 @@ if want lnl && [ "$(left)" -ge 200 ]; then
   stamp "lnl: the LNL seed-1 check ($budget s at most)"
   timeout $budget python3 -m biasbench.cli sweep docs/reproduction/lnl-seed1-check.yaml --data .gpu/data \
       --out .gpu/lnl-check --seeds 1 --scale "$SCALE" --device "$DEVICE" --streams 4 --cuda-graphs "$GRAPHS" \
-      > "$OUT/lnl.txt" 2>&1
+      > .gpu/lnl.txt 2>&1  # not under $OUT (at most 8 files come back); its end goes to the log
   stamp "lnl: exit $?"
-  quiet < "$OUT/lnl.txt" | tail -8
+  quiet < .gpu/lnl.txt | tail -12
   [ -d .gpu/lnl-check ] && (cd .gpu && find lnl-check -name "*.json" | tar czf "$OUT/lnl-check.tgz" -T -)
+fi
+
+if want prof && [ "$(left)" -ge 60 ] && [ -f "$OPTIONS_FILE" ]; then
+  kwargs=(); for kv in $(cat "$OPTIONS_FILE"); do kwargs+=(--model-kwarg "$kv"); done
+  stamp "prof: anatomy of the step with '${kwargs[*]:-no model options}'"
+  python3 benchmarks/gpu.py --out "$OUT/prof" --benchmarks anatomy --bench-limit $(( $(left) - 10 )) --skip-sweep \
+      "${kwargs[@]}" --device "$DEVICE" 2>&1 | quiet
 fi
 
 if want s1 && [ "$(left)" -ge 120 ]; then
