@@ -250,9 +250,11 @@ def test_paper_cnn_with_the_triton_conv1_weight_gradient(interpreted, fold, coun
 
 @pytest.mark.parametrize("dtype", ["*bf16", "*fp32"])
 def test_the_kernels_compile_for_an_h100_without_one(dtype, tmp_path):
-    """The fused backward, the forward convolution and the weight gradient compile ahead of time for sm_90 with the launch settings
-    conv_pool uses (PTX, then a cubin through the wheel's ptxas, which reports registers and spills), with
-    tensor-core dots (bf16) or exact float32 ones; in bf16 neither spills registers to memory."""
+    """The fused backward, the forward convolution and the weight gradient compile ahead of time for sm_90 with
+    the launch settings conv_pool uses and the 16-byte aligned pointers the JIT specialises on for PyTorch's
+    allocations (PTX, then a cubin through the wheel's ptxas, which reports registers and spills), with
+    tensor-core dots (bf16) or exact float32 ones; in bf16 none spills registers to memory, and the forward
+    gathers its im2col tile with 8-byte vector loads (a tap's 4 channels, 3 padded to 4), no scalar ones."""
     import glob
     import importlib
     import os
@@ -263,7 +265,7 @@ def test_the_kernels_compile_for_an_h100_without_one(dtype, tmp_path):
 
     k = importlib.import_module("biasbench.models._maxpool_kernels")
     ptxas = glob.glob(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas"))
-    shape = {"C": 32, "H": 96, "W": 96, "CI": 3, "KS": 5, "PAD": 2, "K1": 64, "K2": 16, "IEEE": dtype == "*fp32",
+    shape = {"C": 32, "H": 96, "W": 96, "CI": 4, "KS": 5, "PAD": 2, "K1": 64, "K2": 64, "IEEE": dtype == "*fp32",
              "UPCAST_DOT": False}
     kernels = [
         (k.conv_weight_kernel, {"g_ptr": dtype, "off_ptr": "*u8", "x_ptr": dtype, "dw_ptr": "*fp32",
@@ -277,11 +279,15 @@ def test_the_kernels_compile_for_an_h100_without_one(dtype, tmp_path):
          shape | {"OH": 96, "OW": 96, "BLOCK_M": conv_pool.WGRAD_BLOCK_M, "N_PER": conv_pool.WGRAD_N_PER,
                   "FORM_G": False, "SUM": True}, conv_pool.WGRAD_WARPS)]
     for fn, pointers, consts, warps in kernels:
+        aligned = {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name, ty in pointers.items()
+                   if ty.startswith("*")}
         compiled = triton.compile(ASTSource(fn=fn, signature=pointers | {n: "constexpr" for n in consts},
-                                            constexprs=consts),
+                                            constexprs=consts, attrs=aligned),
                                   target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
         ptx = compiled.asm["ptx"]
         assert ".target sm_90" in ptx and ("mma" in ptx) == (dtype == "*bf16")
+        if fn is k.conv_forward_kernel and dtype == "*bf16":
+            assert "ld.global.v2.b32" in ptx and "ld.global.b16" not in ptx
         if dtype == "*bf16" and ptxas:
             path = tmp_path / f"{fn.__name__}.ptx"
             path.write_text(ptx)

@@ -39,48 +39,82 @@ with the fold) 32 took 2.22 ms per batch against 2.55 ms with 64."""
 N_PER = 32
 """Images per program of the fused backward: a batch of 128 at 96x96 makes 288 x 4 = 1,152 programs."""
 WARPS = 8
-"""Warps per program of the fused backward. Compiled for sm_90 by the wheel's ptxas (no GPU needed), it uses 146
-registers per thread at 32 positions and spills none (178 with 4 warps; at 64 positions 4 warps spilled)."""
+"""Warps per program of the fused backward. Compiled for sm_90 by the wheel's ptxas (no GPU needed) with aligned
+pointers, it uses 76 registers per thread at 32 positions and spills none (113 with 4 warps)."""
 WGRAD_BLOCK_M = 128
 """Positions per program of :func:`conv_weight_from_grad` (the reduction dimension of its dots): 72 x 8 = 576
 programs for a batch of 128 at 96x96."""
 WGRAD_N_PER = 16
 """Images per program of :func:`conv_weight_from_grad`."""
-WGRAD_WARPS = 4
-"""Warps per program of :func:`conv_weight_from_grad` (registers: ``tests/test_conv_pool.py`` compiles it for
-sm_90 and asserts no spills)."""
+WGRAD_WARPS = 8
+"""Warps per program of :func:`conv_weight_from_grad`: 118 registers per thread, no spills (ptxas, sm_90, aligned
+pointers; 206 at 4 warps, and spills there without the alignment); ``tests/test_conv_pool.py`` compiles it."""
 CONV_BLOCK_M = 128
 """Output positions per program of :func:`conv_forward`: 9,216 programs for a batch of 128 at 96x96."""
 CONV_WARPS = 4
-"""Warps per program of :func:`conv_forward`: 96 registers per thread, no spills (ptxas, sm_90)."""
+"""Warps per program of :func:`conv_forward`: 96 registers per thread, no spills (ptxas, sm_90, aligned pointers;
+the im2col tile gathered with 32 8-byte loads per thread, where 3 channels in the other order took 80 scalar
+ones and 167 registers)."""
 
 
 def _k_blocks(ci: int, ks: int) -> tuple[int, int]:
-    """(K1, K2): two power-of-two column blocks (at least 16, ``tl.dot``'s least) covering the CI * KS * KS
-    im2col columns: 64 + 16 for the paper's 75."""
+    """(K1, K2): two power-of-two column blocks (at least 16, ``tl.dot``'s least) covering the KS * KS * CI
+    im2col columns: 64 + 64 for the paper's 100 (5 x 5 taps of 3 channels padded to 4)."""
     k = ci * ks * ks
     k1 = max(16, 1 << (k.bit_length() - 1))  # the largest power of two <= k
     rest = max(k - k1, 1)
     return k1, max(16, 1 << (rest - 1).bit_length())
 
 
+def padded_channels(x: torch.Tensor) -> torch.Tensor:
+    """x with zero channels appended up to a power of two (3 -> 4), channels-last, for the kernels' im2col: a
+    tap's channels are then one aligned vector load. x itself when its count is one already."""
+    ci = x.shape[1]
+    cip = 1 << (ci - 1).bit_length()
+    if cip == ci:
+        return x
+    out = torch.empty((x.shape[0], cip, *x.shape[2:]), dtype=x.dtype, device=x.device,
+                      memory_format=torch.channels_last)
+    out[:, :ci] = x
+    out[:, ci:] = 0
+    return out
+
+
+def _weight_rows(weight: torch.Tensor, cip: int) -> torch.Tensor:
+    """conv1's weight (C, CI, K, K) as the kernels' (K * K * CIP, C) matrix, row ``(kh * K + kw) * CIP + ci``,
+    zero rows for the padded channels."""
+    c, ci, ks, _ = weight.shape
+    w = weight.permute(0, 2, 3, 1)  # (C, K, K, CI)
+    if cip > ci:
+        w = F.pad(w, (0, cip - ci))
+    return w.reshape(c, ks * ks * cip).t().contiguous()
+
+
+def _weight_of_rows(rows: torch.Tensor, ci: int, cip: int, ks: int) -> torch.Tensor:
+    """The (C, CI, K, K) weight gradient from the kernels' summed partial rows (at least K * K * CIP, C)."""
+    c = rows.shape[1]
+    return rows[: ks * ks * cip].t().reshape(c, ks, ks, cip)[..., :ci].permute(0, 3, 1, 2)
+
+
 def conv_weight_grad(g: torch.Tensor, off: torch.Tensor, x: torch.Tensor, ks: int
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """(weight gradient (C, CI, K, K) float32, per-position sums of G over the batch (1, C, H, W) float32,
-    channels-last) of ``conv -> max-pool`` from the pooled gradient ``g``, the window offsets and the input."""
+    channels-last) of ``conv -> max-pool`` from the pooled gradient ``g``, the window offsets and the input (its
+    channels padded by :func:`padded_channels` here unless they are already)."""
     n, ci, h, w = x.shape
+    xp = padded_channels(x)
+    cip = xp.shape[1]
     c, oh, ow = g.shape[1:]
-    k1, k2 = _k_blocks(ci, ks)
+    k1, k2 = _k_blocks(cip, ks)
     tiles, chunks = maxpool.triton_cdiv(h * w, BLOCK_M), maxpool.triton_cdiv(n, N_PER)
     dw = torch.empty((tiles, chunks, k1 + k2, c), dtype=torch.float32, device=g.device)
     dmap = torch.empty((chunks, h, w, c), dtype=torch.float32, device=g.device)
     kernel = maxpool._kernels().conv_weight_kernel
     g = g.contiguous(memory_format=torch.channels_last)
     with maxpool._LAUNCH_LOCK:
-        kernel[(tiles, chunks)](g, off, x, dw, dmap, n, c, h, w, oh, ow, ci, ks, ks // 2, k1, k2, BLOCK_M, N_PER,
+        kernel[(tiles, chunks)](g, off, xp, dw, dmap, n, c, h, w, oh, ow, cip, ks, ks // 2, k1, k2, BLOCK_M, N_PER,
                                 x.dtype == torch.float32, maxpool.interpreted(), num_warps=WARPS)
-    weight = dw.sum((0, 1))[: ci * ks * ks].t().reshape(c, ci, ks, ks)
-    return weight, dmap.sum(0).permute(2, 0, 1).unsqueeze(0)
+    return _weight_of_rows(dw.sum((0, 1)), ci, cip, ks), dmap.sum(0).permute(2, 0, 1).unsqueeze(0)
 
 
 def conv_weight_from_grad(gin: torch.Tensor, x: torch.Tensor, ks: int, want_sum: bool
@@ -89,36 +123,39 @@ def conv_weight_from_grad(gin: torch.Tensor, x: torch.Tensor, ks: int, want_sum:
     (1, C, H, W) float32 channels-last, else None) of the stride-1 convolution with ``padding = K // 2`` whose
     output gradient is ``gin`` (channels-last, x's dtype), by ``conv_weight_kernel`` reading the stored map
     (``FORM_G=False``): one read of ``gin`` for both, instead of cuDNN's weight-gradient kernel and PyTorch's
-    reduction each reading it."""
+    reduction each reading it. x's channels are padded by :func:`padded_channels` here unless they are already."""
     n, ci, h, w = x.shape
+    xp = padded_channels(x)
+    cip = xp.shape[1]
     c = gin.shape[1]
-    k1, k2 = _k_blocks(ci, ks)
+    k1, k2 = _k_blocks(cip, ks)
     tiles, chunks = maxpool.triton_cdiv(h * w, WGRAD_BLOCK_M), maxpool.triton_cdiv(n, WGRAD_N_PER)
     dw = torch.empty((tiles, chunks, k1 + k2, c), dtype=torch.float32, device=gin.device)
     dmap = torch.empty((chunks, h, w, c) if want_sum else (1,), dtype=torch.float32, device=gin.device)
     kernel = maxpool._kernels().conv_weight_kernel
     gin = gin.contiguous(memory_format=torch.channels_last)
     with maxpool._LAUNCH_LOCK:  # off_ptr, OH and OW unused without FORM_G
-        kernel[(tiles, chunks)](gin, gin, x, dw, dmap, n, c, h, w, h, w, ci, ks, ks // 2, k1, k2, WGRAD_BLOCK_M,
+        kernel[(tiles, chunks)](gin, gin, xp, dw, dmap, n, c, h, w, h, w, cip, ks, ks // 2, k1, k2, WGRAD_BLOCK_M,
                                 WGRAD_N_PER, x.dtype == torch.float32, maxpool.interpreted(), False, want_sum,
                                 num_warps=WGRAD_WARPS)
-    weight = dw.sum((0, 1))[: ci * ks * ks].t().reshape(c, ci, ks, ks)
-    return weight, dmap.sum(0).permute(2, 0, 1).unsqueeze(0) if want_sum else None
+    total = dmap.sum(0).permute(2, 0, 1).unsqueeze(0) if want_sum else None
+    return _weight_of_rows(dw.sum((0, 1)), ci, cip, ks), total
 
 
 def conv_forward(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``F.conv2d(x, weight, None, 1, K // 2)`` by ``conv_forward_kernel`` (an implicit GEMM on the tensor cores):
-    channels-last, in x's dtype, the same sums in another order than cuDNN's."""
-    n, ci, h, w = x.shape
+    channels-last, in x's dtype, the same sums in another order than cuDNN's. x may come with its channels padded
+    by :func:`padded_channels` (the weight keeps its own count); they are padded here otherwise."""
+    xp = padded_channels(x)
+    n, cip, h, w = xp.shape
     c, _, ks, _ = weight.shape
     out = torch.empty((n, c, h, w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
-    w_mat = weight.reshape(c, ci * ks * ks).t().contiguous()  # (K, C), k = (ci * KS + kh) * KS + kw
     total = n * h * w
     kernel = maxpool._kernels().conv_forward_kernel
     with maxpool._LAUNCH_LOCK:
         kernel[(maxpool.triton_cdiv(total, CONV_BLOCK_M),)](
-            x, w_mat, out, total, c, h, w, ci, ks, ks // 2, *_k_blocks(ci, ks), CONV_BLOCK_M, x.dtype == torch.float32,
-            maxpool.interpreted(), num_warps=CONV_WARPS)
+            xp, _weight_rows(weight, cip), out, total, c, h, w, cip, ks, ks // 2, *_k_blocks(cip, ks), CONV_BLOCK_M,
+            x.dtype == torch.float32, maxpool.interpreted(), num_warps=CONV_WARPS)
     return out
 
 
@@ -128,9 +165,12 @@ class _ConvMaxPool(torch.autograd.Function):
                 conv_kernel: str = "torch", fused: bool = True, grad_sum: str = "torch",
                 wgrad: str = "torch", relu: bool = False) -> torch.Tensor:
         ks = weight.shape[-1]
-        out = conv_forward(x, weight) if conv_kernel == "triton" else F.conv2d(x, weight, None, 1, ks // 2)
+        # the Triton kernels' input, channels padded (padded_channels), made once for the forward and the backward
+        triton_bwd = wgrad == "triton" or (fused and not ctx.needs_input_grad[0])
+        xp = padded_channels(x) if conv_kernel == "triton" or triton_bwd else None
+        out = conv_forward(xp, weight) if conv_kernel == "triton" else F.conv2d(x, weight, None, 1, ks // 2)
         pooled, off = maxpool.pool_forward(out, addend, relu)
-        ctx.save_for_backward(x, weight, off)
+        ctx.save_for_backward(x, weight, off, xp if triton_bwd else None)
         ctx.shape = out.shape
         ctx.addend_dim = None if addend is None else addend.dim()
         ctx.addend_dtype = None if addend is None else addend.dtype
@@ -141,23 +181,23 @@ class _ConvMaxPool(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
-        x, weight, off = ctx.saved_tensors
+        x, weight, off, xp = ctx.saved_tensors
         need_x, need_w, need_a = ctx.needs_input_grad[:3]
-        ks = weight.shape[-1]
+        ks, ci = weight.shape[-1], weight.shape[1]
         rest = (None,) * 5  # conv_kernel, fused, grad_sum, wgrad, relu
         if ctx.wgrad == "triton" and need_w:  # the pool's kernel, then conv_weight_kernel reading G (and cuDNN for x's)
             gin = maxpool.pool_backward(g, off, ctx.shape)
             want_sum = bool(need_a and ctx.addend_dim)
-            gw, total = conv_weight_from_grad(gin, x, ks, want_sum)
+            gw, total = conv_weight_from_grad(gin, xp, ks, want_sum)
             ga = maxpool.addend_grad_of_sum(total, ctx.addend_dim, ctx.addend_dtype) if want_sum else None
             gx, _ = _conv_backward(gin, x, weight, need_x, False)
-            return gx, gw.to(weight.dtype), ga, *rest
+            return gx, gw[:, :ci].to(weight.dtype), ga, *rest
         if need_x or not ctx.fused:  # the unfused path's arithmetic
             gin, ga = maxpool.backward_with_addend(ctx, g, off, need_a)
             return *_conv_backward(gin, x, weight, need_x, need_w), ga, *rest
-        gw, gmap = conv_weight_grad(g, off, x, ks)
+        gw, gmap = conv_weight_grad(g, off, xp, ks)
         ga = maxpool.addend_grad_of_sum(gmap, ctx.addend_dim, ctx.addend_dtype) if need_a and ctx.addend_dim else None
-        return None, gw.to(weight.dtype) if need_w else None, ga, *rest
+        return None, gw[:, :ci].to(weight.dtype) if need_w else None, ga, *rest
 
 
 def _conv_backward(gin: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, need_x: bool, need_w: bool
