@@ -17,8 +17,9 @@ backward kernel), ``tfwd`` (conv1's forward as a Triton implicit GEMM; with ``tr
 (conv1's bias or the fold's border-map gradient summed over the batch in the pool's backward kernel; with
 ``triton`` or ``tconv``), ``twg`` (conv1's weight gradient and that sum in one Triton kernel reading the pool's
 input gradient once; with ``triton``, not with ``ksum``), ``pad4`` / ``pad8`` (conv1's input padded with zero
-channels to 4 or 8), joined with ``+`` to combine (``fold+triton+tfwd+ksum``, ``fold+triton+tfwd+twg``), ``torchpool`` (PyTorch's max-pool; the default,
-``pool_kernel="auto"``, is the Triton pool in the bf16 CUDA configurations). Prints images/s per configuration
+channels to 4 or 8), joined with ``+`` to combine (``fold+triton+tfwd+ksum``, ``fold+triton+tfwd+twg``),
+``torchpool`` (PyTorch's max-pool; the default, ``pool_kernel="auto"``, is the Triton pool in the bf16 CUDA
+configurations). Prints images/s per configuration
 and the loop / bare ratio.
 """
 from __future__ import annotations
