@@ -48,9 +48,9 @@ def forward_kernel(x_ptr, a_ptr, out_ptr, off_ptr, total_p, C: tl.constexpr, H: 
     """Max-pool of ``x + a`` where ``HAS_ADDEND`` (``a`` broadcast over the batch, element ``(c, h, w)`` at
     ``c * A_SC + h * A_SH + w * A_SW``; the sum is rounded to x's dtype, as PyTorch's add rounds it), else of x;
     ``total_p`` = N * OH * OW output positions. ``RELU``: the output is ReLU'd (NaN kept, anything else not above
-    zero made +0.0) and such a window's offset is ``NO_WINDOW`` (255), which no input
-    element matches, so the backward routes it no gradient: ``F.relu``'s backward (zero where its output is not
-    above zero) folded into the pool's."""
+    zero made +0.0) and such a window's offset is ``NO_WINDOW`` (255), which no input element matches, so the
+    backward routes it no gradient: ``F.relu``'s backward (zero where its output is not above zero) folded into
+    the pool's."""
     idx, live, n, c, oh, ow = _tile_coords(P_BLOCK, CB, total_p, C, OH, OW)
     best = tl.full((P_BLOCK, CB), float("-inf"), tl.float32)
     # the window's first element inside the image: row 2oh-1 is outside only for oh = 0, likewise columns
@@ -132,7 +132,7 @@ def _im2col(x_ptr, n, h, w, live, K0: tl.constexpr, KB: tl.constexpr, CI: tl.con
     ``x[n, h + kh - PAD, w + kw - PAD, ci]`` for ``k = (kh * KS + kw) * CI + ci``, zero outside the image, for
     dead rows and for k >= KS * KS * CI. The channel is the fastest index, so a tap's CI channels are contiguous
     in x and in the tile, and each is one vector load (8 bytes for 4 bf16 channels; ptxas, sm_90: 32 loads per
-    thread for a 128 x 128 tile instead of 80 scalar ones with 3 channels in the other order). ``TRANS``: the
+    thread for the forward's 128 positions x 128 columns instead of 80 scalar ones with 3 channels in the other order). ``TRANS``: the
     tile transposed, (KB, positions), gathered so (for a weight gradient's ``tile^T @ G``) instead of transposed
     in registers afterwards."""
     k = K0 + tl.arange(0, KB)
@@ -181,8 +181,8 @@ def conv_weight_kernel(g_ptr, off_ptr, x_ptr, dw_ptr, dmap_ptr, N, C: tl.constex
 
         dw[k, co] += sum_p x[n, h_p + kh - PAD, w_p + kw - PAD, ci] * G[p, co],  k = (kh * KS + kw) * CI + ci
 
-    (``tl.dot`` of the transposed im2col tile in two column blocks, K1 + K2 >= KS * KS * CI, with the G tile, the positions being the dots' reduction dimension) and, per
-    position, ``dmap[p, co] += G[p, co]``. Writes its partial sums: ``dw_ptr[t, j]`` (K1 + K2, C) and
+    (``tl.dot`` of the transposed im2col tile in two column blocks, K1 + K2 >= KS * KS * CI, with the G tile, the
+    positions being the dots' reduction dimension) and, per position, ``dmap[p, co] += G[p, co]``. Writes its partial sums: ``dw_ptr[t, j]`` (K1 + K2, C) and
     ``dmap_ptr[j, p]`` (C); the caller sums them in a fixed order (deterministic)."""
     t = tl.program_id(0)
     j = tl.program_id(1)

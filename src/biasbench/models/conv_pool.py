@@ -16,9 +16,9 @@ bias or ``fold_input_bn``'s border map, added inside it). The backward depends o
   weight-gradient kernel for 3 input channels (about 0.24 ms). Not bit for bit: the weight gradient sums in
   another order than cuDNN's (G itself is rounded exactly as the unfused path stores it);
 - with ``wgrad="triton"`` (``paper_cnn``'s ``conv1_wgrad="triton"``): the pool's backward kernel writes G as in the
-  unfused path, then the same Triton kernel reading it (``conv_weight_kernel`` with ``FORM_G=False``) reads it once for both the weight gradient (the
-  transposed im2col tile of x times the G tile on the tensor cores, the positions as the dots' reduction
-  dimension) and G's sum over the batch (the addend's gradient), instead of cuDNN's weight-gradient kernel for 3
+  unfused path, then the same Triton kernel (``conv_weight_kernel`` with ``FORM_G=False``) reads it once for both
+  the weight gradient (the transposed im2col tile of x times the G tile on the tensor cores, the positions as
+  the dots' reduction dimension) and G's sum over the batch (the addend's gradient), instead of cuDNN's weight-gradient kernel for 3
   input channels and PyTorch's reduction each reading G (0.18 and 0.195 ms of a 1.67 ms captured step on an H100
   with the fold). x's gradient, where it needs one, stays cuDNN's. Not bit for bit (another summation order).
 
@@ -96,25 +96,39 @@ def _weight_of_rows(rows: torch.Tensor, ci: int, cip: int, ks: int) -> torch.Ten
     return rows[: ks * ks * cip].t().reshape(c, ks, ks, cip)[..., :ci].permute(0, 3, 1, 2)
 
 
+def _weight_grad(g: torch.Tensor, off: torch.Tensor | None, x: torch.Tensor, ks: int, want_sum: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``conv_weight_kernel`` on the pooled gradient ``g`` and the window offsets ``off`` (``FORM_G``: G formed
+    in the kernel, launch settings ``BLOCK_M``, ``N_PER``, ``WARPS``) or, with ``off`` None, on the stored G
+    itself (``WGRAD_*``): (weight gradient (C, CI, K, K) float32, G's sums over the batch per position (1, C, H, W)
+    float32 channels-last if ``want_sum``, else None); x's channels padded by :func:`padded_channels` here unless
+    they are already."""
+    n, ci, h, w = x.shape
+    xp = padded_channels(x)
+    cip = xp.shape[1]
+    c, oh, ow = g.shape[1:]
+    form_g = off is not None
+    block_m, n_per, warps = (BLOCK_M, N_PER, WARPS) if form_g else (WGRAD_BLOCK_M, WGRAD_N_PER, WGRAD_WARPS)
+    k1, k2 = _k_blocks(cip, ks)
+    tiles, chunks = maxpool.triton_cdiv(h * w, block_m), maxpool.triton_cdiv(n, n_per)
+    dw = torch.empty((tiles, chunks, k1 + k2, c), dtype=torch.float32, device=g.device)
+    dmap = torch.empty((chunks, h, w, c) if want_sum else (1,), dtype=torch.float32, device=g.device)
+    kernel = maxpool._kernels().conv_weight_kernel
+    g = g.contiguous(memory_format=torch.channels_last)
+    with maxpool._LAUNCH_LOCK:  # without FORM_G, off_ptr (g as a placeholder), OH and OW are unused
+        kernel[(tiles, chunks)](g, off if form_g else g, xp, dw, dmap, n, c, h, w, oh, ow, cip, ks, ks // 2, k1, k2,
+                                block_m, n_per, x.dtype == torch.float32, maxpool.interpreted(), form_g, want_sum,
+                                num_warps=warps)
+    total = dmap.sum(0).permute(2, 0, 1).unsqueeze(0) if want_sum else None
+    return _weight_of_rows(dw.sum((0, 1)), ci, cip, ks), total
+
+
 def conv_weight_grad(g: torch.Tensor, off: torch.Tensor, x: torch.Tensor, ks: int
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """(weight gradient (C, CI, K, K) float32, per-position sums of G over the batch (1, C, H, W) float32,
     channels-last) of ``conv -> max-pool`` from the pooled gradient ``g``, the window offsets and the input (its
     channels padded by :func:`padded_channels` here unless they are already)."""
-    n, ci, h, w = x.shape
-    xp = padded_channels(x)
-    cip = xp.shape[1]
-    c, oh, ow = g.shape[1:]
-    k1, k2 = _k_blocks(cip, ks)
-    tiles, chunks = maxpool.triton_cdiv(h * w, BLOCK_M), maxpool.triton_cdiv(n, N_PER)
-    dw = torch.empty((tiles, chunks, k1 + k2, c), dtype=torch.float32, device=g.device)
-    dmap = torch.empty((chunks, h, w, c), dtype=torch.float32, device=g.device)
-    kernel = maxpool._kernels().conv_weight_kernel
-    g = g.contiguous(memory_format=torch.channels_last)
-    with maxpool._LAUNCH_LOCK:
-        kernel[(tiles, chunks)](g, off, xp, dw, dmap, n, c, h, w, oh, ow, cip, ks, ks // 2, k1, k2, BLOCK_M, N_PER,
-                                x.dtype == torch.float32, maxpool.interpreted(), num_warps=WARPS)
-    return _weight_of_rows(dw.sum((0, 1)), ci, cip, ks), dmap.sum(0).permute(2, 0, 1).unsqueeze(0)
+    return _weight_grad(g, off, x, ks, True)
 
 
 def conv_weight_from_grad(gin: torch.Tensor, x: torch.Tensor, ks: int, want_sum: bool
@@ -124,22 +138,7 @@ def conv_weight_from_grad(gin: torch.Tensor, x: torch.Tensor, ks: int, want_sum:
     output gradient is ``gin`` (channels-last, x's dtype), by ``conv_weight_kernel`` reading the stored map
     (``FORM_G=False``): one read of ``gin`` for both, instead of cuDNN's weight-gradient kernel and PyTorch's
     reduction each reading it. x's channels are padded by :func:`padded_channels` here unless they are already."""
-    n, ci, h, w = x.shape
-    xp = padded_channels(x)
-    cip = xp.shape[1]
-    c = gin.shape[1]
-    k1, k2 = _k_blocks(cip, ks)
-    tiles, chunks = maxpool.triton_cdiv(h * w, WGRAD_BLOCK_M), maxpool.triton_cdiv(n, WGRAD_N_PER)
-    dw = torch.empty((tiles, chunks, k1 + k2, c), dtype=torch.float32, device=gin.device)
-    dmap = torch.empty((chunks, h, w, c) if want_sum else (1,), dtype=torch.float32, device=gin.device)
-    kernel = maxpool._kernels().conv_weight_kernel
-    gin = gin.contiguous(memory_format=torch.channels_last)
-    with maxpool._LAUNCH_LOCK:  # off_ptr, OH and OW unused without FORM_G
-        kernel[(tiles, chunks)](gin, gin, xp, dw, dmap, n, c, h, w, h, w, cip, ks, ks // 2, k1, k2, WGRAD_BLOCK_M,
-                                WGRAD_N_PER, x.dtype == torch.float32, maxpool.interpreted(), False, want_sum,
-                                num_warps=WGRAD_WARPS)
-    total = dmap.sum(0).permute(2, 0, 1).unsqueeze(0) if want_sum else None
-    return _weight_of_rows(dw.sum((0, 1)), ci, cip, ks), total
+    return _weight_grad(gin, None, x, ks, want_sum)
 
 
 def conv_forward(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

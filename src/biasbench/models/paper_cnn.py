@@ -53,7 +53,8 @@ map over the batch inside the pool's backward kernel instead of by PyTorch's red
 map (0.195 ms of a 1.67 ms captured step on an H100 with the fold; the same sum in another order, so not bit for
 bit). ``conv1_wgrad="triton"`` (with ``pool_kernel="triton"``) computes conv1's weight gradient and that sum in one
 Triton kernel that reads the pool's input gradient once, instead of cuDNN's weight-gradient kernel (0.18 ms) and
-the reduction (:func:`biasbench.models.conv_pool.conv_weight_from_grad`; not bit for bit; not timed on a GPU yet). On an H100 (``docs/benchmarks.md``) the captured loop ran 50.7k images/s by default, 76.8k with
+the reduction (:func:`biasbench.models.conv_pool.conv_weight_from_grad`; not bit for bit; not timed on a GPU
+yet). On an H100 (``docs/benchmarks.md``) the captured loop ran 50.7k images/s by default, 76.8k with
 ``fold_input_bn`` and ``triton``, 86.5k with ``fold_input_bn``, ``triton_conv`` and ``conv1_kernel="triton"``.
 """
 from __future__ import annotations
