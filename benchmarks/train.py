@@ -11,7 +11,7 @@ mode of ``--compile-modes``; ``reduce-overhead`` makes its own CUDA graphs; the 
 our graphs too); on the CPU fp32 eager (plus compiled with ``--compile``). ``--only`` keeps the
 configurations whose labels contain one of the comma-separated words (e.g. ``--only graphs``).
 ``--options`` adds each configuration again with paper CNN options (:class:`biasbench.models.paper_cnn.PaperCNN`):
-``fold`` (the input batch norm folded into conv1), ``triton`` (the Triton max-pool with conv1's bias inside,
+``fold`` (the input batch norm folded into conv1, raw input), ``nfold`` (folded, normalised input), ``triton`` (the Triton max-pool with conv1's bias inside,
 CUDA only), ``tconv`` (``pool_kernel=triton_conv``: with ``fold``, conv1's weight gradient inside the pool's
 backward kernel), ``tfwd`` (conv1's forward as a Triton implicit GEMM; with ``triton`` or ``tconv``), ``ksum``
 (conv1's bias or the fold's border-map gradient summed over the batch in the pool's backward kernel; with
@@ -41,7 +41,7 @@ from biasbench.train.optim import optimizer_factory
 from common import device_name, pick_device  # benchmarks/common.py (scripts run from benchmarks/)
 
 
-OPTIONS = {"fold": {"fold_input_bn": True}, "triton": {"pool_kernel": "triton"},
+OPTIONS = {"fold": {"fold_input_bn": True}, "nfold": {"fold_input_bn": "normalized"}, "triton": {"pool_kernel": "triton"},
            "tconv": {"pool_kernel": "triton_conv"}, "tfwd": {"conv1_kernel": "triton"},
            "ksum": {"pool_grad_sum": "kernel"}, "twg": {"conv1_wgrad": "triton"}, "pad4": {"conv1_pad_to": 4},
            "pad8": {"conv1_pad_to": 8}, "torchpool": {"pool_kernel": "torch"}}
@@ -51,6 +51,7 @@ decide, :func:`option_error`). Without a pool word the model's default applies (
 Triton pool in the captured bf16 CUDA configurations); ``torchpool`` measures PyTorch's pool. (In the sixth
 session's H100 table the default was PyTorch's pool, and ``fold+tfwd`` meant ``fold+tconv+tfwd``.)"""
 POOL_WORDS = ("triton", "tconv", "torchpool")
+FOLD_WORDS = ("fold", "nfold")
 
 
 def option_kwargs(opt: str) -> dict:
@@ -69,6 +70,8 @@ def option_error(opt: str) -> str | None:
         return f"unknown option {opt!r}; expected words from {', '.join(OPTIONS)} joined by +"
     if len(set(words) & set(POOL_WORDS)) > 1:
         return f"option {opt!r}: {' and '.join(w for w in words if w in POOL_WORDS)} are two pool kernels; take one"
+    if len(set(words) & set(FOLD_WORDS)) > 1:
+        return f"option {opt!r}: fold and nfold are two forms of the fold; take one"
     try:
         check_model("paper_cnn", **option_kwargs(opt))
     except BiasbenchError as exc:

@@ -94,7 +94,7 @@ def test_an_input_that_needs_a_gradient_takes_the_unfused_arithmetic(interpreted
         assert torch.equal(u, v)
 
 
-@pytest.mark.parametrize("fold", [False, True])
+@pytest.mark.parametrize("fold", [False, True, "normalized"])
 def test_paper_cnn_with_triton_conv_trains_like_the_default(interpreted, fold):
     """pool_kernel="triton_conv": the same logits; with the fold, gradients equal up to summation order
     (conv1's through the fused kernel); without it, bit for bit those of pool_kernel="triton"."""
@@ -211,7 +211,7 @@ def test_triton_weight_gradient_in_the_backward(interpreted, kind, x_grad, count
         assert ga.shape == addend.shape and ga.dtype == addend.dtype
 
 
-@pytest.mark.parametrize("fold", [False, True])
+@pytest.mark.parametrize("fold", [False, True, "normalized"])
 def test_paper_cnn_with_the_triton_conv1_weight_gradient(interpreted, fold, count_calls):
     """conv1_wgrad="triton" (with pool_kernel="triton", alone or with conv1_kernel="triton"): the same logits
     as the default network, gradients equal up to summation order, conv1's weight gradient through the Triton

@@ -64,3 +64,13 @@ def test_a_failed_pool_check_keeps_pytorchs_pool(tmp_path, broken, wrong):
     assert checks != CHECKS
     assert not gpu.triton_pool_checked(_out(tmp_path, checks) / "firstblock.txt")
     assert gpu.options_from_benchmark(tmp_path) == ["pool_kernel=torch"]
+
+
+def test_the_normalized_fold_is_chosen_by_its_name(tmp_path):
+    """An nfold row (fold_input_bn="normalized") that is fastest gives its string value, not a boolean."""
+    out = _out(tmp_path, CHECKS)
+    rows = (out / "train.txt").read_text().replace("fold+triton+tfwd+twg", "nfold+triton+tfwd+twg")
+    (out / "train.txt").write_text(rows)
+    assert "nfold+triton+tfwd+twg" in rows
+    assert gpu.options_from_benchmark(out) == ["fold_input_bn=normalized", "pool_kernel=triton",
+                                               "conv1_kernel=triton", "conv1_wgrad=triton"]

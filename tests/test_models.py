@@ -45,11 +45,13 @@ def test_paper_cnn_pools_before_its_relu_bit_for_bit(channels_last):
     assert (m.conv1(m.input_bn(x)) < 0).any()  # windows with negative values were there to get right
 
 
+@pytest.mark.parametrize("form", [True, "normalized"])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_folded_input_batch_norm_trains_like_the_batch_norm(channels_last):
-    """fold_input_bn: in float64, three Adam steps give the ordinary network's logits, every parameter
-    gradient, the parameters and the running statistics (gamma and beta away from 1 and 0, so their folding
-    into conv1 and the zero padding's border term are exercised); evaluation is the ordinary path."""
+def test_folded_input_batch_norm_trains_like_the_batch_norm(channels_last, form):
+    """fold_input_bn (raw or normalised input): in float64, three Adam steps give the ordinary network's logits,
+    every parameter gradient, the parameters and the running statistics (gamma and beta away from 1 and 0, so
+    their folding into conv1 and the zero padding's border term are exercised); evaluation is the ordinary
+    path."""
     import copy
 
     import torch.nn.functional as F
@@ -60,7 +62,7 @@ def test_folded_input_batch_norm_trains_like_the_batch_norm(channels_last):
         ref.input_bn.weight.copy_(torch.tensor([1.3, 0.7, 2.0]))
         ref.input_bn.bias.copy_(torch.tensor([0.1, -0.4, 0.3]))
     fold = copy.deepcopy(ref)
-    fold.fold_input_bn = True
+    fold.fold_input_bn = form
     x = torch.randint(0, 256, (3, 8, 3, 24, 24)).double()
     y = torch.randint(0, 10, (3, 8))
     if channels_last:
@@ -137,9 +139,66 @@ def test_conv1_pad_to_takes_a_channel_count(value):
     assert create_model("paper_cnn", conv1_pad_to=0).conv1_pad_to == 0
 
 
-def test_fold_input_bn_takes_only_a_boolean():
-    with pytest.raises(BiasbenchError, match="fold_input_bn must be true or false"):
-        create_model("paper_cnn", fold_input_bn="maybe")
+@pytest.mark.parametrize("value", ["maybe", "raw", 1, 0.0])
+def test_fold_input_bn_takes_false_true_or_normalized(value):
+    with pytest.raises(BiasbenchError, match="fold_input_bn must be false, true or normalized"):
+        create_model("paper_cnn", fold_input_bn=value)
+
+
+def test_normalized_fold_convolves_the_normalized_input(monkeypatch):
+    """fold_input_bn="normalized" hands conv1 (x - mean_B) * rstd_B in autocast's dtype and x's layout, and the
+    weight scaled by gamma alone; the raw fold hands it x and the weight scaled by gamma * rstd_B."""
+    torch.manual_seed(0)
+    x = (torch.rand(4, 3, 24, 24) * 255).round().contiguous(memory_format=torch.channels_last)
+    var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
+    seen = {}
+    real_conv2d = torch.nn.functional.conv2d
+
+    def spy(inp, weight, *args):
+        if inp.shape[0] == x.shape[0]:  # not the border term's batch-of-one convolution
+            seen.setdefault("conv", (inp, weight))
+        return real_conv2d(inp, weight, *args)
+
+    for form in (True, "normalized"):
+        m = create_model("paper_cnn", fold_input_bn=form, pool_kernel="torch")
+        with torch.no_grad():
+            m.input_bn.weight.copy_(torch.tensor([1.3, 0.7, 2.0]))
+        seen.clear()
+        monkeypatch.setattr(torch.nn.functional, "conv2d", spy)
+        with torch.autocast("cpu", torch.bfloat16):
+            m(x)
+        monkeypatch.undo()
+        inp, weight = seen["conv"]
+        gamma = m.input_bn.weight.detach().view(1, -1, 1, 1)
+        rstd = torch.rsqrt(var + m.input_bn.eps).view(1, -1, 1, 1)
+        if form == "normalized":
+            assert inp.dtype == torch.bfloat16 and inp.is_contiguous(memory_format=torch.channels_last)
+            torch.testing.assert_close(inp.float(), ((x - mean.view(1, -1, 1, 1)) * rstd), rtol=1e-2, atol=1e-2)
+            torch.testing.assert_close(weight, m.conv1.weight * gamma)
+        else:
+            assert torch.equal(inp, x)
+            torch.testing.assert_close(weight, m.conv1.weight * gamma * rstd)
+
+
+def test_normalized_fold_rounds_without_the_raw_folds_cancellation():
+    """On bright inputs (mean about 227, spread about 16) the raw fold's convolution and border term are about 14
+    times their sum, so bf16 rounds the first block's output far from float64; the normalised fold does not."""
+    torch.manual_seed(0)
+    x = (200 + torch.rand(16, 3, 24, 24) * 55).round()
+    ref = create_model("paper_cnn", pool_kernel="torch").double()
+    with torch.no_grad():
+        ref.input_bn.weight.copy_(torch.tensor([1.3, 0.7, 2.0]))
+        ref.input_bn.bias.copy_(torch.tensor([0.1, -0.4, 0.3]))
+    want = ref._first_block(x.double())
+    errors = {}
+    for form in (False, True, "normalized"):
+        m = create_model("paper_cnn", fold_input_bn=form, pool_kernel="torch")
+        m.load_state_dict(ref.state_dict())
+        with torch.autocast("cpu", torch.bfloat16):
+            got = m._first_block(x)
+        errors[form] = ((got.double() - want).norm() / want.norm()).item()
+    assert errors[True] > 4 * errors["normalized"], errors
+    assert errors["normalized"] < 2 * errors[False], errors
 
 
 def test_resnet18_stems():

@@ -147,7 +147,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--model", default="paper_cnn", help="model (paper_cnn, resnet18; default paper_cnn)")
     tr.add_argument("--small-stem", action="store_true", help="resnet18: 3x3 stride-1 stem, no max-pool")
     tr.add_argument("--model-kwarg", action="append", default=[], metavar="KEY=VALUE",
-                    help="model option, repeatable (paper_cnn speed options: fold_input_bn=true, "
+                    help="model option, repeatable (paper_cnn speed options: fold_input_bn=true or normalized, "
                          "pool_kernel=triton or triton_conv, conv1_kernel=triton, pool_grad_sum=kernel, "
                          "conv1_wgrad=triton, conv1_pad_to=4 or 8; "
                          "EfficientNetV2: channel_multiplier, "
