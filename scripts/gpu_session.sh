@@ -24,6 +24,11 @@
 # second call at once):
 #   DEADLINE=565 bash scripts/gpu_session.sh > $OUT/log.txt 2>&1; tail -c 6000 $OUT/log.txt      # timeout_s 590
 #   PARTS="e2e lnl prof s1" DEADLINE=<lease left - 35> bash scripts/gpu_session.sh > $OUT/log.txt 2>&1; tail -c 5000 $OUT/log.txt
+# If the second call gets a fresh machine (its reply's "warm" is false), .gpu/ is gone. Then, here: extract the first
+# call's e2e/sweep.tgz into an empty folder and move its sweep/ to .gpu/sweep-s2, write the options the first call
+# chose (its log's "bench: options for the sweep" line) to .gpu/options.txt, and make the call with
+# carry [".gpu/sweep-s2", ".gpu/options.txt"]: finished trials are skipped, the interrupted ones resume from the
+# checkpoints in the archive, the dataset is made again (checked on the CPU, .gpu/ removed between the calls).
 # Outputs under $OUT (a call brings back at most 8 files): the first call bench/ (train.txt, firstblock.txt) and
 # e2e/ (sweep.txt, summary.txt, sweep.tgz), 6 with log.txt; the second e2e/, lnl-check.tgz, prof/anatomy.txt and
 # s1/sweep.tgz (s1 keeps only its archive; the LNL check's output ends in the log), 7 with log.txt. A check of the script on a CPU
