@@ -11,16 +11,15 @@ mode of ``--compile-modes``; ``reduce-overhead`` makes its own CUDA graphs; the 
 our graphs too); on the CPU fp32 eager (plus compiled with ``--compile``). ``--only`` keeps the
 configurations whose labels contain one of the comma-separated words (e.g. ``--only graphs``).
 ``--options`` adds each configuration again with paper CNN options (:class:`biasbench.models.paper_cnn.PaperCNN`):
-``fold`` (the input batch norm folded into conv1, raw input), ``nfold`` (folded, normalised input), ``triton`` (the Triton max-pool with conv1's bias inside,
-CUDA only), ``tconv`` (``pool_kernel=triton_conv``: with ``fold``, conv1's weight gradient inside the pool's
-backward kernel), ``tfwd`` (conv1's forward as a Triton implicit GEMM; with ``triton`` or ``tconv``), ``ksum``
-(conv1's bias or the fold's border-map gradient summed over the batch in the pool's backward kernel; with
-``triton`` or ``tconv``), ``twg`` (conv1's weight gradient and that sum in one Triton kernel reading the pool's
-input gradient once; with ``triton``, not with ``ksum``), ``pad4`` / ``pad8`` (conv1's input padded with zero
-channels to 4 or 8), joined with ``+`` to combine (``fold+triton+tfwd+ksum``, ``fold+triton+tfwd+twg``),
-``torchpool`` (PyTorch's max-pool; the default, ``pool_kernel="auto"``, is the Triton pool in the bf16 CUDA
-configurations). Prints images/s per configuration
-and the loop / bare ratio.
+``fold`` (the input batch norm folded into conv1, raw input), ``nfold`` (folded, normalised input), ``triton`` (the
+Triton max-pool with conv1's bias inside, CUDA only), ``tconv`` (``pool_kernel=triton_conv``: with ``fold``,
+conv1's weight gradient inside the pool's backward kernel), ``tfwd`` (conv1's forward as a Triton implicit GEMM;
+with ``triton`` or ``tconv``), ``ksum`` (conv1's bias or the fold's border-map gradient summed over the batch in
+the pool's backward kernel; with ``triton`` or ``tconv``), ``twg`` (conv1's weight gradient and that sum in one
+Triton kernel reading the pool's input gradient once; with ``triton``, not with ``ksum``), ``pad4`` / ``pad8``
+(conv1's input padded with zero channels to 4 or 8), joined with ``+`` to combine (``fold+triton+tfwd+ksum``,
+``fold+triton+tfwd+twg``), ``torchpool`` (PyTorch's max-pool; the default, ``pool_kernel="auto"``, is the Triton
+pool in the bf16 CUDA configurations). Prints images/s per configuration and the loop / bare ratio.
 """
 from __future__ import annotations
 
@@ -41,8 +40,9 @@ from biasbench.train.optim import optimizer_factory
 from common import device_name, pick_device  # benchmarks/common.py (scripts run from benchmarks/)
 
 
-OPTIONS = {"fold": {"fold_input_bn": True}, "nfold": {"fold_input_bn": "normalized"}, "triton": {"pool_kernel": "triton"},
-           "tconv": {"pool_kernel": "triton_conv"}, "tfwd": {"conv1_kernel": "triton"},
+OPTIONS = {"fold": {"fold_input_bn": True}, "nfold": {"fold_input_bn": "normalized"},
+           "triton": {"pool_kernel": "triton"}, "tconv": {"pool_kernel": "triton_conv"},
+           "tfwd": {"conv1_kernel": "triton"},
            "ksum": {"pool_grad_sum": "kernel"}, "twg": {"conv1_wgrad": "triton"}, "pad4": {"conv1_pad_to": 4},
            "pad8": {"conv1_pad_to": 8}, "torchpool": {"pool_kernel": "torch"}}
 """``--options`` words: paper CNN keyword arguments. ``tfwd`` and ``ksum`` need a Triton pool (``triton`` or
@@ -155,7 +155,8 @@ def main() -> None:
                          "(CUDA graphs)")
     ap.add_argument("--options", default="",
                     help="comma-separated paper CNN options to measure every configuration with too: fold "
-                         "(input batch norm folded into conv1), triton (Triton max-pool), tconv (Triton max-pool "
+                         "(input batch norm folded into conv1, raw input), nfold (folded, normalised input), "
+                         "triton (Triton max-pool), tconv (Triton max-pool "
                          "and conv1's weight gradient in one kernel), tfwd (conv1's forward in Triton; with triton "
                          "or tconv), ksum (the bias or border map gradient summed in the pool's backward kernel; "
                          "with triton or tconv), twg (conv1's weight gradient and that sum in one Triton kernel; "

@@ -6,8 +6,8 @@
 #          with the plain Triton pool, the kernel-summed addend gradient ksum, the seventh session's Triton weight
 #          gradient twg; the likeliest winners first, in case the time limit cuts the list), checks the kernels on
 #          the device, and keeps the options gpu.py chose in .gpu/options.txt (about 100 s). The fold is the eighth
-#          session's normalised form (nfold: fold_input_bn=normalized), whose bf16 rounding is the unfolded
-#          network's, not the raw fold (the form suspected in seed 1's LNL runs);
+#          session's normalised form (nfold: fold_input_bn=normalized), whose bf16 rounding is nearer the unfolded
+#          network's than the raw fold's (the form suspected in seed 1's LNL runs);
 #   e2e    one whole seed of paper-table1 (SEED, default 2: a seed not run yet) from scratch with those options,
 #          4 balanced threads, CUDA graphs: the end-to-end time issue 9 asks for (the dataset rendered in it);
 #          a second call continues it (finished trials are skipped, an interrupted one resumes from its last
