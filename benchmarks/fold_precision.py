@@ -86,15 +86,15 @@ COLUMNS = ["block 1", "logits"] + [g for _, g in GROUPS]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="auto")
+    ap.add_argument("--device", default="auto", help="auto (CUDA if there is a GPU), cpu, cuda, ...")
     ap.add_argument("--cell-size", type=int, default=16, help="image size / 3 (16: 48 px; 32: the paper's 96 px)")
-    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=128, help="images per step (the paper's 128)")
     ap.add_argument("--measure-at", default="0,400,1500",
                     help="comma-separated float32 Adam steps (lr 1e-3) after which to measure")
     ap.add_argument("--batches", type=int, default=16, help="batches measured each time (median reported)")
     ap.add_argument("--model-kwarg", action="append", default=[], metavar="KEY=VALUE",
                     help="further paper CNN options for the bf16 steps (e.g. pool_kernel=triton on CUDA)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="the dataset's and the initial weights' seed")
     args = ap.parse_args()
     dev = torch.device(pick_device(args.device))
     extra = parse_hparams(args.model_kwarg, "--model-kwarg")
