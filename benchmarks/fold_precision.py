@@ -5,7 +5,7 @@
 
 ``fold_input_bn`` (``docs/models.md``) is exact in real arithmetic but rounds differently. With the raw input
 (``fold_input_bn=true``) conv1 convolves the 0-255 pixel values with the weight scaled by the batch norm, and a
-border term ``conv(pad(c), W)`` with ``c = beta - a * mean`` cancels most of the result: the terms that bf16 rounds
+border term ``conv(pad(c), W)`` with ``c = beta - a * mean`` cancels part of the result: the terms that bf16 rounds
 are larger than their sum, so their rounding is a larger part of it. ``fold_input_bn=normalized`` convolves the
 normalised input with ``W * gamma`` and adds ``conv(pad(beta), W)``: nothing large cancels. This measures what
 that means for a training step on real Biased MNIST images: per batch, the first block's output

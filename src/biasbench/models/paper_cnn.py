@@ -32,7 +32,7 @@ evaluation uses the ordinary path. ``fold_input_bn="normalized"`` folds it with 
     conv1(pad(BN(x))) = conv(pad(x_hat), W * gamma) + conv(pad(beta * 1), W) + b,  x_hat = (x - mean_B) * rstd_B
 
 with ``x_hat`` written by one elementwise kernel in the dtype conv1 runs in. With the raw 0-255 input
-(``True``) the first term is large and the border term cancels most of it (``c`` is about ``-a * mean_B``), so
+(``True``) the first term is large and the border term cancels part of it (``c`` is about ``-a * mean_B``), so
 bf16's rounding of each is a larger part of their sum; with ``x_hat`` nothing large cancels. On 48-px Biased
 MNIST after 1,500 float32 steps, a bf16 step's errors against float64 are 1.0-3.5x the unfolded network's with the
 raw fold and 0.85-1.5x with the normalised one (``benchmarks/fold_precision.py``, ``docs/benchmarks.md``).
