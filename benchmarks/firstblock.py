@@ -63,9 +63,9 @@ def _word(same: bool) -> str:
 
 def check_lines(dev, size: int, batch: int) -> list[str]:
     """The checks' lines (:func:`check_triton_pool`, :func:`check_in_the_network`, :func:`check_conv_pool`,
-    :func:`check_conv_forward`, :func:`check_grad_sum`, :func:`check_wgrad`); a check that raises (a kernel that does not compile with this device's Triton,
-    say) gives one line "<name> check FAILED: ...", which ``gpu.py`` reads as not passed, and the timings still
-    run."""
+    :func:`check_conv_forward`, :func:`check_grad_sum`, :func:`check_wgrad`); a check that raises (a kernel that
+    does not compile with this device's Triton, say) gives one line "<name> check FAILED: ...", which ``gpu.py``
+    reads as not passed, and the timings still run."""
     lines = []
     for name, check in (("triton pool", check_triton_pool), ("paper CNN step", check_in_the_network),
                         ("fused conv backward", check_conv_pool), ("triton conv1 forward", check_conv_forward),

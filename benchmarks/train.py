@@ -160,9 +160,9 @@ def main() -> None:
                          "and conv1's weight gradient in one kernel), tfwd (conv1's forward in Triton; with triton "
                          "or tconv), ksum (the bias or border map gradient summed in the pool's backward kernel; "
                          "with triton or tconv), twg (conv1's weight gradient and that sum in one Triton kernel; "
-                         "with triton, not with ksum), pad4 or pad8 (conv1's input padded to 4 or 8 channels); join with "
-                         "+ to combine, e.g. fold+triton+tfwd+ksum; torchpool (PyTorch's max-pool instead of the default, which "
-                         "is the Triton pool on CUDA in bf16)")
+                         "with triton, not with ksum), pad4 or pad8 (conv1's input padded to 4 or 8 channels); "
+                         "join with + to combine, e.g. fold+triton+tfwd+ksum; torchpool (PyTorch's max-pool instead "
+                         "of the default, which is the Triton pool on CUDA in bf16)")
     ap.add_argument("--only", default=None, help="comma-separated words: keep configurations whose labels hold one")
     args = ap.parse_args()
     dev = torch.device(pick_device(args.device))

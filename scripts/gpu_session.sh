@@ -46,6 +46,7 @@ TRIALS=${TRIALS:-}  # only the first N trials of the e2e sweep (a check of the s
 PARTS=${PARTS:-"bench e2e"}
 OPTIONS_FILE=.gpu/options.txt
 want() { [[ " $PARTS " == *" $1 "* ]]; }
+read_options() { kwargs=(); for kv in $(cat "$OPTIONS_FILE" 2>/dev/null); do kwargs+=(--model-kwarg "$kv"); done; }
 start=$(date +%s)
 left() { echo $(( DEADLINE - ($(date +%s) - start) )); }
 stamp() { echo "[$(( $(date +%s) - start ))s] $*"; }
@@ -63,12 +64,8 @@ if want bench; then
 fi
 
 if want e2e; then
-  kwargs=()
-  if [ -f "$OPTIONS_FILE" ]; then
-    for kv in $(cat "$OPTIONS_FILE"); do kwargs+=(--model-kwarg "$kv"); done
-  else
-    stamp "e2e: no $OPTIONS_FILE (the bench part did not run or failed): the default model"
-  fi
+  read_options
+  [ -f "$OPTIONS_FILE" ] || stamp "e2e: no $OPTIONS_FILE (the bench part did not run or failed): the default model"
   stamp "e2e: paper-table1 seed $SEED with '${kwargs[*]:-no model options}' ($(( $(left) - 5 )) s at most)"
   python3 benchmarks/gpu.py --out "$OUT/e2e" --skip-benchmarks "${kwargs[@]}" --seed "$SEED" --streams 4 \
       --cuda-graphs "$GRAPHS" --fuse 1 --first lnl,lff,stdm,sd,rubi,irm,upweight,group_dro \
@@ -90,7 +87,7 @@ if want lnl && [ "$(left)" -ge 200 ]; then
 fi
 
 if want prof && [ "$(left)" -ge 60 ] && [ -f "$OPTIONS_FILE" ]; then
-  kwargs=(); for kv in $(cat "$OPTIONS_FILE"); do kwargs+=(--model-kwarg "$kv"); done
+  read_options
   stamp "prof: anatomy of the step with '${kwargs[*]:-no model options}'"
   python3 benchmarks/gpu.py --out "$OUT/prof" --benchmarks anatomy --bench-limit $(( $(left) - 10 )) --skip-sweep \
       "${kwargs[@]}" --device "$DEVICE" 2>&1 | quiet

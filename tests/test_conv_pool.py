@@ -169,9 +169,10 @@ def test_paper_cnn_with_the_triton_conv1_forward(interpreted, pool_kernel, count
 
 @pytest.mark.parametrize("dtype,want_sum", [(torch.float32, True), (torch.bfloat16, True), (torch.float32, False)])
 def test_weight_gradient_from_the_stored_map(interpreted, monkeypatch, dtype, want_sum):
-    """conv_weight_from_grad (conv_weight_kernel reading the stored map): the weight gradient of the convolution whose output gradient is
-    the stored map G, and G's sum over the batch, are the float64 ones up to float32 accumulation; small tiles
-    and chunks (5 images, 2 per chunk; 132 positions, 32 per tile) exercise the partial last tile and chunk."""
+    """conv_weight_from_grad (conv_weight_kernel reading the stored map): the weight gradient of the convolution
+    whose output gradient is the stored map G, and G's sum over the batch, are the float64 ones up to float32
+    accumulation; small tiles and chunks (5 images, 2 per chunk; 132 positions, 32 per tile) exercise the partial
+    last tile and chunk."""
     monkeypatch.setattr(conv_pool, "WGRAD_N_PER", 2)
     monkeypatch.setattr(conv_pool, "WGRAD_BLOCK_M", 32)
     x, weight, _ = _inputs(dtype, "none", n=5)

@@ -99,8 +99,9 @@ def test_triton_max_pool_adds_the_addend_bit_for_bit(interpreted, dtype, kind):
 @pytest.mark.parametrize("kind", ["none", "bias", "map"])
 def test_relu_folded_into_the_pool(interpreted, dtype, kind):
     """relu=True is F.relu(F.max_pool2d(x + a)) bit for bit, forward (with -0.0 made +0.0, as CUDA's ReLU, a
-    float maximum, is expected to; the CPU's keeps the sign, so the reference adds +0.0) and backward (no gradient through
-    a window whose output is not above zero, ties and zeros included): such windows' offsets are NO_WINDOW."""
+    float maximum, is expected to; the CPU's keeps the sign, so the reference adds +0.0) and backward (no gradient
+    through a window whose output is not above zero, ties and zeros included): such windows' offsets are
+    NO_WINDOW."""
     torch.manual_seed(0)
     n, c, h, w = 2, 32, 12, 11
     x = (torch.randn(n, c, h, w) * 2).round().to(dtype).contiguous(memory_format=torch.channels_last)

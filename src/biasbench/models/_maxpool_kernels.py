@@ -132,9 +132,9 @@ def _im2col(x_ptr, n, h, w, live, K0: tl.constexpr, KB: tl.constexpr, CI: tl.con
     ``x[n, h + kh - PAD, w + kw - PAD, ci]`` for ``k = (kh * KS + kw) * CI + ci``, zero outside the image, for
     dead rows and for k >= KS * KS * CI. The channel is the fastest index, so a tap's CI channels are contiguous
     in x and in the tile, and each is one vector load (8 bytes for 4 bf16 channels; ptxas, sm_90: 32 loads per
-    thread for the forward's 128 positions x 128 columns instead of 80 scalar ones with 3 channels in the other order). ``TRANS``: the
-    tile transposed, (KB, positions), gathered so (for a weight gradient's ``tile^T @ G``) instead of transposed
-    in registers afterwards."""
+    thread for the forward's 128 positions x 128 columns instead of 80 scalar ones with 3 channels in the other
+    order). ``TRANS``: the tile transposed, (KB, positions), gathered so (for a weight gradient's
+    ``tile^T @ G``) instead of transposed in registers afterwards."""
     k = K0 + tl.arange(0, KB)
     ci = k % CI
     tap = k // CI
@@ -182,8 +182,9 @@ def conv_weight_kernel(g_ptr, off_ptr, x_ptr, dw_ptr, dmap_ptr, N, C: tl.constex
         dw[k, co] += sum_p x[n, h_p + kh - PAD, w_p + kw - PAD, ci] * G[p, co],  k = (kh * KS + kw) * CI + ci
 
     (``tl.dot`` of the transposed im2col tile in two column blocks, K1 + K2 >= KS * KS * CI, with the G tile, the
-    positions being the dots' reduction dimension) and, per position, ``dmap[p, co] += G[p, co]``. Writes its partial sums: ``dw_ptr[t, j]`` (K1 + K2, C) and
-    ``dmap_ptr[j, p]`` (C); the caller sums them in a fixed order (deterministic)."""
+    positions being the dots' reduction dimension) and, per position, ``dmap[p, co] += G[p, co]``. Writes its partial
+    sums: ``dw_ptr[t, j]`` (K1 + K2, C) and ``dmap_ptr[j, p]`` (C); the caller sums them in a fixed order
+    (deterministic)."""
     t = tl.program_id(0)
     j = tl.program_id(1)
     p = t * BLOCK_M + tl.arange(0, BLOCK_M)
