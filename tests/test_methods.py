@@ -222,29 +222,32 @@ def test_lnl_reversed_gradient_reaches_the_main_network_with_opposite_sign(tiny_
     assert m.predictor[0].in_features == 32  # the 32-d pooled feature after the second conv
 
 
-def test_lnl_update_is_the_reference_trainers_two_passes(tiny_root):
+@pytest.mark.parametrize("zero_grad", ["zeros", "none"])
+def test_lnl_update_is_the_reference_trainers_two_passes(tiny_root, zero_grad):
     """Three LNL updates equal, parameter for parameter, the reference LNLTrainer's procedure written out
     step by step on copies of the same networks: (a) zero both gradients, CE + lambda * mean sum p log p
     (p = softmax + 1e-8), backward, step the main model only, zero both; (b) a fresh forward, the pooled
     feature through the gradient multiplier rho, CE of the predictor against the bias label, backward, step
-    the main model and the predictor."""
+    the main model and the predictor. ``zero_grad()`` is PyTorch 1.4's (in place: ``zeros``, the default) or
+    PyTorch 2's (``set_to_none``: ``none``)."""
     import copy
 
-    m, data = _method("lnl", tiny_root)
+    m, data = _method("lnl", tiny_root, {"zero_grad": zero_grad})
     model, pred = copy.deepcopy(m.model), copy.deepcopy(m.predictor)
     make_opt = optimizer_factory(TrainConfig(data=str(tiny_root)), torch.device("cpu"))
     opt, pred_opt = make_opt(model.parameters()), make_opt(pred.parameters())
     lam, rho = m.hparams["entropy_weight"], m.hparams["grad_mult"]
+    to_none = zero_grad == "none"
     start = m.predictor[0].weight.detach().clone()
     for step in range(3):
         batch = _batch(data, np.arange(step * 64, step * 64 + 64))
         m.update(batch)
-        opt.zero_grad(), pred_opt.zero_grad()
+        opt.zero_grad(set_to_none=to_none), pred_opt.zero_grad(set_to_none=to_none)
         logits, feats = model.forward_features(batch.x, ("pooled2",))
         p = F.softmax(pred(feats["pooled2"]), dim=1) + 1e-8
         (F.cross_entropy(logits, batch.y) + lam * (p * p.log()).sum(1).mean()).backward()
         opt.step()
-        opt.zero_grad(), pred_opt.zero_grad()
+        opt.zero_grad(set_to_none=to_none), pred_opt.zero_grad(set_to_none=to_none)
         _, feats = model.forward_features(batch.x, ("pooled2",))
         F.cross_entropy(pred(grad_multiply(feats["pooled2"], rho)), m.groups[batch.index]).backward()
         opt.step(), pred_opt.step()
@@ -252,6 +255,35 @@ def test_lnl_update_is_the_reference_trainers_two_passes(tiny_root):
         for (name, a), b in zip(ours.named_parameters(), ref.parameters()):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
     assert not torch.allclose(m.predictor[0].weight, start)  # the predictor did learn
+
+
+def test_lnl_zero_grad_decides_whether_the_layers_above_the_feature_step_twice(tiny_root):
+    """The mechanism of ``zero_grad``: pass (b)'s loss reaches only the layers up to ``pooled2`` (conv2's
+    output). With PyTorch 1.4's in-place zeroing (``zeros``, the reference as run for the paper) Adam still
+    steps conv3, conv4 and the classifier in (b), two steps per batch for every main-model parameter, and the
+    classifier's weight moves on in (b) though its gradient there is zero; with ``none`` they take one step
+    per batch and (b) leaves them where (a) put them."""
+    import copy
+
+    steps, moved_in_b = {}, {}
+    for zero_grad in ("zeros", "none"):
+        m, data = _method("lnl", tiny_root, {"zero_grad": zero_grad})
+        for step in range(3):
+            m.update(_batch(data, np.arange(step * 64, step * 64 + 64)))
+        state = m.optimizer.state
+        steps[zero_grad] = {name: int(state[p]["step"]) for name, p in m.model.named_parameters()}
+        batch = _batch(data, np.arange(192, 256))
+        phase_a, phase_b = m.phases
+        m.phases = (phase_a,)  # pass (a) alone, then the whole update from the same state
+        after_a = copy.deepcopy(m)
+        after_a.update(batch)
+        m.phases = (phase_a, phase_b)
+        m.update(batch)
+        moved_in_b[zero_grad] = not torch.equal(m.model.fc.weight, after_a.model.fc.weight)
+    assert steps["zeros"] == {name: 6 for name in steps["zeros"]}
+    assert steps["none"]["conv1.weight"] == steps["none"]["conv2.bias"] == 6
+    assert steps["none"]["conv3.weight"] == steps["none"]["conv4.bias"] == steps["none"]["fc.weight"] == 3
+    assert moved_in_b == {"zeros": True, "none": False}
 
 
 def test_upweight_and_gdro_raise_minority_accuracy_over_stdm(tmp_path):

@@ -86,7 +86,14 @@ class Method(ABC):
 
     phases: tuple[tuple[str, tuple[str, ...] | None], ...] = (("loss", None),)
     """The update: per phase the name of a loss function and the optimizers it steps (None: all). Every
-    gradient is cleared before each phase's backward."""
+    gradient is cleared before each phase's backward, as :attr:`grads_to_none` says."""
+
+    grads_to_none = True
+    """How a phase clears the gradients. True: set to None (``zero_grad()`` of PyTorch >= 2.0), so an optimizer
+    skips a parameter that the phase's loss does not reach. False: zeroed in place (``zero_grad()`` of the
+    PyTorch 1.4 the reference ran on), so such a parameter, once it has had a gradient, is stepped with a zero
+    one (Adam: its momentum and weight decay still move it). The two differ only for a method with a phase
+    that leaves part of a stepped network out of its loss (LNL's second pass)."""
 
     tensor_names: tuple[str, ...] = ()
     """Attributes holding per-run tensors that the loss functions read (``groups`` is added for bias-label
@@ -170,7 +177,7 @@ class Method(ABC):
             for k, v in updates.items():
                 setattr(self, k, v)
             for opt in optimizers.values():
-                opt.zero_grad(set_to_none=True)
+                opt.zero_grad(set_to_none=self.grads_to_none)
             loss.backward()
             for k in (stepped or optimizers):
                 optimizers[k].step()

@@ -291,7 +291,7 @@ class FusedMethods:
             loss, updates, st = self._steps[loss_name](self.params, self.buffers, self.tensors, x, y, factors, index)
             self.tensors.update({k: v.detach() for k, v in updates.items()})
             for opt in self.optimizers.values():
-                opt.zero_grad(set_to_none=True)
+                opt.zero_grad(set_to_none=self.template.grads_to_none)
             loss.sum().backward()  # runs share no parameter: each gets its own loss's gradient
             for k in (stepped or self.optimizers):
                 self.optimizers[k].step()
