@@ -85,13 +85,16 @@ def test_bad_sweep_files(tmp_path, capsys, text, message):
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
-def test_dry_run_lists_model_options(tmp_path, capsys):
-    """A model_kwargs axis makes trials that differ only in model options; the listing tells them apart."""
-    path = _write(tmp_path, "grid: {method: [lnl], explicit: [[texture]], model_kwargs: [{}, {fold_input_bn: true}]}")
+def test_dry_run_lists_model_options_and_hyperparameters(tmp_path, capsys):
+    """A model_kwargs or hparams axis makes trials that differ only in model options or method hyperparameters;
+    the listing tells them apart (the hyperparameters that differ from the method's defaults)."""
+    path = _write(tmp_path, "grid: {method: [lnl], explicit: [[texture]], model_kwargs: [{}, {fold_input_bn: true}], "
+                            "hparams.zero_grad: [zeros, none]}")
     code = main(["sweep", path, "--data", str(tmp_path / "d"), "--out", str(tmp_path / "s"), "--dry-run"])
     lines = capsys.readouterr().out.strip().splitlines()
-    assert code == 0 and lines[-1] == "2 trials in 2 units of work"
-    assert "model=paper_cnn opt=" in lines[0] and "model=paper_cnn(fold_input_bn=True) opt=" in lines[1]
+    assert code == 0 and lines[-1] == "4 trials in 4 units of work"
+    assert "model=paper_cnn opt=" in lines[0] and "model=paper_cnn(fold_input_bn=True) opt=" in lines[2]
+    assert lines[0].endswith("hparams=defaults") and lines[1].endswith("hparams=zero_grad=none")
     assert not (tmp_path / "s").exists()
 
 

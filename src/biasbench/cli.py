@@ -347,6 +347,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         spec = {**spec, "base": {**(spec.get("base") or {}), "precision": args.precision}}
     trials = expand(spec, scale, seeds)
     if args.dry_run:
+        from .methods import get_method_class
         from .sweep.runners import resolve_fuse
         from .sweep.trial import plan_units
 
@@ -356,9 +357,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             c = t.config
             prog = (c.get("progressive") or {}).get("preset", "custom") if c.get("progressive") else "-"
             kw = ",".join(f"{k}={v}" for k, v in sorted((c.get("model_kwargs") or {}).items()))
+            defaults = get_method_class(c["method"]).default_hparams
+            hp = ",".join(f"{k}={v}" for k, v in sorted((c.get("method_hparams") or {}).items()) if v != defaults.get(k))
             print(f"{t.trial_id}  unit {unit_of[t.trial_id]:3d}  {c['method']:10s} explicit={','.join(c['explicit']) or '-':40s} seed={c['seed']} "
                   f"p_bias={sorted(set(t.dataset.p_bias.values()))} model={c['model']}{'(' + kw + ')' if kw else ''} "
-                  f"opt={c['optimizer']} progressive={prog}")
+                  f"opt={c['optimizer']} progressive={prog} hparams={hp or 'defaults'}")
         print(f"{len(trials)} trials in {len(set(unit_of.values()))} units of work")
         return 0
     tracker = args.tracker or spec.get("tracker") or "none"
