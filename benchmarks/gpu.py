@@ -99,6 +99,13 @@ def run(cmd: list[str], log: Path, limit: float | None = None) -> tuple[float, b
     return dt, stopped, proc.returncode
 
 
+def planned_trials(path: Path | None, args) -> list[dict]:
+    """The trial records of the sweep a call runs (``path`` from :func:`sweep_file`, else the preset)."""
+    from biasbench.sweep.spec import expand, load_spec
+
+    return [t.to_dict() for t in expand(load_spec(str(path or "paper-table1")), args.scale, [args.seed])]
+
+
 def sweep_file(args, out: Path) -> Path | None:
     """A sweep file holding the preset's trials reordered (``--first``), cut (``--trials``) and/or with model
     options for every trial (``--model-kwarg``: other configurations, so other run ids)."""
@@ -253,15 +260,18 @@ def options_from_benchmark(out: Path, gain: float = 1.03) -> list[str]:
     return chosen
 
 
-def count_finished(sweep: Path) -> tuple[int, int]:
-    """(finished trials, trials) of the sweep in ``sweep``: only the runs of its own trials count (a folder may
-    also hold runs of another sweep, e.g. records copied in from an earlier session)."""
+def count_finished(sweep: Path, trials: list[dict] | None = None) -> tuple[int, int]:
+    """(finished trials, trials) of the sweep in ``sweep`` (its ``sweep.json``), or of ``trials`` (trial records,
+    e.g. those a call is about to run, when the folder's ``sweep.json`` lists another selection): only the runs of
+    those trials count (a folder may also hold runs of another sweep, e.g. records copied in from an earlier
+    session)."""
     from biasbench.report.records import find_run
 
-    try:
-        trials = json.loads((sweep / "sweep.json").read_text())["trials"]
-    except (OSError, ValueError, KeyError):
-        return 0, 0
+    if trials is None:
+        try:
+            trials = json.loads((sweep / "sweep.json").read_text())["trials"]
+        except (OSError, ValueError, KeyError):
+            return 0, 0
     done = 0
     for t in trials:
         run_id = t.get("run_id") or find_run(sweep / "runs", t)
@@ -389,7 +399,7 @@ def main() -> None:
            "--data", args.data or str(out / "data"), "--out", str(sweep), "--workers", str(args.workers),
            "--device", args.device, "--fuse", args.fuse, "--streams", args.streams] \
         + (["--compile", args.compile] if args.compile else [])
-    before, _ = count_finished(sweep)
+    before, _ = count_finished(sweep, planned_trials(path, args))  # the folder's sweep.json may list others
     tail = 0 if args.no_report else 30  # seconds kept for the report and the archive
 
     def limit():
@@ -406,7 +416,7 @@ def main() -> None:
               f"them, into {sweep}", flush=True)
         cmd[4] = str(path or "paper-table1")
         cmd[cmd.index("--out") + 1] = str(sweep)
-        before, _ = count_finished(sweep)
+        before, _ = count_finished(sweep, planned_trials(path, args))
         more, stopped, rc = run(cmd + ["--cuda-graphs", args.cuda_graphs], out / "sweep-plain.txt", limit())
         seconds += more
     if rc and not stopped and args.streams != "1" and (limit() is None or limit() > 60):

@@ -74,3 +74,29 @@ def test_the_normalized_fold_is_chosen_by_its_name(tmp_path):
     assert "nfold+triton+tfwd+twg" in rows
     assert gpu.options_from_benchmark(out) == ["fold_input_bn=normalized", "pool_kernel=triton",
                                                "conv1_kernel=triton", "conv1_wgrad=triton"]
+
+
+def test_finished_trials_are_counted_over_the_trials_a_call_runs(tmp_path):
+    """The summary's "N in this call" subtracts the finished trials counted before the call. In a folder copied in
+    from an earlier session whose ``sweep.json`` lists another selection (seed 1's 38 trials, when the call runs
+    only its 14 UpWt and GDRO ones), the count before must be over the trials the call runs, not the folder's."""
+    import json
+
+    from biasbench.sweep.spec import expand, presets
+
+    trials = [t.to_dict() for t in expand(presets()["paper-table1"], "tiny", [1])]
+    planned = [t for t in trials if t["config"]["method"] in ("upweight", "group_dro")]
+    sweep = tmp_path / "sweep"
+    (sweep / "runs").mkdir(parents=True)
+    finished = [t for t in trials if t["config"]["method"] == "lnl"] + \
+        [t for t in trials if t["config"]["method"] == "upweight"][:2]
+    for i, t in enumerate(finished):
+        run = sweep / "runs" / f"run{i}"
+        run.mkdir()
+        (run / "config.json").write_text(json.dumps({"run_id": run.name, "config": t["config"],
+                                                     "dataset": {"settings": t["dataset"]}}))
+        (run / "status.json").write_text(json.dumps({"state": "finished", "epoch": 2}))
+    (sweep / "sweep.json").write_text(json.dumps({"name": "paper-table1", "trials": trials}))
+    assert len(trials) == 38 and len(planned) == 14
+    assert gpu.count_finished(sweep) == (9, 38)
+    assert gpu.count_finished(sweep, planned) == (2, 14)
