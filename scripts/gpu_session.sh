@@ -17,6 +17,9 @@
 #   lnl    LNL at seed 1 with and without the fold (docs/reproduction/lnl-seed1-check.yaml, 4 trials in 4 threads,
 #          about 3 minutes): whether the fold or the seed made four of seed 1's LNL runs unstable; only with at
 #          least 200 s left;
+#   zg     LNL at seed 0 with the reference's gradient clearing (docs/reproduction/lnl-zero-grad-check.yaml, 4 trials,
+#          about 3 minutes) beside seed 0's committed runs, which cleared with zero_grad=none: whether the clearing
+#          moves LNL toward the paper; only with at least 200 s left;
 #   prof   anatomy.py of the chosen options' step (every kernel accounted for: where the next saving is); only
 #          with 60 s left;
 #   s1     the rest of the seed-1 sweep with the options it was started with (fold + Triton pool; 12 cheap trials,
@@ -29,15 +32,15 @@
 # 30 s after a call, and .gpu/ with the sweep's checkpoints and the chosen options is lost with it, so make the
 # second call at once):
 #   DEADLINE=565 bash scripts/gpu_session.sh > $OUT/log.txt 2>&1; tail -c 6000 $OUT/log.txt      # timeout_s 590
-#   PARTS="e2e lnl prof s1" DEADLINE=<lease left - 35> bash scripts/gpu_session.sh > $OUT/log.txt 2>&1; tail -c 5000 $OUT/log.txt
+#   PARTS="e2e lnl zg prof s1" DEADLINE=<lease left - 35> bash scripts/gpu_session.sh > $OUT/log.txt 2>&1; tail -c 5000 $OUT/log.txt
 # If the second call gets a fresh machine (its reply's "warm" is false), .gpu/ is gone. Then, here: extract the first
 # call's e2e/sweep.tgz into an empty folder and move its sweep/ to .gpu/sweep-s2, write the options the first call
 # chose (its log's "bench: options for the sweep" line) to .gpu/options.txt, and make the call with
 # carry [".gpu/sweep-s2", ".gpu/options.txt"]: finished trials are skipped, the interrupted ones resume from the
 # checkpoints in the archive, the dataset is made again (checked on the CPU, .gpu/ removed between the calls).
 # Outputs under $OUT (a call brings back at most 8 files): the first call bench/ (train.txt, firstblock.txt) and
-# e2e/ (sweep.txt, summary.txt, sweep.tgz), 6 with log.txt; the second e2e/, lnl-check.tgz, prof/anatomy.txt and
-# s1/sweep.tgz (s1 keeps only its archive; the LNL check's output ends in the log), 7 with log.txt. A check of the script on a CPU
+# e2e/ (sweep.txt, summary.txt, sweep.tgz), 6 with log.txt; the second e2e/, lnl-check.tgz, zg-check.tgz,
+# prof/anatomy.txt and s1/sweep.tgz (s1 keeps only its archive; the checks' output ends in the log), 8 with log.txt. A check of the script on a CPU
 # (a minute or two):
 #   OUT=/tmp/o DEVICE=cpu SCALE=tiny GRAPHS=off TRIALS=4 DEADLINE=300 bash scripts/gpu_session.sh
 set -uo pipefail
@@ -80,16 +83,24 @@ if want e2e; then
   rm -f "$OUT/e2e/sweep-trials.yaml"
 fi
 
+check_sweep() {  # NAME FILE SEED: a small sweep file's trials in .gpu/NAME, its end in the log, its records in $OUT/NAME.tgz
+  local reserve=10
+  want s1 && reserve=120
+  local budget=$(( $(left) - reserve ))
+  stamp "$1: $2, seed $3 ($budget s at most)"
+  timeout $budget python3 -m biasbench.cli sweep "$2" --data .gpu/data --out ".gpu/$1" --seeds "$3" --scale "$SCALE" \
+      --device "$DEVICE" --streams 4 --cuda-graphs "$GRAPHS" > ".gpu/$1.txt" 2>&1  # not under $OUT: at most 8 files
+  stamp "$1: exit $?"
+  quiet < ".gpu/$1.txt" | tail -12
+  [ -d ".gpu/$1" ] && (cd .gpu && find "$1" -name "*.json" | tar czf "$OUT/$1.tgz" -T -)
+}
+
 if want lnl && [ "$(left)" -ge 200 ]; then
-  reserve=10; want s1 && reserve=120
-  budget=$(( $(left) - reserve ))
-  stamp "lnl: the LNL seed-1 check ($budget s at most)"
-  timeout $budget python3 -m biasbench.cli sweep docs/reproduction/lnl-seed1-check.yaml --data .gpu/data \
-      --out .gpu/lnl-check --seeds 1 --scale "$SCALE" --device "$DEVICE" --streams 4 --cuda-graphs "$GRAPHS" \
-      > .gpu/lnl.txt 2>&1  # not under $OUT (at most 8 files come back); its end goes to the log
-  stamp "lnl: exit $?"
-  quiet < .gpu/lnl.txt | tail -12
-  [ -d .gpu/lnl-check ] && (cd .gpu && find lnl-check -name "*.json" | tar czf "$OUT/lnl-check.tgz" -T -)
+  check_sweep lnl-check docs/reproduction/lnl-seed1-check.yaml 1
+fi
+
+if want zg && [ "$(left)" -ge 200 ]; then
+  check_sweep zg-check docs/reproduction/lnl-zero-grad-check.yaml 0
 fi
 
 if want prof && [ "$(left)" -ge 60 ] && [ -f "$OPTIONS_FILE" ]; then
