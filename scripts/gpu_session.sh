@@ -40,8 +40,8 @@
 # checkpoints in the archive, the dataset is made again (checked on the CPU, .gpu/ removed between the calls).
 # Outputs under $OUT (a call brings back at most 8 files): the first call bench/ (train.txt, firstblock.txt) and
 # e2e/ (sweep.txt, summary.txt, sweep.tgz), 6 with log.txt; the second e2e/, lnl-check.tgz, zg-check.tgz,
-# prof/anatomy.txt and s1/sweep.tgz (s1 keeps only its archive; the checks' output ends in the log), 8 with log.txt. A check of the script on a CPU
-# (a minute or two):
+# prof/anatomy.txt and s1/sweep.tgz (s1 keeps only its archive; the checks' output ends in the log), 8 with log.txt.
+# A check of the script on a CPU (a minute or two):
 #   OUT=/tmp/o DEVICE=cpu SCALE=tiny GRAPHS=off TRIALS=4 DEADLINE=300 bash scripts/gpu_session.sh
 set -uo pipefail
 : "${OUT:?set OUT to the output folder}"
@@ -83,7 +83,8 @@ if want e2e; then
   rm -f "$OUT/e2e/sweep-trials.yaml"
 fi
 
-check_sweep() {  # NAME FILE SEED: a small sweep file's trials in .gpu/NAME, its end in the log, its records in $OUT/NAME.tgz
+# check_sweep NAME FILE SEED: a small sweep file's trials in .gpu/NAME, its end in the log, its records in $OUT/NAME.tgz
+check_sweep() {
   local reserve=10
   want s1 && reserve=120
   local budget=$(( $(left) - reserve ))

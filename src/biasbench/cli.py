@@ -358,7 +358,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             prog = (c.get("progressive") or {}).get("preset", "custom") if c.get("progressive") else "-"
             kw = ",".join(f"{k}={v}" for k, v in sorted((c.get("model_kwargs") or {}).items()))
             defaults = get_method_class(c["method"]).default_hparams
-            hp = ",".join(f"{k}={v}" for k, v in sorted((c.get("method_hparams") or {}).items()) if v != defaults.get(k))
+            hp = ",".join(f"{k}={v}" for k, v in sorted((c.get("method_hparams") or {}).items())
+                          if v != defaults.get(k))
             print(f"{t.trial_id}  unit {unit_of[t.trial_id]:3d}  {c['method']:10s} explicit={','.join(c['explicit']) or '-':40s} seed={c['seed']} "
                   f"p_bias={sorted(set(t.dataset.p_bias.values()))} model={c['model']}{'(' + kw + ')' if kw else ''} "
                   f"opt={c['optimizer']} progressive={prog} hparams={hp or 'defaults'}")
