@@ -38,6 +38,7 @@ from common import device_name, pick_device  # benchmarks/common.py (scripts run
 FOLDS = (("unfolded", False), ("fold, raw input", True), ("fold, normalized input", "normalized"))
 GROUPS = (("input_bn.weight", "bn gamma"), ("input_bn.bias", "bn beta"), ("conv1.weight", "conv1 W"),
           ("conv1.bias", "conv1 b"), ("conv2.weight", "conv2 W"), ("fc.weight", "fc W"))
+COLUMNS = ["block 1", "logits"] + [g for _, g in GROUPS]
 
 
 def rel(a: torch.Tensor, ref: torch.Tensor) -> float:
@@ -49,7 +50,7 @@ def step_outputs(model, x: torch.Tensor, y: torch.Tensor, amp: bool) -> tuple[to
     batch norm statistics the step updates)."""
     model = copy.deepcopy(model)
     with torch.no_grad(), torch.autocast(x.device.type, torch.bfloat16, enabled=amp):
-        block = copy.deepcopy(model)._first_block(x)
+        block = model._first_block(x)  # in training mode the step below normalises with the batch's own statistics
     with torch.autocast(x.device.type, torch.bfloat16, enabled=amp):
         logits = model(x)
         loss = F.cross_entropy(logits.float(), y)
@@ -79,9 +80,6 @@ def measure(model, batches, dev, extra: dict) -> dict:
             for name, key in GROUPS:
                 errors[label][key].append(rel(grads[name], ref_grads[name]))
     return errors
-
-
-COLUMNS = ["block 1", "logits"] + [g for _, g in GROUPS]
 
 
 def main() -> None:

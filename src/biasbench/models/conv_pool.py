@@ -20,7 +20,8 @@ bias or ``fold_input_bn``'s border map, added inside it). The backward depends o
   the weight gradient (the transposed im2col tile of x times the G tile on the tensor cores, the positions as
   the dots' reduction dimension) and G's sum over the batch (the addend's gradient), instead of cuDNN's
   weight-gradient kernel for 3 input channels and PyTorch's reduction each reading G (0.18 and 0.195 ms of a
-  1.67 ms captured step on an H100 with the fold). x's gradient, where it needs one, stays cuDNN's. Not bit for bit (another summation order).
+  1.67 ms captured step on an H100 with the fold). x's gradient, where it needs one, stays cuDNN's. Not bit for
+  bit (another summation order).
 
 Contract: stride-1 square convolution with ``padding = K // 2`` (output the input's size), channels-last CUDA
 tensors (or the CPU under ``TRITON_INTERPRET=1``), x and weight of one floating dtype (callers cast for autocast),
