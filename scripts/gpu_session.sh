@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The next GPU session's device calls (written in the seventh session, which had no GPU; run from the repository
 # root with OUT set, as the device tool does). Parts, in this order, each only if named in PARTS:
+#   jpeg   the JPEG round trip of the reference's files (tenth session, docs/dataset.md) on the device: 2,000 test
+#          images rendered with jpeg_quality 95 on the GPU and on the CPU must be byte-identical; the GPU's
+#          images/s for 50,000 (a few seconds in all; its lines end in the log);
 #   bench  times the first block's options in the captured loop (the default Triton pool against PyTorch's pool,
 #          the sixth session's best fold+tconv+tfwd, and the combinations not yet timed: conv1's Triton forward
 #          with the plain Triton pool, the kernel-summed addend gradient ksum, the seventh session's Triton weight
@@ -52,7 +55,7 @@ SCALE=${SCALE:-full}
 GRAPHS=${GRAPHS:-on}
 SEED=${SEED:-2}
 TRIALS=${TRIALS:-}  # only the first N trials of the e2e sweep (a check of the script)
-PARTS=${PARTS:-"bench e2e"}
+PARTS=${PARTS:-"jpeg bench e2e"}
 OPTIONS_FILE=.gpu/options.txt
 want() { [[ " $PARTS " == *" $1 "* ]]; }
 read_options() { kwargs=(); for kv in $(cat "$OPTIONS_FILE" 2>/dev/null); do kwargs+=(--model-kwarg "$kv"); done; }
@@ -61,6 +64,31 @@ left() { echo $(( DEADLINE - ($(date +%s) - start) )); }
 stamp() { echo "[$(( $(date +%s) - start ))s] $*"; }
 quiet() { grep -v "^\[ *[0-9]*s\] *\["; }  # the sub-commands' echoed lines stay in their own files
 mkdir -p .gpu "$OUT"
+
+if want jpeg; then
+  stamp "jpeg: the round trip on the device against the CPU"
+  timeout 60 python3 - "$DEVICE" <<'PY' 2>&1 | tail -4
+import sys, tempfile, time
+import numpy as np, torch
+from biasbench.config import DatasetSettings
+from biasbench.data.biased_mnist import BiasedMNIST, generate
+from biasbench.data.jpeg import jpeg_roundtrip
+dev = "cuda" if sys.argv[1] == "auto" and torch.cuda.is_available() else ("cpu" if sys.argv[1] == "auto" else sys.argv[1])
+with tempfile.TemporaryDirectory() as root:
+    generate(root, DatasetSettings(n_train=2000, n_val=100, n_test=2000, jpeg_quality=95))
+    ds = BiasedMNIST(root, split="test", download=False)
+    same = torch.equal(ds.render(device=dev).cpu(), ds.render(device="cpu"))
+    print(f"jpeg: {dev} images equal to the CPU's: {same}")
+    x = ds.render(device=dev)
+    x = x.repeat(25, 1, 1, 1)  # 50,000 images
+    for _ in range(2):
+        if dev.startswith("cuda"): torch.cuda.synchronize()
+        t = time.perf_counter(); jpeg_roundtrip(x, 95, out=x)
+        if dev.startswith("cuda"): torch.cuda.synchronize()
+        dt = time.perf_counter() - t
+    print(f"jpeg: round trip of 50,000 96x96 images on {dev}: {dt:.2f} s ({50000 / dt:,.0f} images/s)")
+PY
+fi
 
 if want bench; then
   stamp "bench: the first block's options"

@@ -13,6 +13,8 @@ from biasbench.data.stamps import texture_canvases
 from biasbench.eval.audit import counterfactual_audit
 from biasbench.train.loop import Trainer
 
+from .conftest import TINY
+
 
 class DigitColourReader(torch.nn.Module):
     """Hand-built: counts pixels of each digit colour outside every distractor patch and every texture
@@ -95,6 +97,12 @@ def test_cli_audit_writes_json_and_figures_and_rejects_bad_input(tiny_root, tmp_
     code = main(["audit", run, "--data", str(other), "--samples", "5"])
     err = capsys.readouterr().err
     assert code == 2 and "is not the dataset run" in err and "seed" in err
+    # the same recipe with the reference's JPEG images: other images, so another dataset
+    jpeg = tmp_path / "jpeg"
+    generate(jpeg, DatasetSettings(**TINY, jpeg_quality=95))
+    code = main(["audit", run, "--data", str(jpeg), "--samples", "5"])
+    err = capsys.readouterr().err
+    assert code == 2 and "is not the dataset run" in err and "jpeg_quality 0 vs 95" in err
     # bad ranges
     assert main(["audit", run, "--data", str(tiny_root), "--values", "9"]) == 2
     assert "--values must be in [1, 8]" in capsys.readouterr().err

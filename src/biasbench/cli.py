@@ -44,6 +44,10 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--fixed", default="", metavar="NAME=INDEX,...",
                      help="hold factors at one value index in every image (not in the paper; for controlled "
                           "experiments), e.g. texture=0,distractor_shape=3")
+    gen.add_argument("--jpeg-quality", default="0", metavar="Q",
+                     help="0 (default): lossless images, as drawn; 1-100: every image gets the exact JPEG round "
+                          "trip of cv2.imwrite at quality Q and cv2.imread; 95 reproduces the reference's JPEG "
+                          "files (docs/dataset.md)")
     gen.add_argument("--mnist", default=None, metavar="DIR", help="folder with the four MNIST IDX files")
     gen.add_argument("--no-download", action="store_true", help="never download MNIST")
     gen.set_defaults(func=cmd_data_generate)
@@ -79,10 +83,12 @@ def cmd_data_generate(args: argparse.Namespace) -> int:
     from .data.biased_mnist import generate
 
     settings = DatasetSettings(p_bias=args.p_bias, seed=args.seed, cell_size=args.cell_size, mode=args.mode,
-                               n_train=args.n_train, n_val=args.n_val, n_test=args.n_test, fixed=args.fixed)
+                               n_train=args.n_train, n_val=args.n_val, n_test=args.n_test, fixed=args.fixed,
+                               jpeg_quality=args.jpeg_quality)
     manifest = generate(args.out, settings, args.mnist, download=not args.no_download)
     sizes = ", ".join(f"{k} {v}" for k, v in manifest["splits"].items())
-    print(f"dataset in {args.out}: {sizes}; images {settings.image_size}x{settings.image_size}; "
+    jpeg = f" after a JPEG round trip at quality {settings.jpeg_quality}" if settings.jpeg_quality else ""
+    print(f"dataset in {args.out}: {sizes}; images {settings.image_size}x{settings.image_size}{jpeg}; "
           f"recipe sha256 {manifest['recipe_sha256'][:12]}")
     return 0
 
@@ -361,7 +367,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             hp = ",".join(f"{k}={v}" for k, v in sorted((c.get("method_hparams") or {}).items())
                           if v != defaults.get(k))
             print(f"{t.trial_id}  unit {unit_of[t.trial_id]:3d}  {c['method']:10s} explicit={','.join(c['explicit']) or '-':40s} seed={c['seed']} "
-                  f"p_bias={sorted(set(t.dataset.p_bias.values()))} model={c['model']}{'(' + kw + ')' if kw else ''} "
+                  f"p_bias={sorted(set(t.dataset.p_bias.values()))}"
+                  f"{' jpeg=' + str(t.dataset.jpeg_quality) if t.dataset.jpeg_quality else ''} model={c['model']}{'(' + kw + ')' if kw else ''} "
                   f"opt={c['optimizer']} progressive={prog} hparams={hp or 'defaults'}")
         print(f"{len(trials)} trials in {len(set(unit_of.values()))} units of work")
         return 0

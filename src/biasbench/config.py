@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
 from .data.factors import FACTORS, check_mode
+from .data.jpeg import check_quality
 from .data.render import check_cell_size
 from .errors import BiasbenchError
 
@@ -93,6 +94,11 @@ class DatasetSettings:
     ``fixed``: factors held at one value index in every image of every split (not part of the paper;
     for controlled experiments such as a dataset where only the digit and one factor vary).
 
+    ``jpeg_quality``: 0 (default) renders lossless images, as drawn; 1-100 gives every image the JPEG round
+    trip of ``cv2.imwrite`` at that quality then ``cv2.imread``, exactly (:mod:`biasbench.data.jpeg`); 95 is
+    what the reference's dataset files went through. Left out of :meth:`to_dict` when 0, so datasets, trials
+    and runs from before the option keep their ids.
+
     ``p_bias``: per-factor probability of the class-aligned value for ``train`` and ``val``;
     ``balanced_val`` and ``test`` use :data:`UNBIASED_P`. Sizes: ``n_train + n_val <= 60,000`` (one
     seeded permutation of MNIST-train, train first), ``n_test <= 10,000`` (the first MNIST-test digits).
@@ -106,6 +112,7 @@ class DatasetSettings:
     n_val: int = 10_000
     n_test: int = 10_000
     fixed: dict[str, int] = field(default_factory=dict)
+    jpeg_quality: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "p_bias", parse_p_bias(self.p_bias))
@@ -116,6 +123,7 @@ class DatasetSettings:
         object.__setattr__(self, "n_train", _check_int(self.n_train, "train size", 1, MNIST_TRAIN_SIZE))
         object.__setattr__(self, "n_val", _check_int(self.n_val, "val size", 1, MNIST_TRAIN_SIZE))
         object.__setattr__(self, "n_test", _check_int(self.n_test, "test size", 1, MNIST_TEST_SIZE))
+        object.__setattr__(self, "jpeg_quality", check_quality(self.jpeg_quality))
         if self.n_train + self.n_val > MNIST_TRAIN_SIZE:
             raise BiasbenchError(
                 f"train size + val size = {self.n_train + self.n_val} exceeds the {MNIST_TRAIN_SIZE} "
@@ -127,11 +135,14 @@ class DatasetSettings:
         return 3 * self.cell_size
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not d["jpeg_quality"]:  # lossless: the dict (and every hash of it) as before the option
+            del d["jpeg_quality"]
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "DatasetSettings":
-        known = {"p_bias", "seed", "cell_size", "mode", "n_train", "n_val", "n_test", "fixed"}
+        known = {"p_bias", "seed", "cell_size", "mode", "n_train", "n_val", "n_test", "fixed", "jpeg_quality"}
         unknown = set(d) - known
         if unknown:
             raise BiasbenchError(f"unknown dataset setting(s): {', '.join(sorted(unknown))}")
@@ -139,7 +150,7 @@ class DatasetSettings:
 
     def differences(self, other: "DatasetSettings") -> list[str]:
         """Human-readable list of settings that differ (empty when equal)."""
-        a, b = self.to_dict(), other.to_dict()
+        a, b = asdict(self), asdict(other)
         out = []
         for k in a:
             if a[k] != b[k]:

@@ -24,8 +24,6 @@ from .mnist import load_mnist
 from .recipe import SPLITS, SplitRecipe, build_recipe, load_recipe, read_manifest, write_dataset
 from .render import get_renderer
 
-_SETTING_NAMES = ("p_bias", "seed", "cell_size", "mode", "n_train", "n_val", "n_test")
-
 
 def generate(root: str | os.PathLike, settings: DatasetSettings, mnist_dir: str | None = None,
              download: bool = True) -> dict:
@@ -41,7 +39,8 @@ class BiasedMNIST(torch.utils.data.Dataset):
     Args:
         root: dataset folder (``manifest.json`` + ``recipe.npz``).
         split: ``train``, ``val``, ``balanced_val`` or ``test``.
-        p_bias, seed, cell_size, mode, n_train, n_val, n_test: dataset settings. ``None`` (default)
+        p_bias, seed, cell_size, mode, n_train, n_val, n_test, jpeg_quality: dataset settings
+            (:class:`~biasbench.config.DatasetSettings`). ``None`` (default)
             accepts whatever the folder holds; a value that differs from the folder's is an error.
             When the folder is empty and ``download`` is true, the dataset is generated with the given
             settings (paper defaults for those left ``None``).
@@ -52,7 +51,7 @@ class BiasedMNIST(torch.utils.data.Dataset):
 
     def __init__(self, root: str | os.PathLike, split: str = "train", p_bias: Any = None, seed: int | None = None,
                  cell_size: int | None = None, mode: str | None = None, n_train: int | None = None,
-                 n_val: int | None = None, n_test: int | None = None,
+                 n_val: int | None = None, n_test: int | None = None, jpeg_quality: int | None = None,
                  transform: Callable | None = None, target_transform: Callable | None = None,
                  download: bool = True, mnist_dir: str | os.PathLike | None = None):
         if split not in SPLITS:
@@ -63,7 +62,8 @@ class BiasedMNIST(torch.utils.data.Dataset):
         self.target_transform = target_transform
         self.mnist_dir = mnist_dir
         requested = {k: v for k, v in dict(p_bias=p_bias, seed=seed, cell_size=cell_size, mode=mode,
-                                           n_train=n_train, n_val=n_val, n_test=n_test).items() if v is not None}
+                                           n_train=n_train, n_val=n_val, n_test=n_test,
+                                           jpeg_quality=jpeg_quality).items() if v is not None}
         if not (self.root / "manifest.json").exists():
             if not download:
                 raise BiasbenchError(f"{self.root} holds no Biased MNIST dataset and download=False")
@@ -120,7 +120,7 @@ class BiasedMNIST(torch.utils.data.Dataset):
         ``cell_size`` renders the same recipe at another size (progressive learning)."""
         idx = np.arange(len(self)) if indices is None else np.asarray(indices)
         cell = cell_size or self.settings.cell_size
-        renderer = get_renderer(cell, str(torch.device(device)))
+        renderer = get_renderer(cell, str(torch.device(device)), self.settings.jpeg_quality)
         size = 3 * cell
         out = torch.empty((len(idx), 3, size, size), dtype=torch.uint8, device=device)
         digits = self.digits(idx)

@@ -92,6 +92,16 @@ def recipe_hash(recipe: dict[str, SplitRecipe]) -> str:
     return h.hexdigest()
 
 
+def dataset_identity(manifest: dict) -> str:
+    """What a run's images are a function of: the recipe's SHA-256, plus ``+jpegQ`` for a dataset whose
+    images get the JPEG round trip (the recipe alone does not tell them from the lossless images).
+
+    Takes a manifest or a run record's ``dataset`` entry (both hold ``recipe_sha256`` and ``settings``).
+    For lossless datasets it is the recipe hash itself, so run ids from before the option are unchanged."""
+    quality = manifest.get("settings", {}).get("jpeg_quality", 0)
+    return manifest["recipe_sha256"] + (f"+jpeg{quality}" if quality else "")
+
+
 def make_manifest(settings: DatasetSettings, recipe: dict[str, SplitRecipe]) -> dict:
     return {
         "format": FORMAT,

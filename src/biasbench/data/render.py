@@ -13,6 +13,8 @@ For a batch of N recipe rows the renderer works in three vectorised steps:
    cells), 2 texture glyph, 3 digit. Later layers win, exactly the reference's drawing order
    (background, shapes, texture, digit), computed as maxima of precomputed stamp canvases.
 3. **Colours** from a per-image palette (N, 4, 3): planar masked copies on the CPU, a gather on a GPU.
+4. Optionally (``jpeg_quality``, a dataset setting) the exact JPEG round trip the reference's files went
+   through (:mod:`biasbench.data.jpeg`), on the same device.
 
 Output layout is (N, 3, H, W) uint8, what the models take. Channel ``c`` holds element ``c`` of the reference's colour tuples
 (its BGR order, see :mod:`biasbench.data.factors`); :func:`to_display_rgb` flips channels for viewing.
@@ -28,6 +30,7 @@ import torch
 
 from ..errors import BiasbenchError
 from .factors import FACTOR_TABLE, FACTORS
+from .jpeg import check_quality, jpeg_roundtrip
 from .stamps import MIN_CELL_SIZE, shape_canvases, texture_canvases
 
 RENDERER_VERSION = "1"
@@ -83,11 +86,13 @@ class Renderer:
     Two backends give byte-identical images: ``numpy`` (the CPU default: planar uint8 arithmetic,
     the batch cut into cache-sized chunks spread over ``threads`` threads; numpy releases the GIL) and
     ``torch`` (any device; the default on a GPU, where one gather colours the whole batch).
+    ``jpeg_quality`` > 0 passes every rendered batch through :func:`~biasbench.data.jpeg.jpeg_roundtrip`.
     """
 
     def __init__(self, cell_size: int = 32, device: str | torch.device = "cpu", backend: str = "auto",
-                 threads: int | None = None):
+                 threads: int | None = None, jpeg_quality: int = 0):
         self.cell_size = check_cell_size(cell_size)
+        self.jpeg_quality = check_quality(jpeg_quality)
         self.size = 3 * self.cell_size
         self.device = torch.device(device)
         if backend == "auto":
@@ -141,9 +146,11 @@ class Renderer:
                     work(sl)
             else:
                 list(_pool(self.threads).map(work, slices))
-            return out
-        out.copy_(self._render_torch(torch.as_tensor(digits), torch.as_tensor(np.asarray(factors))
-                                     if isinstance(factors, np.ndarray) else factors))
+        else:
+            out.copy_(self._render_torch(torch.as_tensor(digits), torch.as_tensor(np.asarray(factors))
+                                         if isinstance(factors, np.ndarray) else factors))
+        if self.jpeg_quality:
+            jpeg_roundtrip(out, self.jpeg_quality, out=out)
         return out
 
     # -- numpy backend (CPU) --------------------------------------------------------------------
@@ -205,8 +212,8 @@ def _pool(workers: int):
 
 
 @functools.lru_cache(maxsize=8)
-def get_renderer(cell_size: int, device: str = "cpu") -> Renderer:
-    return Renderer(cell_size, device)
+def get_renderer(cell_size: int, device: str = "cpu", jpeg_quality: int = 0) -> Renderer:
+    return Renderer(cell_size, device, jpeg_quality=jpeg_quality)
 
 
 def to_display_rgb(images: np.ndarray | torch.Tensor) -> np.ndarray:

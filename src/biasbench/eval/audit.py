@@ -88,7 +88,7 @@ def counterfactual_audit(model: torch.nn.Module, ds: BiasedMNIST, device: torch.
     fac = ds.factors[idx].astype(np.int64)
     y = ds.labels[idx].astype(np.int64)
     mode = ds.settings.mode
-    renderer = get_renderer(ds.settings.cell_size, str(device))
+    renderer = get_renderer(ds.settings.cell_size, str(device), ds.settings.jpeg_quality)
     predict = _Predictor(model, device)
 
     def render_predict(img_idx: np.ndarray, factor_rows: np.ndarray) -> np.ndarray:
@@ -218,7 +218,7 @@ def audit_run(run_dir: str | os.PathLike, data: str | os.PathLike, split: str = 
     """Audit a run's model on a split of ``data`` (which must be the run's own dataset); write
     ``audit.json``, ``flip_rates.png`` and ``value_class.png`` into ``out`` (default ``RUN/audit``) and
     log them to the run's MLflow record when it has one."""
-    from ..data.recipe import read_manifest
+    from ..data.recipe import dataset_identity, read_manifest
     from ..train.loop import resolve_device
     from ..utils import atomic_write_json
 
@@ -226,8 +226,8 @@ def audit_run(run_dir: str | os.PathLike, data: str | os.PathLike, split: str = 
     dev = resolve_device(device)
     model, rec = load_run_model(run_dir, dev)
     manifest = read_manifest(data)
-    want = rec.get("dataset", {}).get("recipe_sha256")
-    if manifest["recipe_sha256"] != want:
+    trained_on = rec.get("dataset", {})
+    if "recipe_sha256" not in trained_on or dataset_identity(manifest) != dataset_identity(trained_on):
         from ..config import DatasetSettings
 
         diff = DatasetSettings.from_dict(rec["dataset"]["settings"]).differences(

@@ -26,7 +26,7 @@ hash of the trial; the run folder is keyed by the run id of its configuration an
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ SCALES: dict[str, dict[str, dict[str, Any]]] = {
 
 TRAIN_KEYS = {"method", "model", "model_kwargs", "optimizer", "lr", "weight_decay", "momentum", "batch_size",
               "epochs", "eval_epochs", "seed", "precision", "channels_last", "explicit", "grouping", "progressive"}
-DATASET_KEYS = {"p_bias", "seed", "cell_size", "mode", "n_train", "n_val", "n_test", "fixed"}
+DATASET_KEYS = {f.name for f in fields(DatasetSettings)}
 TOP_KEYS = {"name", "scale", "base", "dataset", "grid", "include", "description", "tracker"}
 
 PAPER_ORDER = ("distractor_shape", "texture", "digit_color", "background_color", "texture_color",

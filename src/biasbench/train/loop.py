@@ -33,7 +33,7 @@ from .. import __version__
 from ..config import COMPILE_MODES, TrainConfig
 from ..data.biased_mnist import BiasedMNIST
 from ..data.factors import majority_mask
-from ..data.recipe import SPLITS, read_manifest
+from ..data.recipe import SPLITS, dataset_identity, read_manifest
 from ..errors import BiasbenchError
 from ..eval.metrics import evaluate_split, pattern_distribution
 from ..methods import Batch, TrainInfo, get_method_class
@@ -56,7 +56,7 @@ TUNING = "tuning"
 def run_identity(cfg: TrainConfig, manifest: dict) -> str:
     d = cfg.to_dict()
     d.pop("data")
-    return stable_hash({"run_format": RUN_FORMAT, "config": d, "dataset": manifest["recipe_sha256"]}, 12)
+    return stable_hash({"run_format": RUN_FORMAT, "config": d, "dataset": dataset_identity(manifest)}, 12)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -264,7 +264,9 @@ class Trainer:
         rec = read_json_record(cfg_path)
         mine = {k: v for k, v in self.cfg.to_dict().items() if k != "data"}
         theirs = {k: v for k, v in rec.get("config", {}).items() if k != "data"}
-        if mine != theirs or rec.get("dataset", {}).get("recipe_sha256") != self.manifest["recipe_sha256"]:
+        theirs_data = rec.get("dataset", {})
+        if mine != theirs or "recipe_sha256" not in theirs_data or \
+                dataset_identity(theirs_data) != dataset_identity(self.manifest):
             raise BiasbenchError(f"run folder {self.run_dir} holds a different configuration; "
                                  f"move it away or use another --out")
         status = read_json_record(self.run_dir / "status.json", {"state": "running"})
