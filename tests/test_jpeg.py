@@ -44,6 +44,18 @@ def test_roundtrip_equals_libjpeg_on_noise(h, w, quality):
     assert not np.array_equal(ours, x)
 
 
+def test_roundtrip_equals_libjpeg_at_extreme_contrast():
+    """Checkerboards, stripes and grids of 0 and 255 in every channel combination: the largest DCT
+    coefficients, where 32-bit integer arithmetic would overflow first."""
+    yy, xx = np.mgrid[:32, :32]
+    masks = [(yy + xx) % 2, yy % 2, xx % 2, (yy // 2 + xx // 2) % 2, ((yy % 8) < 4) ^ ((xx % 8) < 4),
+             ((xx % 8 == 0) | (yy % 8 == 0)).astype(int)]
+    x = np.stack([np.stack([np.where(m ^ inv, 255 * c, 255 * (1 - c)) for c in (c0, c1, c2)]).astype(np.uint8)
+                  for m in masks for inv in (0, 1) for c0 in (0, 1) for c1 in (0, 1) for c2 in (0, 1)])
+    for quality in (100, 95, 1):
+        assert np.array_equal(jpeg_roundtrip(torch.from_numpy(x), quality).numpy(), pillow_roundtrip(x, quality))
+
+
 def test_roundtrip_equals_the_references_opencv_calls(tiny_root, tmp_path):
     """What ``cv2.imwrite(path, img)`` then ``cv2.imread(path)`` give, on rendered images at 24 and 96 px."""
     cv2 = pytest.importorskip("cv2")
