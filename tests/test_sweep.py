@@ -162,8 +162,8 @@ def _fake_sweep(root: Path, runs: list[dict]) -> None:
     for i, r in enumerate(runs):
         run_id = f"run{i:03d}"
         cfg = {"method": r["method"], "explicit": r.get("explicit", []), "seed": r["seed"], "method_hparams": {}}
-        trials.append({"trial_id": f"t{i}", "dataset": {"p_bias": {f: 0.7 for f in FACTORS}}, "config": cfg,
-                       "run_id": run_id})
+        trials.append({"trial_id": f"t{i}", "dataset": {"p_bias": {f: 0.7 for f in FACTORS}, **r.get("dataset", {})},
+                       "config": cfg, "run_id": run_id})
         factors = {f: {"majority": r["acc"] + 20, "minority": r["acc"], "mmd": 20.0} for f in FACTORS}
         test = {"accuracy": r["acc"], "factors": factors}
         hist = [{"epoch": 2, "split": "test", "metrics": test},
@@ -207,6 +207,39 @@ def test_report_table_values_are_exact(tmp_path):
     assert iosm["upweight"]["overall"] == pytest.approx(sum(diffs) / len(diffs))
     assert iosm["upweight"]["minority"] == pytest.approx(sum(diffs) / len(diffs))
     assert rep["figures"]["fig5"] == "fig5_scalability.png"
+
+
+def test_report_keeps_dataset_variants_apart(tmp_path):
+    """Runs on the reference's JPEG images and on lossless ones (or at two p_bias) are two Table-1 blocks,
+    never one average; records from before jpeg_quality existed count as lossless."""
+    from biasbench.data.factors import FACTORS
+
+    runs = [{"method": "stdm", "seed": s, "acc": 40.0 + s} for s in (0, 1)]  # lossless: no jpeg_quality key
+    runs += [{"method": "stdm", "seed": s, "acc": 30.0 + s, "dataset": {"jpeg_quality": 95}} for s in (0, 1)]
+    runs += [{"method": "sd", "seed": 0, "acc": 20.0, "dataset": {"jpeg_quality": 95}}]
+    _fake_sweep(tmp_path / "sw", runs)
+    rep = build_report(tmp_path / "sw", tmp_path / "rep")
+    rows = {(r["variant"], r["method"]): r for r in rep["table1"]}
+    assert [r["variant"] for r in rep["table1"] if r["method"] == "stdm"] == ["jpeg_quality=0", "jpeg_quality=95"]
+    assert rows["jpeg_quality=0", "stdm"]["mean"] == pytest.approx(40.5)
+    assert rows["jpeg_quality=95", "stdm"]["mean"] == pytest.approx(30.5)
+    assert rows["jpeg_quality=95", "sd"]["mean"] == pytest.approx(20.0) and rows["jpeg_quality=0", "sd"]["seeds"] == 0
+    md = (tmp_path / "rep" / "table1.md").read_text()
+    assert md.startswith("| dataset | method |") and "| jpeg_quality=95 | StdM | 30.5 ± 0.7 | 2 | 1 | 42.0 | -11.5 |" in md
+    assert "jpeg_quality=0,StdM,40.50" in (tmp_path / "rep" / "table1.csv").read_text()
+    assert "jpeg\\_quality=95 & StdM & 30.5" in (tmp_path / "rep" / "table1.tex").read_text()
+    # the sweep-level tracker run keeps one metric per variant (names trackers accept)
+    from biasbench.sweep.runners import summary_metric_name
+    assert summary_metric_name(rows["jpeg_quality=95", "stdm"]) == "table1/jpeg_quality:95/stdm/mean"
+    assert summary_metric_name({"method": "sd", "variant": ""}) == "table1/sd/mean"
+    assert summary_metric_name({"method": "sd", "variant": "fixed={texture=0}"}) == "table1/fixed:_texture:0_/sd/mean"
+    # two p_bias: labelled by p_bias alone, in numeric order
+    runs = [{"method": "stdm", "seed": 0, "acc": a, "dataset": {"p_bias": {f: p for f in FACTORS}}}
+            for a, p in ((50.0, 0.95), (60.0, 0.5))]
+    _fake_sweep(tmp_path / "pb", runs)
+    rep = build_report(tmp_path / "pb", tmp_path / "rep_pb")
+    assert [(r["variant"], r["mean"]) for r in rep["table1"] if r["method"] == "stdm"] == \
+        [("p_bias=0.5", 60.0), ("p_bias=0.95", 50.0)]
 
 
 def test_selection_rules(tmp_path):

@@ -19,7 +19,8 @@ from .tables import (fig5_data, iosm, iosm_markdown, mmd_points, p_bias_data, ta
 
 NOTES = {
     "table1": "Unbiased accuracy = accuracy on the p_bias = 0.1 test set (%). Explicit methods: mean over their "
-              "single-explicit-variable runs of a seed (the paper averages 7), then mean ± sample std over seeds.",
+              "single-explicit-variable runs of a seed (the paper averages 7), then mean ± sample std over seeds; "
+              "a sweep over dataset settings (p_bias, jpeg_quality, ...) gets one block of rows per dataset.",
     "iosm": "IOSM (improvement over the standard model; the paper's exact definition could not be confirmed, "
             "this is ours): a method's test accuracy minus StdM's on the same seed and dataset, overall and on the "
             "majority and minority groups (mean over the seven factors), in points.",

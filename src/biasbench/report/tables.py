@@ -36,8 +36,54 @@ def test_metrics(run: RunRecord, epoch: int) -> dict:
     return run.evals[epoch].get("test", {})
 
 
+def _variant_value(key: str, value) -> str:
+    if key == "p_bias" and isinstance(value, dict) and len(set(value.values())) == 1:
+        return str(next(iter(value.values())))
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}={v}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def dataset_variants(selected: list[tuple[RunRecord, int]]) -> list[tuple[str, list[tuple[RunRecord, int]]]]:
+    """The selected runs grouped by dataset, labelled by the settings that differ between the groups, in the
+    order of their values: ``[("jpeg_quality=0", runs), ("jpeg_quality=95", runs)]``; ``[("", runs)]`` when
+    all runs share one. The dataset ``seed`` does not split (dataset draws pool like training seeds); settings missing from
+    a record take their defaults (records from before ``jpeg_quality`` existed are lossless)."""
+    from dataclasses import asdict
+
+    from ..config import DatasetSettings
+    from ..errors import BiasbenchError
+
+    groups: dict = {}
+    for run, ep in selected:
+        try:
+            full = asdict(DatasetSettings.from_dict(run.dataset))
+        except (BiasbenchError, TypeError):  # not a readable settings record: as written
+            full = dict(run.dataset)
+        full.pop("seed", None)
+        key = repr(sorted(full.items(), key=lambda kv: kv[0]))
+        groups.setdefault(key, (full, []))[1].append((run, ep))
+    if len(groups) <= 1:
+        return [("", [re for _, runs in groups.values() for re in runs])]
+    dicts = [full for full, _ in groups.values()]
+    varying = sorted({k for d in dicts for k in d if any(o.get(k) != d.get(k) for o in dicts)})
+    def order(value) -> tuple:  # numbers by value (jpeg_quality 0 < 50 < 100), the rest by their text
+        if isinstance(value, dict) and len(set(value.values())) == 1:
+            value = next(iter(value.values()))
+        return (0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))
+
+    ordered = sorted(groups.values(), key=lambda g: [order(g[0].get(k)) for k in varying])
+    return [(" ".join(f"{k}={_variant_value(k, full.get(k))}" for k in varying), runs) for full, runs in ordered]
+
+
 def table1(selected: list[tuple[RunRecord, int]]) -> list[dict]:
-    """Rows: method, mean, std, seeds, runs per seed, paper value."""
+    """Rows: method, mean, std, seeds, runs per seed, paper value, and ``variant``: one block of rows per
+    dataset variant (:func:`dataset_variants`; "" when the runs share one dataset), so runs on different
+    datasets (the reference's JPEG files and lossless images, two p_bias) are never averaged together."""
+    return [{**row, "variant": label} for label, runs in dataset_variants(selected) for row in _table1_rows(runs)]
+
+
+def _table1_rows(selected: list[tuple[RunRecord, int]]) -> list[dict]:
     per_method: dict = {}
     for run, ep in selected:
         if run.method in EXPLICIT_METHODS and len(run.explicit) != 1:
@@ -68,13 +114,19 @@ def _mean_std(r: dict, pm: str) -> str | None:
     return f"{r['mean']:.1f}" if math.isnan(r["std"]) else f"{r['mean']:.1f} {pm} {r['std']:.1f}"
 
 
+def _has_variants(rows: list[dict]) -> bool:
+    return any(r.get("variant") for r in rows)
+
+
 def table1_markdown(rows: list[dict]) -> str:
-    lines = ["| method | unbiased acc. (mean ± std) | seeds | runs averaged per seed | paper (Table 1) | difference |",
-             "|---|---|---|---|---|---|"]
+    lead = "| dataset " if _has_variants(rows) else ""
+    lines = [lead + "| method | unbiased acc. (mean ± std) | seeds | runs averaged per seed | paper (Table 1) | difference |",
+             ("|---" if lead else "") + "|---|---|---|---|---|---|"]
     for r in rows:
         val = _mean_std(r, "±") or MISSING
         diff = MISSING if math.isnan(r["mean"]) or math.isnan(r["paper"]) else f"{r['mean'] - r['paper']:+.1f}"
-        lines.append(f"| {r['name']} | {val} | {r['seeds'] or MISSING} | {r['runs_per_seed'] or MISSING} | "
+        lines.append((f"| {r['variant']} " if lead else "") +
+                     f"| {r['name']} | {val} | {r['seeds'] or MISSING} | {r['runs_per_seed'] or MISSING} | "
                      f"{_fmt(r['paper'])} | {diff} |")
     return "\n".join(lines)
 
@@ -82,18 +134,23 @@ def table1_markdown(rows: list[dict]) -> str:
 def table1_csv(rows: list[dict]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["method", "mean", "std", "seeds", "runs_per_seed", "paper"])
+    lead = ["dataset"] if _has_variants(rows) else []
+    w.writerow(lead + ["method", "mean", "std", "seeds", "runs_per_seed", "paper"])
     for r in rows:
-        w.writerow([r["name"], _fmt(r["mean"], 2), _fmt(r["std"], 2), r["seeds"], r["runs_per_seed"],
+        w.writerow(([r["variant"]] if lead else []) +
+                   [r["name"], _fmt(r["mean"], 2), _fmt(r["std"], 2), r["seeds"], r["runs_per_seed"],
                     _fmt(r["paper"])])
     return buf.getvalue()
 
 
 def table1_latex(rows: list[dict]) -> str:
-    lines = [r"\begin{tabular}{lrr}", r"\toprule", r"Method & Unbiased acc. (ours) & Paper \\", r"\midrule"]
+    lead = _has_variants(rows)
+    lines = [r"\begin{tabular}{" + ("l" if lead else "") + "lrr}", r"\toprule",
+             ("Dataset & " if lead else "") + r"Method & Unbiased acc. (ours) & Paper \\", r"\midrule"]
     for r in rows:
         val = _mean_std(r, "$\\pm$") or "--"
-        lines.append(f"{r['name']} & {val} & {_fmt(r['paper']).replace(MISSING, '--')} \\\\")
+        cell = r["variant"].replace("_", r"\_") + " & " if lead else ""
+        lines.append(f"{cell}{r['name']} & {val} & {_fmt(r['paper']).replace(MISSING, '--')} \\\\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines)
 

@@ -335,6 +335,15 @@ def resolve_fuse(fuse: int | str, device: str, compile_model: bool | str = False
     return n
 
 
+def summary_metric_name(row: dict) -> str:
+    """``table1/METHOD/mean``, or ``table1/VARIANT/METHOD/mean`` for a sweep over datasets (a Table-1 row's
+    ``variant``, with ``=`` as ``:`` and other characters trackers refuse in names as ``_``)."""
+    import re
+
+    variant = re.sub(r"[^\w\-. :/]", "_", row.get("variant", "").replace("=", ":"))
+    return f"table1/{variant + '/' if variant else ''}{row['method']}/mean"
+
+
 def log_sweep_summary(out: Path, name: str, scale: str, tracker: str) -> None:
     """One sweep-level tracker run beside the per-trial runs: the Table-1 numbers of the sweep."""
     import math
@@ -349,6 +358,6 @@ def log_sweep_summary(out: Path, name: str, scale: str, tracker: str) -> None:
     ids = t.start(f"sweep-{name}")
     t.log_params({"sweep.name": name, "sweep.scale": scale, "sweep.trials": len(records)})
     t.set_tags({"biasbench.kind": "sweep-summary"})
-    t.log_metrics({f"table1/{r['method']}/mean": r["mean"] for r in rows if not math.isnan(r["mean"])}, step=0)
+    t.log_metrics({summary_metric_name(r): r["mean"] for r in rows if not math.isnan(r["mean"])}, step=0)
     t.finish("FINISHED")
     atomic_write_json(out / "sweep_tracker.json", ids)
