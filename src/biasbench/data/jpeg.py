@@ -211,7 +211,7 @@ def _roundtrip_chunk(x: torch.Tensor, luma_q: torch.Tensor, chroma_q: torch.Tens
         return p[:, torch.arange(rows, device=p.device).clamp_(max=p.shape[1] - 1)]
 
     def down(p: torch.Tensor) -> torch.Tensor:  # then the last *downsampled* row repeats to whole blocks
-        s = p.view(n, h2 // 2, 2, wp // 2, 2).sum((2, 4))
+        s = p.view(n, h2 // 2, 2, wp // 2, 2).sum((2, 4), dtype=torch.int32)
         return rows_to((s + bias) >> 2, hp // 2)
 
     y = _codec_plane(rows_to(y, hp), luma_q)[:, :h, :w]
