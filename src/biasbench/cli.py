@@ -368,7 +368,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                           if v != defaults.get(k))
             print(f"{t.trial_id}  unit {unit_of[t.trial_id]:3d}  {c['method']:10s} explicit={','.join(c['explicit']) or '-':40s} seed={c['seed']} "
                   f"p_bias={sorted(set(t.dataset.p_bias.values()))}"
-                  f"{' jpeg=' + str(t.dataset.jpeg_quality) if t.dataset.jpeg_quality else ''} model={c['model']}{'(' + kw + ')' if kw else ''} "
+                  f"{' jpeg=' + str(t.dataset.jpeg_quality) if t.dataset.jpeg_quality else ''} "
+                  f"model={c['model']}{'(' + kw + ')' if kw else ''} "
                   f"opt={c['optimizer']} progressive={prog} hparams={hp or 'defaults'}")
         print(f"{len(trials)} trials in {len(set(unit_of.values()))} units of work")
         return 0

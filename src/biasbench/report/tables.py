@@ -47,8 +47,8 @@ def _variant_value(key: str, value) -> str:
 def dataset_variants(selected: list[tuple[RunRecord, int]]) -> list[tuple[str, list[tuple[RunRecord, int]]]]:
     """The selected runs grouped by dataset, labelled by the settings that differ between the groups, in the
     order of their values: ``[("jpeg_quality=0", runs), ("jpeg_quality=95", runs)]``; ``[("", runs)]`` when
-    all runs share one. The dataset ``seed`` does not split (dataset draws pool like training seeds); settings missing from
-    a record take their defaults (records from before ``jpeg_quality`` existed are lossless)."""
+    all runs share one. The dataset ``seed`` does not split (dataset draws pool like training seeds);
+    settings missing from a record take their defaults (records from before ``jpeg_quality`` are lossless)."""
     from dataclasses import asdict
 
     from ..config import DatasetSettings
@@ -67,6 +67,7 @@ def dataset_variants(selected: list[tuple[RunRecord, int]]) -> list[tuple[str, l
         return [("", [re for _, runs in groups.values() for re in runs])]
     dicts = [full for full, _ in groups.values()]
     varying = sorted({k for d in dicts for k in d if any(o.get(k) != d.get(k) for o in dicts)})
+
     def order(value) -> tuple:  # numbers by value (jpeg_quality 0 < 50 < 100), the rest by their text
         if isinstance(value, dict) and len(set(value.values())) == 1:
             value = next(iter(value.values()))
@@ -120,8 +121,8 @@ def _has_variants(rows: list[dict]) -> bool:
 
 def table1_markdown(rows: list[dict]) -> str:
     lead = "| dataset " if _has_variants(rows) else ""
-    lines = [lead + "| method | unbiased acc. (mean ± std) | seeds | runs averaged per seed | paper (Table 1) | difference |",
-             ("|---" if lead else "") + "|---|---|---|---|---|---|"]
+    head = "| method | unbiased acc. (mean ± std) | seeds | runs averaged per seed | paper (Table 1) | difference |"
+    lines = [lead + head, ("|---" if lead else "") + "|---|---|---|---|---|---|"]
     for r in rows:
         val = _mean_std(r, "±") or MISSING
         diff = MISSING if math.isnan(r["mean"]) or math.isnan(r["paper"]) else f"{r['mean'] - r['paper']:+.1f}"
