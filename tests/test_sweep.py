@@ -224,6 +224,7 @@ def test_report_keeps_dataset_variants_apart(tmp_path):
     assert rows["jpeg_quality=0", "stdm"]["mean"] == pytest.approx(40.5)
     assert rows["jpeg_quality=95", "stdm"]["mean"] == pytest.approx(30.5)
     assert rows["jpeg_quality=95", "sd"]["mean"] == pytest.approx(20.0) and rows["jpeg_quality=0", "sd"]["seeds"] == 0
+    assert {m for _, m in rows} == {"stdm", "sd"}  # methods without runs in any variant are left out
     md = (tmp_path / "rep" / "table1.md").read_text()
     assert md.startswith("| dataset | method |")
     assert "| jpeg_quality=95 | StdM | 30.5 ± 0.7 | 2 | 1 | 42.0 | -11.5 |" in md
@@ -241,6 +242,8 @@ def test_report_keeps_dataset_variants_apart(tmp_path):
     rep = build_report(tmp_path / "pb", tmp_path / "rep_pb")
     assert [(r["variant"], r["mean"]) for r in rep["table1"] if r["method"] == "stdm"] == \
         [("p_bias=0.5", 60.0), ("p_bias=0.95", 50.0)]
+    # the paper's column only beside Table 1's own dataset (p_bias 0.7)
+    assert "| p_bias=0.5 | StdM | 60.0 | 1 | 1 | – | – |" in (tmp_path / "rep_pb" / "table1.md").read_text()
 
 
 def test_selection_rules(tmp_path):

@@ -80,11 +80,27 @@ def dataset_variants(selected: list[tuple[RunRecord, int]]) -> list[tuple[str, l
 def table1(selected: list[tuple[RunRecord, int]]) -> list[dict]:
     """Rows: method, mean, std, seeds, runs per seed, paper value, and ``variant``: one block of rows per
     dataset variant (:func:`dataset_variants`; "" when the runs share one dataset), so runs on different
-    datasets (the reference's JPEG files and lossless images, two p_bias) are never averaged together."""
-    return [{**row, "variant": label} for label, runs in dataset_variants(selected) for row in _table1_rows(runs)]
+    datasets (the reference's JPEG files and lossless images, two p_bias) are never averaged together. With
+    several variants, methods that have no run in any of them are left out (a ``p-bias`` sweep of StdM and LfF
+    would otherwise list six empty rows per p_bias)."""
+    variants = dataset_variants(selected)
+    rows = [{**row, "variant": label} for label, runs in variants for row in _table1_rows(runs)]
+    if len(variants) > 1:
+        present = {r["method"] for r in rows if r["seeds"]}
+        rows = [r for r in rows if r["method"] in present]
+    return rows
+
+
+def _paper_setting(dataset: dict) -> bool:
+    """Whether a run's dataset is Table 1's: p_bias 0.7 for every factor, no factor held fixed (scale and
+    encoding aside: the report notes the scale, and both encodings are the paper's dataset)."""
+    p = (dataset.get("p_bias") or {}).values()
+    return bool(p) and all(v == 0.7 for v in p) and not dataset.get("fixed")
 
 
 def _table1_rows(selected: list[tuple[RunRecord, int]]) -> list[dict]:
+    """Table 1's rows for runs of one dataset; the paper's value only where that dataset is Table 1's."""
+    paper = bool(selected) and _paper_setting(selected[0][0].dataset)
     per_method: dict = {}
     for run, ep in selected:
         if run.method in EXPLICIT_METHODS and len(run.explicit) != 1:
@@ -100,7 +116,7 @@ def _table1_rows(selected: list[tuple[RunRecord, int]]) -> list[dict]:
         mu, sd = _ms(per_seed)
         rows.append({"method": m, "name": METHOD_NAMES.get(m, m), "mean": mu, "std": sd, "seeds": len(per_seed),
                      "runs_per_seed": max((len(v) for v in seeds.values()), default=0),
-                     "paper": PAPER_TABLE1.get(m, math.nan)})
+                     "paper": PAPER_TABLE1.get(m, math.nan) if paper else math.nan})
     return rows
 
 
