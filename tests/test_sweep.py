@@ -164,7 +164,7 @@ def _fake_sweep(root: Path, runs: list[dict]) -> None:
         cfg = {"method": r["method"], "explicit": r.get("explicit", []), "seed": r["seed"], "method_hparams": {}}
         trials.append({"trial_id": f"t{i}", "dataset": {"p_bias": {f: 0.7 for f in FACTORS}, **r.get("dataset", {})},
                        "config": cfg, "run_id": run_id})
-        factors = {f: {"majority": r["acc"] + 20, "minority": r["acc"], "mmd": 20.0} for f in FACTORS}
+        factors = {f: {"majority": r["acc"] + 20, "minority": r["acc"], "mmd": r.get("mmd", 20.0)} for f in FACTORS}
         test = {"accuracy": r["acc"], "factors": factors}
         hist = [{"epoch": 2, "split": "test", "metrics": test},
                 {"epoch": 2, "split": "val", "metrics": {"accuracy": 90.0}},
@@ -209,16 +209,28 @@ def test_report_table_values_are_exact(tmp_path):
     assert rep["figures"]["fig5"] == "fig5_scalability.png"
 
 
-def test_report_keeps_dataset_variants_apart(tmp_path):
-    """Runs on the reference's JPEG images and on lossless ones (or at two p_bias) are two Table-1 blocks,
-    never one average; records from before jpeg_quality existed count as lossless."""
+def test_report_keeps_dataset_variants_apart(tmp_path, monkeypatch):
+    """Runs on the reference's JPEG images and on lossless ones (or at two p_bias) are two Table-1 blocks and
+    two Fig. 3 pairs, never one average or one box; records from before jpeg_quality existed count as lossless."""
     from biasbench.data.factors import FACTORS
+    from biasbench.report import figures
 
-    runs = [{"method": "stdm", "seed": s, "acc": 40.0 + s} for s in (0, 1)]  # lossless: no jpeg_quality key
-    runs += [{"method": "stdm", "seed": s, "acc": 30.0 + s, "dataset": {"jpeg_quality": 95}} for s in (0, 1)]
-    runs += [{"method": "sd", "seed": 0, "acc": 20.0, "dataset": {"jpeg_quality": 95}}]
+    runs = [{"method": "stdm", "seed": s, "acc": 40.0 + s, "mmd": 30.0} for s in (0, 1)]  # lossless: no key
+    runs += [{"method": "stdm", "seed": s, "acc": 30.0 + s, "mmd": 10.0, "dataset": {"jpeg_quality": 95}}
+             for s in (0, 1)]
+    runs += [{"method": "sd", "seed": 0, "acc": 20.0, "mmd": 10.0, "dataset": {"jpeg_quality": 95}}]
     _fake_sweep(tmp_path / "sw", runs)
+    drawn = {}
+    real_fig3a = figures.fig3a
+    monkeypatch.setattr(figures, "fig3a", lambda pts, path, dataset="": drawn.setdefault(dataset, pts) and
+                        real_fig3a(pts, path, dataset))
     rep = build_report(tmp_path / "sw", tmp_path / "rep")
+    assert {d: sorted({p["mmd"] for p in pts}) for d, pts in drawn.items()} == \
+        {"jpeg_quality=0": [30.0], "jpeg_quality=95": [10.0]}
+    assert rep["figures"]["fig3a[jpeg_quality=95]"] == "fig3a_mmd_per_factor_jpeg_quality_95.png"
+    assert (tmp_path / "rep" / "fig3b_mmd_per_method_jpeg_quality_0.png").stat().st_size > 10_000
+    assert "fig3a" not in rep["figures"]  # no pooled figure
+    assert "Fig. 3a: MMD per factor (jpeg_quality=95)" in (tmp_path / "rep" / "index.html").read_text()
     rows = {(r["variant"], r["method"]): r for r in rep["table1"]}
     assert [r["variant"] for r in rep["table1"] if r["method"] == "stdm"] == ["jpeg_quality=0", "jpeg_quality=95"]
     assert rows["jpeg_quality=0", "stdm"]["mean"] == pytest.approx(40.5)

@@ -14,8 +14,8 @@ from ..utils import atomic_write_json, atomic_write_text
 from . import figures as F
 from .html import write_index
 from .records import load_sweep, parse_rule, select
-from .tables import (fig5_data, iosm, iosm_markdown, mmd_points, p_bias_data, table1, table1_csv, table1_latex,
-                     table1_markdown, tuning_sensitivity)
+from .tables import (dataset_variants, fig5_data, iosm, iosm_markdown, mmd_points, p_bias_data, table1, table1_csv,
+                     table1_latex, table1_markdown, tuning_sensitivity)
 
 NOTES = {
     "table1": "Unbiased accuracy = accuracy on the p_bias = 0.1 test set (%). Explicit methods: mean over their "
@@ -52,11 +52,10 @@ def build_report(sweep_dir: str | os.PathLike, out: str | os.PathLike, rule: str
     atomic_write_text(out / "table1.tex", table1_latex(t1) + "\n")
     io_rows = iosm(chosen)
     atomic_write_text(out / "iosm.md", iosm_markdown(io_rows) + "\n")
-    pts = mmd_points(chosen)
     tuning = tuning_sensitivity(records)
+    fig3 = fig3_per_dataset(chosen, out)
     figs = {
-        "fig3a": F.fig3a(pts, out / "fig3a_mmd_per_factor.png"),
-        "fig3b": F.fig3b(pts, out / "fig3b_mmd_per_method.png"),
+        **{k: v for k, (_, v) in fig3.items()},
         "fig5": F.fig5(fig5_data(chosen), out / "fig5_scalability.png"),
         "tuning": F.tuning_figure(tuning, out / "tuning_distribution.png"),
         "p_bias": F.p_bias_figure(p_bias_data(chosen), out / "p_bias.png"),
@@ -76,8 +75,7 @@ def build_report(sweep_dir: str | os.PathLike, out: str | os.PathLike, rule: str
     sections = [
         ("Table 1: unbiased accuracy", table1_markdown(t1), None),
         ("", NOTES["table1"] + scale_note, None),
-        ("Fig. 3a: MMD per factor", None if figs["fig3a"] else "no data", figs["fig3a"] and figs["fig3a"].name),
-        ("Fig. 3b: MMD per method", None if figs["fig3b"] else "no data", figs["fig3b"] and figs["fig3b"].name),
+        *[(title, None if path else "no data", path and path.name) for title, path in fig3.values()],
         ("Fig. 5: accuracy against the number of explicit variables",
          None if figs["fig5"] else "no runs with cumulative explicit sets (run the paper-fig5 preset)",
          figs["fig5"] and figs["fig5"].name),
@@ -99,6 +97,25 @@ def build_report(sweep_dir: str | os.PathLike, out: str | os.PathLike, rule: str
     summary["files"] = sorted(p.name for p in out.iterdir())
     _log_to_sweep_tracker(Path(sweep_dir), out, figs)
     return summary
+
+
+def fig3_per_dataset(chosen, out: Path) -> dict:
+    """Fig. 3a and 3b: ``{key: (section title, path or None)}``, keys ``fig3a`` and ``fig3b``; one pair per
+    dataset variant (``fig3a[jpeg_quality=95]``, files ``fig3a_mmd_per_factor_jpeg_quality_95.png``) when the
+    sweep varies the dataset, so that MMDs of different datasets do not share a box."""
+    import re
+
+    variants = dataset_variants(chosen)
+    figs = {}
+    for label, runs in variants:
+        pts = mmd_points(runs)
+        key, slug, title = (f"[{label}]", "_" + re.sub(r"[^A-Za-z0-9.-]+", "_", label), f" ({label})") \
+            if label else ("", "", "")
+        figs[f"fig3a{key}"] = (f"Fig. 3a: MMD per factor{title}",
+                               F.fig3a(pts, out / f"fig3a_mmd_per_factor{slug}.png", label))
+        figs[f"fig3b{key}"] = (f"Fig. 3b: MMD per method{title}",
+                               F.fig3b(pts, out / f"fig3b_mmd_per_method{slug}.png", label))
+    return figs
 
 
 def audit_table(sweep_dir: Path, chosen) -> str | None:
