@@ -69,7 +69,7 @@ if want jpeg; then
   stamp "jpeg: the round trip on the device against the CPU"
   timeout 60 python3 - "$DEVICE" <<'PY' 2>&1 | tail -4
 import sys, tempfile, time
-import numpy as np, torch
+import torch
 from biasbench.config import DatasetSettings
 from biasbench.data.biased_mnist import BiasedMNIST, generate
 from biasbench.data.jpeg import jpeg_roundtrip
