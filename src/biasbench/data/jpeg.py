@@ -189,15 +189,19 @@ def _fancy_upsample(c: torch.Tensor) -> torch.Tensor:
     return torch.stack([(3 * rows + left + 8) >> 4, (3 * rows + right + 7) >> 4], 3).flatten(2, 3)
 
 
+def _extend(t: torch.Tensor, size: int, dim: int) -> torch.Tensor:
+    """``t`` extended to ``size`` along ``dim`` by repeating its last entry (libjpeg's edge padding)."""
+    if t.shape[dim] == size:
+        return t
+    return t.index_select(dim, torch.arange(size, device=t.device).clamp_(max=t.shape[dim] - 1))
+
+
 def _roundtrip_chunk(x: torch.Tensor, luma_q: torch.Tensor, chroma_q: torch.Tensor) -> torch.Tensor:
     n, _, h, w = x.shape
     hp, wp = -(-h // 16) * 16, -(-w // 16) * 16
     h2 = h + h % 2
-    x = x.int()
-    if (h2, wp) != (h, w):  # the last column repeats to whole MCUs, the last row to a whole row pair
-        idx_h = torch.arange(h2, device=x.device).clamp_(max=h - 1)
-        idx_w = torch.arange(wp, device=x.device).clamp_(max=w - 1)
-        x = x[:, :, idx_h][:, :, :, idx_w]
+    # the last column repeats to whole MCUs, the last row to a whole row pair
+    x = _extend(_extend(x.int(), h2, -2), wp, -1)
     b, g, r = x.unbind(1)  # model order = the reference's BGR
     one_half = 1 << (_SCALEBITS - 1)
     offset = 128 << _SCALEBITS
@@ -207,14 +211,11 @@ def _roundtrip_chunk(x: torch.Tensor, luma_q: torch.Tensor, chroma_q: torch.Tens
     cr = (fx(0.5) * r - fx(0.41869) * g - fx(0.08131) * b + offset + one_half - 1) >> _SCALEBITS
     bias = torch.tensor([1, 2], dtype=torch.int32, device=x.device).repeat(wp // 4)  # 1, 2, 1, 2, ... along a row
 
-    def rows_to(p: torch.Tensor, rows: int) -> torch.Tensor:  # the last row repeats
-        return p[:, torch.arange(rows, device=p.device).clamp_(max=p.shape[1] - 1)]
-
     def down(p: torch.Tensor) -> torch.Tensor:  # then the last *downsampled* row repeats to whole blocks
         s = p.view(n, h2 // 2, 2, wp // 2, 2).sum((2, 4), dtype=torch.int32)
-        return rows_to((s + bias) >> 2, hp // 2)
+        return _extend((s + bias) >> 2, hp // 2, -2)
 
-    y = _codec_plane(rows_to(y, hp), luma_q)[:, :h, :w]
+    y = _codec_plane(_extend(y, hp, -2), luma_q)[:, :h, :w]
     hc, wc = -(-h // 2), -(-w // 2)  # the chroma planes' real size; the rest is MCU padding
     cb = _fancy_upsample(_codec_plane(down(cb), chroma_q)[:, :hc, :wc])[:, :h, :w] - 128
     cr = _fancy_upsample(_codec_plane(down(cr), chroma_q)[:, :hc, :wc])[:, :h, :w] - 128

@@ -10,11 +10,14 @@ from __future__ import annotations
 import csv
 import io
 import math
+from dataclasses import asdict
 from statistics import mean, stdev
 
 import numpy as np
 
+from ..config import DatasetSettings
 from ..data.factors import FACTORS
+from ..errors import BiasbenchError
 from ..sweep.spec import EXPLICIT_METHODS, IMPLICIT_METHODS, PAPER_ORDER
 from .records import RunRecord, select
 
@@ -36,9 +39,15 @@ def test_metrics(run: RunRecord, epoch: int) -> dict:
     return run.evals[epoch].get("test", {})
 
 
-def _variant_value(key: str, value) -> str:
+def _setting(key: str, value):
+    """A dataset setting as labelled and ordered: one p_bias for every factor as that number."""
     if key == "p_bias" and isinstance(value, dict) and len(set(value.values())) == 1:
-        return str(next(iter(value.values())))
+        return next(iter(value.values()))
+    return value
+
+
+def _variant_value(key: str, value) -> str:
+    value = _setting(key, value)
     if isinstance(value, dict):
         return "{" + ",".join(f"{k}={v}" for k, v in value.items()) + "}"
     return str(value)
@@ -49,11 +58,6 @@ def dataset_variants(selected: list[tuple[RunRecord, int]]) -> list[tuple[str, l
     order of their values: ``[("jpeg_quality=0", runs), ("jpeg_quality=95", runs)]``; ``[("", runs)]`` when
     all runs share one. The dataset ``seed`` does not split (dataset draws pool like training seeds);
     settings missing from a record take their defaults (records from before ``jpeg_quality`` are lossless)."""
-    from dataclasses import asdict
-
-    from ..config import DatasetSettings
-    from ..errors import BiasbenchError
-
     groups: dict = {}
     for run, ep in selected:
         try:
@@ -68,12 +72,11 @@ def dataset_variants(selected: list[tuple[RunRecord, int]]) -> list[tuple[str, l
     dicts = [full for full, _ in groups.values()]
     varying = sorted({k for d in dicts for k in d if any(o.get(k) != d.get(k) for o in dicts)})
 
-    def order(value) -> tuple:  # numbers by value (jpeg_quality 0 < 50 < 100), the rest by their text
-        if isinstance(value, dict) and len(set(value.values())) == 1:
-            value = next(iter(value.values()))
+    def order(key: str, value) -> tuple:  # numbers by value (jpeg_quality 0 < 50 < 100), the rest by their text
+        value = _setting(key, value)
         return (0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))
 
-    ordered = sorted(groups.values(), key=lambda g: [order(g[0].get(k)) for k in varying])
+    ordered = sorted(groups.values(), key=lambda g: [order(k, g[0].get(k)) for k in varying])
     return [(" ".join(f"{k}={_variant_value(k, full.get(k))}" for k in varying), runs) for full, runs in ordered]
 
 
