@@ -18,6 +18,7 @@ CUDA_GRAPHS_HELP = ("capture each training step as a CUDA graph and replay it (t
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
     from .data.factors import FACTORS, MODES
+    from .data.stamps import DRAWINGS
 
     data = sub.add_parser("data", help="generate, inspect and export Biased MNIST datasets",
                           description="Generate, inspect and export Biased MNIST datasets.")
@@ -48,6 +49,10 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
                      help="0 (default): lossless images, as drawn; 1-100: every image gets the exact JPEG round "
                           "trip of cv2.imwrite at quality Q and cv2.imread; 95 reproduces the reference's JPEG "
                           "files (docs/dataset.md)")
+    gen.add_argument("--drawing", default="biasbench", choices=DRAWINGS,
+                     help="distractor shapes and texture glyphs: biasbench (default, our drawings) or reference "
+                          "(the reference's OpenCV pixels; with --jpeg-quality 95 at cell size 32 the "
+                          "reference's images; docs/dataset.md)")
     gen.add_argument("--mnist", default=None, metavar="DIR", help="folder with the four MNIST IDX files")
     gen.add_argument("--no-download", action="store_true", help="never download MNIST")
     gen.set_defaults(func=cmd_data_generate)
@@ -84,11 +89,12 @@ def cmd_data_generate(args: argparse.Namespace) -> int:
 
     settings = DatasetSettings(p_bias=args.p_bias, seed=args.seed, cell_size=args.cell_size, mode=args.mode,
                                n_train=args.n_train, n_val=args.n_val, n_test=args.n_test, fixed=args.fixed,
-                               jpeg_quality=args.jpeg_quality)
+                               jpeg_quality=args.jpeg_quality, drawing=args.drawing)
     manifest = generate(args.out, settings, args.mnist, download=not args.no_download)
     sizes = ", ".join(f"{k} {v}" for k, v in manifest["splits"].items())
+    drawn = " drawn as the reference drew them" if settings.drawing == "reference" else ""
     jpeg = f" after a JPEG round trip at quality {settings.jpeg_quality}" if settings.jpeg_quality else ""
-    print(f"dataset in {args.out}: {sizes}; images {settings.image_size}x{settings.image_size}{jpeg}; "
+    print(f"dataset in {args.out}: {sizes}; images {settings.image_size}x{settings.image_size}{drawn}{jpeg}; "
           f"recipe sha256 {manifest['recipe_sha256'][:12]}")
     return 0
 
@@ -368,7 +374,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                           if v != defaults.get(k))
             print(f"{t.trial_id}  unit {unit_of[t.trial_id]:3d}  {c['method']:10s} explicit={','.join(c['explicit']) or '-':40s} seed={c['seed']} "
                   f"p_bias={sorted(set(t.dataset.p_bias.values()))}"
-                  f"{' jpeg=' + str(t.dataset.jpeg_quality) if t.dataset.jpeg_quality else ''} "
+                  f"{' jpeg=' + str(t.dataset.jpeg_quality) if t.dataset.jpeg_quality else ''}"
+                  f"{' drawing=' + t.dataset.drawing if t.dataset.drawing != 'biasbench' else ''} "
                   f"model={c['model']}{'(' + kw + ')' if kw else ''} "
                   f"opt={c['optimizer']} progressive={prog} hparams={hp or 'defaults'}")
         print(f"{len(trials)} trials in {len(set(unit_of.values()))} units of work")

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
 from .data.factors import FACTORS, check_mode
 from .data.jpeg import check_quality
 from .data.render import check_cell_size
+from .data.stamps import DRAWINGS, check_drawing
 from .errors import BiasbenchError
 
 DEFAULT_P_BIAS = 0.7
@@ -96,8 +97,15 @@ class DatasetSettings:
 
     ``jpeg_quality``: 0 (default) renders lossless images, as drawn; 1-100 gives every image the JPEG round
     trip of ``cv2.imwrite`` at that quality then ``cv2.imread``, exactly (:mod:`biasbench.data.jpeg`); 95 is
-    what the reference's dataset files went through. Left out of :meth:`to_dict` when 0, so datasets, trials
-    and runs from before the option keep their ids.
+    what the reference's dataset files went through.
+
+    ``drawing``: ``biasbench`` (default) draws the distractor shapes and texture glyphs our way and resizes
+    digits in float64; ``reference`` draws the reference's own OpenCV pixels, its shapes and glyphs and its
+    digits' float32 rounding (:mod:`biasbench.data.render`). With ``jpeg_quality=95`` and 32-px cells that
+    gives the reference's images byte for byte.
+
+    ``jpeg_quality`` and ``drawing`` are left out of :meth:`to_dict` at their defaults
+    (:data:`OMITTED_AT_DEFAULT`), so datasets, trials and runs from before those options keep their ids.
 
     ``p_bias``: per-factor probability of the class-aligned value for ``train`` and ``val``;
     ``balanced_val`` and ``test`` use :data:`UNBIASED_P`. Sizes: ``n_train + n_val <= 60,000`` (one
@@ -113,6 +121,7 @@ class DatasetSettings:
     n_test: int = 10_000
     fixed: dict[str, int] = field(default_factory=dict)
     jpeg_quality: int = 0
+    drawing: str = DRAWINGS[0]
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "p_bias", parse_p_bias(self.p_bias))
@@ -124,6 +133,7 @@ class DatasetSettings:
         object.__setattr__(self, "n_val", _check_int(self.n_val, "val size", 1, MNIST_TRAIN_SIZE))
         object.__setattr__(self, "n_test", _check_int(self.n_test, "test size", 1, MNIST_TEST_SIZE))
         object.__setattr__(self, "jpeg_quality", check_quality(self.jpeg_quality))
+        object.__setattr__(self, "drawing", check_drawing(self.drawing))
         if self.n_train + self.n_val > MNIST_TRAIN_SIZE:
             raise BiasbenchError(
                 f"train size + val size = {self.n_train + self.n_val} exceeds the {MNIST_TRAIN_SIZE} "
@@ -136,14 +146,14 @@ class DatasetSettings:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        if not d["jpeg_quality"]:  # lossless: the dict (and every hash of it) as before the option
-            del d["jpeg_quality"]
+        for key, default in OMITTED_AT_DEFAULT.items():
+            if d[key] == default:  # the dict (and every hash of it) as before the option
+                del d[key]
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "DatasetSettings":
-        known = {"p_bias", "seed", "cell_size", "mode", "n_train", "n_val", "n_test", "fixed", "jpeg_quality"}
-        unknown = set(d) - known
+        unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
             raise BiasbenchError(f"unknown dataset setting(s): {', '.join(sorted(unknown))}")
         return cls(**dict(d))
@@ -162,6 +172,11 @@ class DatasetSettings:
                 else:
                     out.append(f"{k} {a[k]} vs {b[k]}")
         return out
+
+
+OMITTED_AT_DEFAULT: dict[str, Any] = {"jpeg_quality": 0, "drawing": DRAWINGS[0]}
+"""Dataset settings added after the first records were made: :meth:`DatasetSettings.to_dict` leaves them out
+at these defaults, and a record or manifest without them had them."""
 
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "madgrad", "madgradw")

@@ -22,7 +22,7 @@ from ..errors import BiasbenchError
 from .factors import FACTORS, aligned_mask, majority_mask
 from .mnist import load_mnist
 from .recipe import SPLITS, SplitRecipe, build_recipe, load_recipe, read_manifest, write_dataset
-from .render import get_renderer
+from .render import renderer_for
 
 
 def generate(root: str | os.PathLike, settings: DatasetSettings, mnist_dir: str | None = None,
@@ -39,7 +39,7 @@ class BiasedMNIST(torch.utils.data.Dataset):
     Args:
         root: dataset folder (``manifest.json`` + ``recipe.npz``).
         split: ``train``, ``val``, ``balanced_val`` or ``test``.
-        p_bias, seed, cell_size, mode, n_train, n_val, n_test, jpeg_quality: dataset settings
+        p_bias, seed, cell_size, mode, n_train, n_val, n_test, jpeg_quality, drawing: dataset settings
             (:class:`~biasbench.config.DatasetSettings`). ``None`` (default)
             accepts whatever the folder holds; a value that differs from the folder's is an error.
             When the folder is empty and ``download`` is true, the dataset is generated with the given
@@ -52,8 +52,9 @@ class BiasedMNIST(torch.utils.data.Dataset):
     def __init__(self, root: str | os.PathLike, split: str = "train", p_bias: Any = None, seed: int | None = None,
                  cell_size: int | None = None, mode: str | None = None, n_train: int | None = None,
                  n_val: int | None = None, n_test: int | None = None, jpeg_quality: int | None = None,
-                 transform: Callable | None = None, target_transform: Callable | None = None,
-                 download: bool = True, mnist_dir: str | os.PathLike | None = None):
+                 drawing: str | None = None, transform: Callable | None = None,
+                 target_transform: Callable | None = None, download: bool = True,
+                 mnist_dir: str | os.PathLike | None = None):
         if split not in SPLITS:
             raise BiasbenchError(f"unknown split {split!r}; expected one of: {', '.join(SPLITS)}")
         self.root = Path(root)
@@ -63,7 +64,7 @@ class BiasedMNIST(torch.utils.data.Dataset):
         self.mnist_dir = mnist_dir
         requested = {k: v for k, v in dict(p_bias=p_bias, seed=seed, cell_size=cell_size, mode=mode,
                                            n_train=n_train, n_val=n_val, n_test=n_test,
-                                           jpeg_quality=jpeg_quality).items() if v is not None}
+                                           jpeg_quality=jpeg_quality, drawing=drawing).items() if v is not None}
         if not (self.root / "manifest.json").exists():
             if not download:
                 raise BiasbenchError(f"{self.root} holds no Biased MNIST dataset and download=False")
@@ -120,7 +121,7 @@ class BiasedMNIST(torch.utils.data.Dataset):
         ``cell_size`` renders the same recipe at another size (progressive learning)."""
         idx = np.arange(len(self)) if indices is None else np.asarray(indices)
         cell = cell_size or self.settings.cell_size
-        renderer = get_renderer(cell, str(torch.device(device)), self.settings.jpeg_quality)
+        renderer = renderer_for(self.settings, device, cell)
         size = 3 * cell
         out = torch.empty((len(idx), 3, size, size), dtype=torch.uint8, device=device)
         digits = self.digits(idx)

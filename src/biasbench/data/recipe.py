@@ -31,6 +31,7 @@ from ..utils import atomic_write, atomic_write_json
 from .factors import FACTORS, sample_factors
 from .mnist import FILES as MNIST_MD5
 from .render import RENDERER_VERSION
+from .stamps import DRAWINGS
 
 SPLITS: tuple[str, ...] = ("train", "val", "balanced_val", "test")
 SPLIT_SOURCE = {"train": "train", "val": "train", "balanced_val": "train", "test": "test"}
@@ -94,12 +95,16 @@ def recipe_hash(recipe: dict[str, SplitRecipe]) -> str:
 
 def dataset_identity(manifest: dict) -> str:
     """What a run's images are a function of: the recipe's SHA-256, plus ``+jpegQ`` for a dataset whose
-    images get the JPEG round trip (the recipe alone does not tell them from the lossless images).
+    images get the JPEG round trip and ``+reference-drawing`` for one drawn as the reference drew (the
+    recipe alone does not tell these from the default images).
 
     Takes a manifest or a run record's ``dataset`` entry (both hold ``recipe_sha256`` and ``settings``).
-    For lossless datasets it is the recipe hash itself, so run ids from before the option are unchanged."""
-    quality = manifest.get("settings", {}).get("jpeg_quality", 0)
-    return manifest["recipe_sha256"] + (f"+jpeg{quality}" if quality else "")
+    For datasets with both at their defaults it is the recipe hash itself, so run ids from before the
+    options are unchanged."""
+    settings = manifest.get("settings", {})
+    quality, drawing = settings.get("jpeg_quality", 0), settings.get("drawing", DRAWINGS[0])
+    return (manifest["recipe_sha256"] + (f"+jpeg{quality}" if quality else "")
+            + (f"+{drawing}-drawing" if drawing != DRAWINGS[0] else ""))
 
 
 def make_manifest(settings: DatasetSettings, recipe: dict[str, SplitRecipe]) -> dict:

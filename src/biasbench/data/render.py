@@ -3,15 +3,15 @@
 For a batch of N recipe rows the renderer works in three vectorised steps:
 
 1. **Digit silhouettes.** MNIST digits (N, 28, 28) are resized to the cell size with OpenCV's
-   ``INTER_AREA`` rule, written as a separable weight matrix ``R`` (cell x 28): ``resized = R D R^T``.
-   When enlarging (28 -> 32, the paper's size) OpenCV's INTER_AREA is a linear interpolation with
-   "pixel-area relation" coefficients: for output pixel ``d``, ``sx = floor(d * 28 / c)``,
-   ``f = (d + 1) - (sx + 1) * c / 28``, ``f = 0 if f <= 0 else f - floor(f)``, weights ``1 - f`` on
-   ``sx`` and ``f`` on ``sx + 1`` (clamped at the border). When shrinking it is the exact area average.
-   The silhouette is ``resized > 127`` (computed in float64 so ties do not depend on the device).
+   ``INTER_AREA`` rule, written as a separable weight matrix ``R`` (cell x 28): ``resized = R D R^T``
+   (:mod:`biasbench.data.resize`). The silhouette is ``resized > 127``, computed in float64 so ties do
+   not depend on the device. With ``drawing="reference"`` an enlarged digit (the paper's 28 -> 32) is
+   instead computed in OpenCV's own float32 arithmetic on the reference's [0, 1] floats
+   (:func:`~biasbench.data.resize.opencv_enlarge_float32`), which puts the near-ties on the reference's side.
 2. **A layer map** (N, H, W) uint8 by priority: 0 background, 1 distractor (shape in the 8 non-digit
    cells), 2 texture glyph, 3 digit. Later layers win, exactly the reference's drawing order
-   (background, shapes, texture, digit), computed as maxima of precomputed stamp canvases.
+   (background, shapes, texture, digit), computed as maxima of precomputed stamp canvases
+   (:mod:`biasbench.data.stamps`: our drawings, or with ``drawing="reference"`` the reference's pixels).
 3. **Colours** from a per-image palette (N, 4, 3): planar masked copies on the CPU, a gather on a GPU.
 4. Optionally (``jpeg_quality``, a dataset setting) the exact JPEG round trip the reference's files went
    through (:mod:`biasbench.data.jpeg`), on the same device.
@@ -31,33 +31,10 @@ import torch
 from ..errors import BiasbenchError
 from .factors import FACTOR_TABLE, FACTORS
 from .jpeg import check_quality, jpeg_roundtrip
-from .stamps import MIN_CELL_SIZE, shape_canvases, texture_canvases
+from .resize import MNIST_SIZE, opencv_enlarge_float32, resize_matrix
+from .stamps import MIN_CELL_SIZE, check_drawing, shape_canvases, texture_canvases
 
 RENDERER_VERSION = "1"
-MNIST_SIZE = 28
-
-
-def resize_matrix(out_size: int, in_size: int = MNIST_SIZE) -> np.ndarray:
-    """OpenCV ``INTER_AREA`` resize as an (out_size, in_size) float64 weight matrix (see module doc)."""
-    w = np.zeros((out_size, in_size), dtype=np.float64)
-    scale = in_size / out_size
-    if out_size > in_size:  # enlarging: linear with area-relation coefficients
-        inv = out_size / in_size
-        for d in range(out_size):
-            sx = int(np.floor(d * scale))
-            f = (d + 1) - (sx + 1) * inv
-            f = 0.0 if f <= 0 else f - np.floor(f)
-            if sx >= in_size - 1:
-                sx, f = in_size - 1, 0.0
-            w[d, sx] += 1 - f
-            if f:
-                w[d, sx + 1] += f
-    else:  # shrinking (or same size): exact area average
-        for d in range(out_size):
-            lo, hi = d * scale, (d + 1) * scale
-            for s in range(int(np.floor(lo)), min(in_size, int(np.ceil(hi)))):
-                w[d, s] = max(0.0, min(hi, s + 1) - max(lo, s)) / scale
-    return w
 
 
 def check_cell_size(cell_size: int) -> int:
@@ -86,13 +63,16 @@ class Renderer:
     Two backends give byte-identical images: ``numpy`` (the CPU default: planar uint8 arithmetic,
     the batch cut into cache-sized chunks spread over ``threads`` threads; numpy releases the GIL) and
     ``torch`` (any device; the default on a GPU, where one gather colours the whole batch).
-    ``jpeg_quality`` > 0 passes every rendered batch through :func:`~biasbench.data.jpeg.jpeg_roundtrip`.
+    ``jpeg_quality`` > 0 passes every rendered batch through :func:`~biasbench.data.jpeg.jpeg_roundtrip`;
+    ``drawing`` (:data:`~biasbench.data.stamps.DRAWINGS`) picks the shapes, the glyphs and the digits'
+    arithmetic: ``reference`` draws the reference's pixels (exactly, at 32-px cells).
     """
 
     def __init__(self, cell_size: int = 32, device: str | torch.device = "cpu", backend: str = "auto",
-                 threads: int | None = None, jpeg_quality: int = 0):
+                 threads: int | None = None, jpeg_quality: int = 0, drawing: str = "biasbench"):
         self.cell_size = check_cell_size(cell_size)
         self.jpeg_quality = check_quality(jpeg_quality)
+        self.drawing = check_drawing(drawing)
         self.size = 3 * self.cell_size
         self.device = torch.device(device)
         if backend == "auto":
@@ -103,9 +83,11 @@ class Renderer:
         self.backend = backend
         self.threads = threads or max(1, torch.get_num_threads())
         hw = self.size * self.size
-        self._shapes_np = shape_canvases(self.cell_size).reshape(90, hw).view(np.uint8)  # 0/1
-        self._textures_np = texture_canvases(self.cell_size).reshape(10, hw).view(np.uint8) * np.uint8(2)
+        self._shapes_np = shape_canvases(self.cell_size, self.drawing).reshape(90, hw).view(np.uint8)  # 0/1
+        self._textures_np = (texture_canvases(self.cell_size, self.drawing).reshape(10, hw).view(np.uint8)
+                             * np.uint8(2))
         self._resize_np = resize_matrix(self.cell_size)
+        self._opencv_float32 = self.drawing == "reference" and self.cell_size > MNIST_SIZE
         self._tables_np = np.stack([_color_table(n) for n in _PALETTE_FACTORS])  # (4, 10, 3)
         self._palette_cols = np.array([FACTORS.index(n) for n in _PALETTE_FACTORS])
         self._f = {n: FACTORS.index(n) for n in FACTORS}
@@ -155,7 +137,9 @@ class Renderer:
 
     # -- numpy backend (CPU) --------------------------------------------------------------------
     def digit_masks_numpy(self, digits: np.ndarray) -> np.ndarray:
-        """Bool (N, c, c): resized MNIST digits thresholded at > 127 (float64)."""
+        """Bool (N, c, c): resized MNIST digits thresholded at > 127 (float64, or OpenCV's float32)."""
+        if self._opencv_float32:
+            return opencv_enlarge_float32(digits, self.cell_size) * np.float32(255) > np.float32(127)
         r = self._resize_np
         return (r @ digits.astype(np.float64) @ r.T) > 127.0 + 1e-9
 
@@ -184,7 +168,10 @@ class Renderer:
 
     # -- torch backend (any device) ---------------------------------------------------------------
     def digit_masks(self, digits: torch.Tensor) -> torch.Tensor:
-        """Bool (N, c, c) on the renderer's device (float64, so ties do not depend on the device)."""
+        """Bool (N, c, c) on the renderer's device (float64, so ties do not depend on the device; or OpenCV's
+        float32 steps, each a separate correctly rounded operation, so no device fuses them)."""
+        if self._opencv_float32:
+            return opencv_enlarge_float32(digits.to(self.device), self.cell_size) * 255.0 > 127.0
         x = digits.to(self.device, torch.float64)
         return (self._resize @ x @ self._resize.T) > 127.0 + 1e-9
 
@@ -212,8 +199,16 @@ def _pool(workers: int):
 
 
 @functools.lru_cache(maxsize=8)
-def get_renderer(cell_size: int, device: str = "cpu", jpeg_quality: int = 0) -> Renderer:
-    return Renderer(cell_size, device, jpeg_quality=jpeg_quality)
+def get_renderer(cell_size: int, device: str = "cpu", jpeg_quality: int = 0, drawing: str = "biasbench") -> Renderer:
+    """The shared renderer of these settings (stamps and device tensors are built once per process)."""
+    return Renderer(cell_size, device, jpeg_quality=jpeg_quality, drawing=drawing)
+
+
+def renderer_for(settings, device: str | torch.device = "cpu", cell_size: int | None = None) -> Renderer:
+    """The shared renderer of a dataset's settings (a :class:`~biasbench.config.DatasetSettings`): its cell
+    size (or ``cell_size``, to render the same recipe at another size) and its image options."""
+    return get_renderer(cell_size or settings.cell_size, str(torch.device(device)), settings.jpeg_quality,
+                        settings.drawing)
 
 
 def to_display_rgb(images: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -1,13 +1,25 @@
-"""Binary stamps, rasterised once per cell size with Pillow: the ten distractor shapes and the texture lattices.
+"""Binary stamps, built once per cell size and drawing: the ten distractor shapes and the ten texture lattices.
 
-Shapes are filled polygons / discs without anti-aliasing on a ``cell_size // 2`` square patch (16x16
-at the paper's 32-px cells), centred in a cell. The reference's exact vertex lists are not part of the
-spec, so the outlines here are our own drawings of the named shapes at the reference's size.
+Two drawings (the ``drawing`` dataset setting, :data:`DRAWINGS`, which also sets how digits are resized,
+:mod:`biasbench.data.render`):
 
-Texture glyphs are stroke drawings (in the spirit of OpenCV's Hershey-Simplex font at scale 0.4,
-which the reference used) in a glyph box of about 8x9 px at 32-px cells, stamped with its bottom-left
-corner at the reference's 6x6 lattice of text origins ``{6, 22, 38, 54, 70, 86}`` (scaled with the
-cell size). Stamps are pure functions of the cell size, so rendering stays byte-for-byte reproducible.
+``biasbench`` (the default)
+    Our own drawings, rasterised with Pillow. Shapes are filled polygons / discs without anti-aliasing on
+    a ``cell_size // 2`` square patch (16x16 at the paper's 32-px cells), centred in a cell. Texture glyphs
+    are stroke drawings in the spirit of OpenCV's Hershey-Simplex font at scale 0.4 in a glyph box of about
+    8x9 px at 32-px cells, stamped with its bottom-left corner at the reference's 6x6 lattice of text
+    origins ``{6, 22, 38, 54, 70, 86}`` (scaled with the cell size).
+``reference``
+    The reference's own pixels at 32-px cells: its shapes (``cv2.polylines`` + ``cv2.fillPoly`` over its
+    integer vertices, ``cv2.circle``) and its ``cv2.putText`` glyphs, as OpenCV 4.5-4.7 draws them,
+    recorded in :mod:`biasbench.data.reference_stamps` by ``scripts/reference_stamps.py`` (which checks
+    every texture lattice against ``putText``'s). At other cell sizes they are resampled, as nothing in
+    the reference defines them: shapes as OpenCV's ``INTER_AREA`` resize thresholded at one half (the
+    rule the digits are resized by), glyph lattices so that no stroke is lost (a target pixel is set when
+    any source pixel it covers is; enlarging repeats pixels). At 8-px cells two of the ten 4x4 shapes
+    coincide (pentagon and plus); the ten lattices stay distinct.
+
+Stamps are pure functions of the cell size and drawing, so rendering stays byte-for-byte reproducible.
 """
 from __future__ import annotations
 
@@ -16,10 +28,24 @@ import functools
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..errors import BiasbenchError
+from . import reference_stamps as ref
 from .factors import SHAPES, TEXTURES
+from .resize import resize_matrix
 
 MIN_CELL_SIZE = 8
 """Below 8 px a cell cannot hold a recognisable 4-px distractor or 2-px texture glyph."""
+
+DRAWINGS: tuple[str, ...] = ("biasbench", "reference")
+"""Values of the ``drawing`` dataset setting; the first is the default."""
+
+
+def check_drawing(drawing: object) -> str:
+    """``drawing`` if it names one of :data:`DRAWINGS`, else a :class:`BiasbenchError` naming the choices."""
+    if drawing not in DRAWINGS:
+        raise BiasbenchError(f"unknown drawing {drawing!r}; expected one of: {', '.join(DRAWINGS)} "
+                             f"(reference: the reference's OpenCV pixels)")
+    return str(drawing)
 
 # Shapes: polygons in unit coordinates (x right, y down) on the patch.
 _POLYGONS: dict[str, list[tuple[float, float]]] = {
@@ -56,9 +82,41 @@ def _scaled(v: float, cell_size: int) -> int:
     return int(np.floor(v * cell_size / 32 + 0.5))  # round half up, not to even
 
 
+def _bitmap(rows: tuple[str, ...]) -> np.ndarray:
+    return np.array([[ch == "#" for ch in row] for row in rows], dtype=bool)
+
+
+def _reference_shape_patches(cell_size: int) -> np.ndarray:
+    r = resize_matrix(cell_size // 2, ref.PATCH)
+    src = np.stack([_bitmap(ref.SHAPES[name]) for name in SHAPES]).astype(np.float64)
+    return (r @ src @ r.T) >= 0.5 - 1e-9  # at 32-px cells r is the identity: the reference's pixels
+
+
+def _reference_texture_canvases(cell_size: int) -> np.ndarray:
+    size, ref_size = 3 * cell_size, 3 * 2 * ref.PATCH
+    src = np.zeros((len(TEXTURES), ref_size, ref_size), dtype=bool)
+    for k, text in enumerate(TEXTURES):
+        for oy in ref.LATTICE:
+            dx, dy, rows = (ref.GLYPHS_TOP_ROW if oy == ref.LATTICE[0] else ref.GLYPHS)[text]
+            ys, xs = np.nonzero(_bitmap(rows))
+            for ox in ref.LATTICE:
+                y, x = oy + dy + ys, ox + dx + xs
+                keep = (y >= 0) & (y < ref_size) & (x >= 0) & (x < ref_size)  # clipped at the edges, as drawn
+                src[k, y[keep], x[keep]] = True
+    if size >= ref_size:  # the same or enlarged: each target pixel takes the source pixel it lies in
+        idx = np.arange(size) * ref_size // size
+        return np.ascontiguousarray(src[:, idx][:, :, idx])
+    out = np.zeros((len(TEXTURES), size, size), dtype=bool)  # shrunk: any source pixel sets its target
+    k, y, x = np.nonzero(src)
+    out[k, y * size // ref_size, x * size // ref_size] = True
+    return out
+
+
 @functools.lru_cache(maxsize=8)
-def shape_patches(cell_size: int) -> np.ndarray:
+def shape_patches(cell_size: int, drawing: str = "biasbench") -> np.ndarray:
     """Bool (10, s, s) with s = cell_size // 2: the filled shapes, in :data:`SHAPES` order."""
+    if check_drawing(drawing) == "reference":
+        return _reference_shape_patches(cell_size)
     s = cell_size // 2
     out = np.zeros((len(SHAPES), s, s), dtype=bool)
     m = s - 1
@@ -76,12 +134,12 @@ def shape_patches(cell_size: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
-def shape_canvases(cell_size: int) -> np.ndarray:
+def shape_canvases(cell_size: int, drawing: str = "biasbench") -> np.ndarray:
     """Bool (10, 9, H, W): shape k stamped in every cell except cell g (the digit's cell)."""
     c = cell_size
     s = c // 2
     off = (c - s) // 2
-    patches = shape_patches(c)
+    patches = shape_patches(c, drawing)
     tiled = np.zeros((len(SHAPES), 3 * c, 3 * c), dtype=bool)
     for g in range(9):
         r, col = divmod(g, 3)
@@ -94,8 +152,10 @@ def shape_canvases(cell_size: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
-def texture_canvases(cell_size: int) -> np.ndarray:
+def texture_canvases(cell_size: int, drawing: str = "biasbench") -> np.ndarray:
     """Bool (10, H, W): each texture glyph stamped at the 6x6 lattice, in :data:`TEXTURES` order."""
+    if check_drawing(drawing) == "reference":
+        return _reference_texture_canvases(cell_size)
     c = cell_size
     size = 3 * c
     gw, gh = (max(3, _scaled(v, c)) for v in GLYPH_BOX_32)

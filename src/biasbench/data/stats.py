@@ -52,7 +52,8 @@ def format_stats(stats: dict) -> str:
     p_text = str(ps[0]) if len(ps) == 1 else ", ".join(f"{k}={v}" for k, v in s["p_bias"].items())
     lines = [f"Biased MNIST  p_bias={p_text}  seed={s['seed']}  cell={s['cell_size']} "
              f"({3 * s['cell_size']}x{3 * s['cell_size']})  mode={s['mode']}"
-             + (f"  jpeg_quality={s['jpeg_quality']}" if s.get("jpeg_quality") else ""), ""]
+             + (f"  jpeg_quality={s['jpeg_quality']}" if s.get("jpeg_quality") else "")
+             + (f"  drawing={s['drawing']}" if s.get("drawing", "biasbench") != "biasbench" else ""), ""]
     splits = stats["splits"]
     head = f"{'':18s}" + "".join(f"{sp:>14s}" for sp in splits)
     lines.append(head)

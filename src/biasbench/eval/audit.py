@@ -27,7 +27,7 @@ import torch
 
 from ..data.biased_mnist import BiasedMNIST
 from ..data.factors import FACTOR_TABLE, FACTORS, NUM_CLASSES, factor_majority
-from ..data.render import get_renderer
+from ..data.render import renderer_for
 from ..errors import BiasbenchError
 from ..models import create_model
 from ..utils import read_json_record
@@ -88,7 +88,7 @@ def counterfactual_audit(model: torch.nn.Module, ds: BiasedMNIST, device: torch.
     fac = ds.factors[idx].astype(np.int64)
     y = ds.labels[idx].astype(np.int64)
     mode = ds.settings.mode
-    renderer = get_renderer(ds.settings.cell_size, str(device), ds.settings.jpeg_quality)
+    renderer = renderer_for(ds.settings, device)
     predict = _Predictor(model, device)
 
     def render_predict(img_idx: np.ndarray, factor_rows: np.ndarray) -> np.ndarray:
