@@ -5,6 +5,7 @@ images are kept (as a training run keeps them resident), so peak memory includes
 
     python benchmarks/generate.py [--cell-size 32] [--threads 2] [--device cpu] [--batch-size 2048]
                                   [--jpeg-quality 95]   # with the reference's JPEG round trip
+                                  [--drawing reference] # the reference's shapes, glyphs, float32 digits
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import torch
 from biasbench.config import DatasetSettings
 from biasbench.data.biased_mnist import BiasedMNIST, generate
 from biasbench.data.recipe import SPLITS
+from biasbench.data.stamps import DRAWINGS
 
 
 def main() -> None:
@@ -28,12 +30,13 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch-size", type=int, default=2048)
     ap.add_argument("--jpeg-quality", type=int, default=0, help="dataset setting jpeg_quality (default 0: lossless)")
+    ap.add_argument("--drawing", default="biasbench", choices=DRAWINGS, help="dataset setting drawing")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as root:
         t0 = time.perf_counter()
-        generate(root, DatasetSettings(cell_size=args.cell_size, jpeg_quality=args.jpeg_quality))
+        generate(root, DatasetSettings(cell_size=args.cell_size, jpeg_quality=args.jpeg_quality, drawing=args.drawing))
         t_recipe = time.perf_counter() - t0
         rows, kept, total_n, total_t = [], [], 0, 0.0
         for split in SPLITS:
@@ -52,7 +55,7 @@ def main() -> None:
             total_t += dt
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-          f"torch {torch.__version__}, device {args.device}, jpeg_quality {args.jpeg_quality}")
+          f"torch {torch.__version__}, device {args.device}, jpeg_quality {args.jpeg_quality}, drawing {args.drawing}")
     print(f"recipe (MNIST read + checksum + sampling, all splits): {t_recipe:.2f} s")
     print(f"{'split':14s}{'images':>8s}{'seconds':>10s}{'images/s':>12s}")
     for split, n, dt, ips in rows:

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The next GPU session's device calls (written in the seventh session, which had no GPU; run from the repository
 # root with OUT set, as the device tool does). Parts, in this order, each only if named in PARTS:
-#   jpeg   the JPEG round trip of the reference's files (tenth session, docs/dataset.md) on the device: 2,000 test
-#          images rendered with jpeg_quality 95 on the GPU and on the CPU must be byte-identical; the GPU's
-#          images/s for 50,000 (a few seconds in all; its two lines end in the log);
+#   jpeg   the reference's images on the device (docs/dataset.md): 2,000 test images rendered with the reference's
+#          drawing (eleventh session: its shapes, glyphs and float32 digit resize) and the JPEG round trip of its
+#          files (tenth session, jpeg_quality 95) on the GPU and on the CPU must be byte-identical, before and
+#          after the round trip; the GPU's round-trip images/s for 50,000 (a few seconds in all; two log lines);
 #   bench  times the first block's options in the captured loop (the default Triton pool against PyTorch's pool,
 #          the sixth session's best fold+tconv+tfwd, and the combinations not yet timed: conv1's Triton forward
 #          with the plain Triton pool, the kernel-summed addend gradient ksum, the seventh session's Triton weight
@@ -72,13 +73,18 @@ import sys, tempfile, time
 import torch
 from biasbench.config import DatasetSettings
 from biasbench.data.biased_mnist import BiasedMNIST, generate
+from dataclasses import replace
 from biasbench.data.jpeg import jpeg_roundtrip
+from biasbench.data.render import renderer_for
 dev = sys.argv[1] if sys.argv[1] != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
 with tempfile.TemporaryDirectory() as root:
-    generate(root, DatasetSettings(n_train=2000, n_val=100, n_test=2000, jpeg_quality=95))
+    generate(root, DatasetSettings(n_train=2000, n_val=100, n_test=2000, jpeg_quality=95, drawing="reference"))
     ds = BiasedMNIST(root, split="test", download=False)
     same = torch.equal(ds.render(device=dev).cpu(), ds.render(device="cpu"))
-    print(f"jpeg: {dev} images equal to the CPU's: {same}")
+    drawn = [renderer_for(replace(ds.settings, jpeg_quality=0), d).render(ds.digits(), ds.factors).cpu()
+             for d in (dev, "cpu")]
+    print(f"jpeg: {dev} images (reference drawing, JPEG 95) equal to the CPU's: {same}; "
+          f"before the round trip: {torch.equal(*drawn)}")
     x = ds.render(device=dev).repeat(25 if dev.startswith("cuda") else 1, 1, 1, 1)  # 50,000 images on a GPU
     for _ in range(2):  # the second is timed
         if dev.startswith("cuda"): torch.cuda.synchronize()
