@@ -50,9 +50,9 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
                           "trip of cv2.imwrite at quality Q and cv2.imread; 95 reproduces the reference's JPEG "
                           "files (docs/dataset.md)")
     gen.add_argument("--drawing", default="biasbench", choices=DRAWINGS,
-                     help="distractor shapes and texture glyphs: biasbench (default, our drawings) or reference "
-                          "(the reference's OpenCV pixels; with --jpeg-quality 95 at cell size 32 the "
-                          "reference's images; docs/dataset.md)")
+                     help="how shapes, texture glyphs and digits are drawn: biasbench (default: our drawings) or "
+                          "reference (the reference generator's OpenCV pixels; with --jpeg-quality 95 at cell size "
+                          "32 its images, byte for byte; docs/dataset.md)")
     gen.add_argument("--mnist", default=None, metavar="DIR", help="folder with the four MNIST IDX files")
     gen.add_argument("--no-download", action="store_true", help="never download MNIST")
     gen.set_defaults(func=cmd_data_generate)
