@@ -97,7 +97,8 @@ def _reference_texture_canvases(cell_size: int) -> np.ndarray:
     src = np.zeros((len(TEXTURES), ref_size, ref_size), dtype=bool)
     for k, text in enumerate(TEXTURES):
         for oy in ref.LATTICE:
-            dx, dy, rows = (ref.GLYPHS_TOP_ROW if oy == ref.LATTICE[0] else ref.GLYPHS)[text]
+            top = oy == ref.LATTICE[0] and text in ref.GLYPHS_TOP_ROW  # where OpenCV's clipping moved pixels
+            dx, dy, rows = (ref.GLYPHS_TOP_ROW if top else ref.GLYPHS)[text]
             ys, xs = np.nonzero(_bitmap(rows))
             for ox in ref.LATTICE:
                 y, x = oy + dy + ys, ox + dx + xs
