@@ -29,15 +29,20 @@ COLORS = {"explicit": "#dd8452", "implicit": "#4c72b0"}
 
 
 def _paired_boxes(ax, groups: list[str], points: list[dict], key: str) -> None:
+    """Per group an explicit and an implicit box, with every run's point on it in the box's colour (a box of
+    one run is a bare line, whose colour alone would not say which kind it is); medians in black."""
     for i, g in enumerate(groups):
         for j, kind in enumerate(("explicit", "implicit")):
             vals = [p["mmd"] for p in points if p[key] == g and p["kind"] == kind]
             if not vals:
                 continue
             pos = i + (j - 0.5) * 0.36
-            bp = ax.boxplot(vals, positions=[pos], widths=0.3, patch_artist=True, showfliers=True)
+            bp = ax.boxplot(vals, positions=[pos], widths=0.3, patch_artist=True, showfliers=False,
+                            medianprops={"color": "black"})
             for patch in bp["boxes"]:
                 patch.set_facecolor(COLORS[kind])
+            ax.scatter([pos] * len(vals), vals, s=12, color=COLORS[kind], edgecolors="black", linewidths=0.4,
+                       zorder=3)
     ax.set_xticks(range(len(groups)))
     ax.axhline(0, color="grey", lw=0.5)
     ax.set_ylabel("MMD (majority − minority test accuracy, points)")
