@@ -24,6 +24,10 @@
 #   zg     LNL at seed 0 with the reference's gradient clearing (docs/reproduction/lnl-zero-grad-check.yaml, 4 trials,
 #          about 3 minutes) beside seed 0's committed runs, which cleared with zero_grad=none: whether the clearing
 #          moves LNL toward the paper; only with at least 200 s left;
+#   ref    not in the two calls' defaults (their 15 minutes are spoken for, and the second call already returns
+#          8 files): the reference's images (docs/reproduction/reference-images-check.yaml: StdM, LfF and LNL on two
+#          variables at seed 0 with drawing reference and JPEG 95, 4 trials, about 4 minutes) for a later session,
+#          PARTS="ref ..."; only with at least 240 s left;
 #   prof   anatomy.py of the chosen options' step (every kernel accounted for: where the next saving is); only
 #          with 60 s left;
 #   s1     the rest of the seed-1 sweep with the options it was started with (fold + Triton pool; 12 cheap trials,
@@ -135,6 +139,10 @@ fi
 
 if want zg && [ "$(left)" -ge 200 ]; then
   check_sweep zg-check docs/reproduction/lnl-zero-grad-check.yaml 0
+fi
+
+if want ref && [ "$(left)" -ge 240 ]; then
+  check_sweep ref-check docs/reproduction/reference-images-check.yaml 0
 fi
 
 if want prof && [ "$(left)" -ge 60 ] && [ -f "$OPTIONS_FILE" ]; then
