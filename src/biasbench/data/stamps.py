@@ -93,7 +93,7 @@ def _reference_shape_patches(cell_size: int) -> np.ndarray:
 
 
 def _reference_texture_canvases(cell_size: int) -> np.ndarray:
-    size, ref_size = 3 * cell_size, 3 * 2 * ref.PATCH
+    size, ref_size = 3 * cell_size, 3 * 2 * ref.PATCH  # the reference's 96-px image: 32-px cells, 16-px patches
     src = np.zeros((len(TEXTURES), ref_size, ref_size), dtype=bool)
     for k, text in enumerate(TEXTURES):
         for oy in ref.LATTICE:
