@@ -46,6 +46,10 @@ def test_presets_expand_to_the_papers_protocols():
     assert sorted({next(iter(set(t.dataset.p_bias.values()))) for t in pb}) == [0.1, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
     full = expand(presets()["paper-table1"], "full", seeds=[0, 1, 2])
     assert len(full) == 3 * 38 and full[0].dataset.cell_size == 32 and full[0].config["epochs"] == 30
+    ref, plain = (expand(presets()[p], "full", seeds=[0]) for p in ("paper-table1-reference", "paper-table1"))
+    assert [t.config for t in ref] == [t.config for t in plain]  # the same trials, on the reference's images
+    assert {(t.dataset.drawing, t.dataset.jpeg_quality) for t in ref} == {("reference", 95)}
+    assert not {t.trial_id for t in ref} & {t.trial_id for t in full}
 
 
 def test_seeds_override_included_trials_without_adding_a_point():
@@ -122,6 +126,7 @@ def test_rerun_skips_finished_trials_and_report_renders(tmp_path, capsys):
     assert code == 0 and "| StdM |" in out and "| LfF | –" in out  # LfF not in this sweep: missing cell
     html = (tmp_path / "rep" / "index.html").read_text()
     assert "Table 1" in html and "fig3a_mmd_per_factor.png" in html and "Counterfactual audit" in html
+    assert "Dataset: 24x24 px, p_bias 0.7, mode paper, our drawing, lossless." in html
     assert "digit_color" in (tmp_path / "rep" / "audit.md").read_text()
     assert (tmp_path / "rep" / "fig3a_mmd_per_factor.png").stat().st_size > 5000
 
@@ -228,6 +233,7 @@ def test_report_keeps_dataset_variants_apart(tmp_path, monkeypatch):
     assert {d: sorted({p["mmd"] for p in pts}) for d, pts in drawn.items()} == \
         {"jpeg_quality=0": [30.0], "jpeg_quality=95": [10.0]}
     assert rep["figures"]["fig3a[jpeg_quality=95]"] == "fig3a_mmd_per_factor_jpeg_quality_95.png"
+    assert rep["dataset"] == "2 datasets, one block of Table 1 rows each (the dataset column)"
     assert (tmp_path / "rep" / "fig3b_mmd_per_method_jpeg_quality_0.png").stat().st_size > 10_000
     assert "fig3a" not in rep["figures"]  # no pooled figure
     assert "Fig. 3a: MMD per factor (jpeg_quality=95)" in (tmp_path / "rep" / "index.html").read_text()

@@ -14,8 +14,8 @@ from ..utils import atomic_write_json, atomic_write_text
 from . import figures as F
 from .html import write_index
 from .records import load_sweep, parse_rule, select
-from .tables import (dataset_variants, fig5_data, iosm, iosm_markdown, mmd_points, p_bias_data, table1, table1_csv,
-                     table1_latex, table1_markdown, tuning_sensitivity)
+from .tables import (dataset_summary, dataset_variants, fig5_data, iosm, iosm_markdown, mmd_points, p_bias_data,
+                     table1, table1_csv, table1_latex, table1_markdown, tuning_sensitivity)
 
 NOTES = {
     "table1": "Unbiased accuracy = accuracy on the p_bias = 0.1 test set (%). Explicit methods: mean over their "
@@ -64,6 +64,7 @@ def build_report(sweep_dir: str | os.PathLike, out: str | os.PathLike, rule: str
     if audits:
         atomic_write_text(out / "audit.md", audits + "\n")
     summary = {"sweep": sweep.get("name"), "scale": sweep.get("scale"), "rule": rule,
+               "dataset": dataset_summary(chosen),
                "trials": len(sweep.get("trials", [])), "runs_with_records": len(records),
                "table1": t1, "iosm": io_rows, "tuning": {m: {str(a): v for a, v in d.items()} for m, d in tuning.items()},
                "figures": {k: (p.name if p else None) for k, p in figs.items()}}
@@ -92,7 +93,7 @@ def build_report(sweep_dir: str | os.PathLike, out: str | os.PathLike, rule: str
                              "over the audited runs of each method; runs without an audit are left out.", None))
     sections.append(("About", f"Sweep {sweep.get('name')} (scale {sweep.get('scale')}): "
                               f"{len(records)} of {len(sweep.get('trials', []))} trials have records. "
-                              f"Selection rule: {rule}.", None))
+                              f"Dataset: {summary['dataset']}. Selection rule: {rule}.", None))
     write_index(out / "index.html", f"biasbench report: {sweep.get('name')}", sections)
     summary["files"] = sorted(p.name for p in out.iterdir())
     _log_to_sweep_tracker(Path(sweep_dir), out, figs)

@@ -80,6 +80,27 @@ def dataset_variants(selected: list[tuple[RunRecord, int]]) -> list[tuple[str, l
     return [(" ".join(f"{k}={_variant_value(k, full.get(k))}" for k in varying), runs) for full, runs in ordered]
 
 
+def dataset_summary(selected: list[tuple[RunRecord, int]]) -> str:
+    """What images the selected runs trained on, for the report's reader: for one dataset its image size,
+    p_bias, mode, fixed factors, drawing and JPEG quality ("96x96 px, p_bias 0.7, mode paper, our drawing,
+    lossless"); for several, a pointer to Table 1's dataset column."""
+    variants = dataset_variants(selected)
+    if not selected:
+        return "no runs"
+    if len(variants) > 1:
+        return f"{len(variants)} datasets, one block of Table 1 rows each (the dataset column)"
+    try:
+        s = DatasetSettings.from_dict(selected[0][0].dataset)
+    except (BiasbenchError, TypeError):
+        return "not recorded in a readable form"
+    p = _setting("p_bias", s.p_bias)
+    parts = [f"{s.image_size}x{s.image_size} px", f"p_bias {_variant_value('p_bias', p)}", f"mode {s.mode}"]
+    parts += [f"fixed {_variant_value('fixed', s.fixed)}"] if s.fixed else []
+    parts.append("the reference generator's drawing" if s.drawing == "reference" else "our drawing")
+    parts.append(f"JPEG quality {s.jpeg_quality}" if s.jpeg_quality else "lossless")
+    return ", ".join(parts)
+
+
 def table1(selected: list[tuple[RunRecord, int]]) -> list[dict]:
     """Rows: method, mean, std, seeds, runs per seed, paper value, and ``variant``: one block of rows per
     dataset variant (:func:`dataset_variants`; "" when the runs share one dataset), so runs on different

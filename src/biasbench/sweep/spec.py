@@ -78,12 +78,20 @@ def presets() -> dict[str, dict]:
     """Built-in sweep specifications (before scaling)."""
     single = [[f] for f in FACTORS]
     cumulative = [list(PAPER_ORDER[:k]) for k in range(1, len(PAPER_ORDER) + 1)]
+    table1 = {"method": list(IMPLICIT_METHODS + EXPLICIT_METHODS), "explicit": single, "seed": [0]}
     return {
         "paper-table1": {
             "name": "paper-table1",
             "description": "Table 1: StdM, LfF, SD once per seed; each explicit method once per single explicit "
                            "factor (7 runs, averaged as the paper does).",
-            "grid": {"method": list(IMPLICIT_METHODS + EXPLICIT_METHODS), "explicit": single, "seed": [0]},
+            "grid": dict(table1),
+        },
+        "paper-table1-reference": {
+            "name": "paper-table1-reference",
+            "description": "paper-table1 on the reference generator's own images (drawing reference: its "
+                           "OpenCV shapes, glyphs and digits; jpeg_quality 95: its JPEG files).",
+            "dataset": {"drawing": "reference", "jpeg_quality": 95},
+            "grid": dict(table1),
         },
         "paper-fig5": {
             "name": "paper-fig5",
