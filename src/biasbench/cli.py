@@ -49,7 +49,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
                      help="0 (default): lossless images, as drawn; 1-100: every image gets the exact JPEG round "
                           "trip of cv2.imwrite at quality Q and cv2.imread; 95 reproduces the reference's JPEG "
                           "files (docs/dataset.md)")
-    gen.add_argument("--drawing", default="biasbench", choices=DRAWINGS,
+    gen.add_argument("--drawing", default=DRAWINGS[0], choices=DRAWINGS,
                      help="how shapes, texture glyphs and digits are drawn: biasbench (default: our drawings) or "
                           "reference (the reference generator's OpenCV pixels; with --jpeg-quality 95 at cell size "
                           "32 its images, byte for byte; docs/dataset.md)")
@@ -359,6 +359,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         spec = {**spec, "base": {**(spec.get("base") or {}), "precision": args.precision}}
     trials = expand(spec, scale, seeds)
     if args.dry_run:
+        from .data.stamps import DRAWINGS
         from .methods import get_method_class
         from .sweep.runners import resolve_fuse
         from .sweep.trial import plan_units
@@ -375,7 +376,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print(f"{t.trial_id}  unit {unit_of[t.trial_id]:3d}  {c['method']:10s} explicit={','.join(c['explicit']) or '-':40s} seed={c['seed']} "
                   f"p_bias={sorted(set(t.dataset.p_bias.values()))}"
                   f"{' jpeg=' + str(t.dataset.jpeg_quality) if t.dataset.jpeg_quality else ''}"
-                  f"{' drawing=' + t.dataset.drawing if t.dataset.drawing != 'biasbench' else ''} "
+                  f"{' drawing=' + t.dataset.drawing if t.dataset.drawing != DRAWINGS[0] else ''} "
                   f"model={c['model']}{'(' + kw + ')' if kw else ''} "
                   f"opt={c['optimizer']} progressive={prog} hparams={hp or 'defaults'}")
         print(f"{len(trials)} trials in {len(set(unit_of.values()))} units of work")

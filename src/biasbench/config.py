@@ -179,6 +179,12 @@ OMITTED_AT_DEFAULT: dict[str, Any] = {"jpeg_quality": 0, "drawing": DRAWINGS[0]}
 at these defaults, and a record or manifest without them had them."""
 
 
+def later_settings_set(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Those of :data:`OMITTED_AT_DEFAULT` that a settings dict (a manifest's, a record's) sets away from their
+    defaults, in that order: ``{"jpeg_quality": 95, "drawing": "reference"}``, ``{}`` for the default images."""
+    return {k: settings[k] for k, default in OMITTED_AT_DEFAULT.items() if settings.get(k, default) != default}
+
+
 OPTIMIZERS = ("adam", "adamw", "sgd", "madgrad", "madgradw")
 PRECISIONS = ("auto", "fp32", "bf16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")

@@ -32,7 +32,7 @@ from ..errors import BiasbenchError
 from .factors import FACTOR_TABLE, FACTORS
 from .jpeg import check_quality, jpeg_roundtrip
 from .resize import MNIST_SIZE, opencv_enlarge_float32, resize_matrix
-from .stamps import MIN_CELL_SIZE, check_drawing, shape_canvases, texture_canvases
+from .stamps import DRAWINGS, MIN_CELL_SIZE, check_drawing, shape_canvases, texture_canvases
 
 RENDERER_VERSION = "1"
 
@@ -69,7 +69,7 @@ class Renderer:
     """
 
     def __init__(self, cell_size: int = 32, device: str | torch.device = "cpu", backend: str = "auto",
-                 threads: int | None = None, jpeg_quality: int = 0, drawing: str = "biasbench"):
+                 threads: int | None = None, jpeg_quality: int = 0, drawing: str = DRAWINGS[0]):
         self.cell_size = check_cell_size(cell_size)
         self.jpeg_quality = check_quality(jpeg_quality)
         self.drawing = check_drawing(drawing)
@@ -199,7 +199,7 @@ def _pool(workers: int):
 
 
 @functools.lru_cache(maxsize=8)
-def get_renderer(cell_size: int, device: str = "cpu", jpeg_quality: int = 0, drawing: str = "biasbench") -> Renderer:
+def get_renderer(cell_size: int, device: str = "cpu", jpeg_quality: int = 0, drawing: str = DRAWINGS[0]) -> Renderer:
     """The shared renderer of these settings (stamps and device tensors are built once per process)."""
     return Renderer(cell_size, device, jpeg_quality=jpeg_quality, drawing=drawing)
 

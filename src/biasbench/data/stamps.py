@@ -114,7 +114,7 @@ def _reference_texture_canvases(cell_size: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
-def shape_patches(cell_size: int, drawing: str = "biasbench") -> np.ndarray:
+def shape_patches(cell_size: int, drawing: str = DRAWINGS[0]) -> np.ndarray:
     """Bool (10, s, s) with s = cell_size // 2: the filled shapes, in :data:`SHAPES` order."""
     if check_drawing(drawing) == "reference":
         return _reference_shape_patches(cell_size)
@@ -135,7 +135,7 @@ def shape_patches(cell_size: int, drawing: str = "biasbench") -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
-def shape_canvases(cell_size: int, drawing: str = "biasbench") -> np.ndarray:
+def shape_canvases(cell_size: int, drawing: str = DRAWINGS[0]) -> np.ndarray:
     """Bool (10, 9, H, W): shape k stamped in every cell except cell g (the digit's cell)."""
     c = cell_size
     s = c // 2
@@ -153,7 +153,7 @@ def shape_canvases(cell_size: int, drawing: str = "biasbench") -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
-def texture_canvases(cell_size: int, drawing: str = "biasbench") -> np.ndarray:
+def texture_canvases(cell_size: int, drawing: str = DRAWINGS[0]) -> np.ndarray:
     """Bool (10, H, W): each texture glyph stamped at the 6x6 lattice, in :data:`TEXTURES` order."""
     if check_drawing(drawing) == "reference":
         return _reference_texture_canvases(cell_size)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..config import later_settings_set
 from .factors import FACTOR_TABLE, FACTORS, NUM_CLASSES, aligned_mask, majority_mask
 from .recipe import SPLITS, SplitRecipe
 
@@ -52,8 +53,7 @@ def format_stats(stats: dict) -> str:
     p_text = str(ps[0]) if len(ps) == 1 else ", ".join(f"{k}={v}" for k, v in s["p_bias"].items())
     lines = [f"Biased MNIST  p_bias={p_text}  seed={s['seed']}  cell={s['cell_size']} "
              f"({3 * s['cell_size']}x{3 * s['cell_size']})  mode={s['mode']}"
-             + (f"  jpeg_quality={s['jpeg_quality']}" if s.get("jpeg_quality") else "")
-             + (f"  drawing={s['drawing']}" if s.get("drawing", "biasbench") != "biasbench" else ""), ""]
+             + "".join(f"  {k}={v}" for k, v in later_settings_set(s).items()), ""]
     splits = stats["splits"]
     head = f"{'':18s}" + "".join(f"{sp:>14s}" for sp in splits)
     lines.append(head)

@@ -84,9 +84,9 @@ def dataset_summary(selected: list[tuple[RunRecord, int]]) -> str:
     """What images the selected runs trained on, for the report's reader: for one dataset its image size,
     p_bias, mode, fixed factors, drawing and JPEG quality ("96x96 px, p_bias 0.7, mode paper, our drawing,
     lossless"); for several, a pointer to Table 1's dataset column."""
-    variants = dataset_variants(selected)
     if not selected:
         return "no runs"
+    variants = dataset_variants(selected)
     if len(variants) > 1:
         return f"{len(variants)} datasets, one block of Table 1 rows each (the dataset column)"
     try:
