@@ -108,6 +108,24 @@ def test_cli_audit_writes_json_and_figures_and_rejects_bad_input(tiny_root, tmp_
     assert "--values must be in [1, 8]" in capsys.readouterr().err
     assert main(["audit", run, "--data", str(tiny_root), "--samples", "0"]) == 2
     capsys.readouterr()
+    # without --data: the dataset path the run recorded; with a sweep's datasets root: the run's bmnist-<hash>
+    assert main(["audit", run, "--samples", "5", "--values", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_images"] == 5
+    from biasbench.sweep.trial import dataset_dir
+    root = tmp_path / "datasets"
+    shutil.copytree(tiny_root, dataset_dir(root, DatasetSettings(**TINY)))
+    assert main(["audit", run, "--data", str(root), "--samples", "5", "--values", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_images"] == 5
+    assert main(["audit", run, "--data", str(tmp_path / "nowhere"), "--samples", "5"]) == 2
+    assert "nowhere" in capsys.readouterr().err
+    moved = tmp_path / "moved"
+    shutil.copytree(run, moved)
+    rec = json.loads((moved / "config.json").read_text())
+    rec["dataset"]["path"] = rec["config"]["data"] = str(tmp_path / "gone")
+    (moved / "config.json").write_text(json.dumps(rec))
+    assert main(["audit", str(moved), "--samples", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "holds no dataset from here" in err and "pass --data DIR" in err
     # a run without a checkpoint
     bare = tmp_path / "bare"
     shutil.copytree(run, bare)

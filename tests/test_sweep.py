@@ -121,6 +121,8 @@ def test_rerun_skips_finished_trials_and_report_renders(tmp_path, capsys):
     capsys.readouterr()
     assert len(list((tmp_path / "sw" / "runs").glob("*/config.json"))) == 4
     assert len(list((tmp_path / "data").glob("bmnist-*"))) == 1  # one dataset for the whole sweep
+    assert main(["runs", str(tmp_path / "sw"), "--json"]) == 0  # a sweep folder lists its runs
+    assert len(json.loads(capsys.readouterr().out)) == 4
     code = main(["report", str(tmp_path / "sw"), "--out", str(tmp_path / "rep")])
     out = capsys.readouterr().out
     assert code == 0 and "| StdM |" in out and "| LfF | –" in out  # LfF not in this sweep: missing cell
@@ -159,24 +161,28 @@ def test_sweep_kill_and_resume(tmp_path):
         assert [h.get("metrics") for h in a] == [h.get("metrics") for h in b]
 
 
-def _fake_sweep(root: Path, runs: list[dict]) -> None:
-    """A sweep folder written by hand: one record per run with a chosen test accuracy and MMDs."""
+def _fake_sweep(root: Path, runs: list[dict], name: str = "fake") -> None:
+    """A sweep folder written by hand: one record per run with a chosen test accuracy and MMDs (``config``:
+    more training settings; ``run_id``, ``val``, ``epoch``: the run's id, validation accuracy, last epoch)."""
     from biasbench.data.factors import FACTORS
 
     trials = []
     for i, r in enumerate(runs):
-        run_id = f"run{i:03d}"
-        cfg = {"method": r["method"], "explicit": r.get("explicit", []), "seed": r["seed"], "method_hparams": {}}
-        trials.append({"trial_id": f"t{i}", "dataset": {"p_bias": {f: 0.7 for f in FACTORS}, **r.get("dataset", {})},
+        run_id = r.get("run_id", f"{name}-run{i:03d}")
+        cfg = {"method": r["method"], "explicit": r.get("explicit", []), "seed": r["seed"], "method_hparams": {},
+               **r.get("config", {})}
+        trials.append({"trial_id": r.get("trial_id", f"{name}-t{i}"),
+                       "dataset": {"p_bias": {f: 0.7 for f in FACTORS}, **r.get("dataset", {})},
                        "config": cfg, "run_id": run_id})
         factors = {f: {"majority": r["acc"] + 20, "minority": r["acc"], "mmd": r.get("mmd", 20.0)} for f in FACTORS}
         test = {"accuracy": r["acc"], "factors": factors}
-        hist = [{"epoch": 2, "split": "test", "metrics": test},
-                {"epoch": 2, "split": "val", "metrics": {"accuracy": 90.0}},
-                {"epoch": 2, "split": "tuning", "metrics": {"alpha": {"-1.0": 1.0, "0.0": 2.0, "1.0": 3.0, "2.0": 4.0}}}]
+        ep = r.get("epoch", 2)
+        hist = [{"epoch": ep, "split": "test", "metrics": test},
+                {"epoch": ep, "split": "val", "metrics": {"accuracy": r.get("val", 90.0)}},
+                {"epoch": ep, "split": "tuning", "metrics": {"alpha": {"-1.0": 1.0, "0.0": 2.0, "1.0": 3.0, "2.0": 4.0}}}]
         (root / "runs" / run_id).mkdir(parents=True)
         (root / "runs" / run_id / "metrics.json").write_text(json.dumps({"history": hist}))
-    (root / "sweep.json").write_text(json.dumps({"name": "fake", "scale": "full", "trials": trials}))
+    (root / "sweep.json").write_text(json.dumps({"name": name, "scale": "full", "trials": trials}))
 
 
 def test_report_table_values_are_exact(tmp_path):
@@ -227,13 +233,13 @@ def test_report_keeps_dataset_variants_apart(tmp_path, monkeypatch):
     _fake_sweep(tmp_path / "sw", runs)
     drawn = {}
     real_fig3a = figures.fig3a
-    monkeypatch.setattr(figures, "fig3a", lambda pts, path, dataset="": drawn.setdefault(dataset, pts) and
-                        real_fig3a(pts, path, dataset))
+    monkeypatch.setattr(figures, "fig3a", lambda pts, path, variant="": drawn.setdefault(variant, pts) and
+                        real_fig3a(pts, path, variant))
     rep = build_report(tmp_path / "sw", tmp_path / "rep")
     assert {d: sorted({p["mmd"] for p in pts}) for d, pts in drawn.items()} == \
         {"jpeg_quality=0": [30.0], "jpeg_quality=95": [10.0]}
     assert rep["figures"]["fig3a[jpeg_quality=95]"] == "fig3a_mmd_per_factor_jpeg_quality_95.png"
-    assert rep["dataset"] == "2 datasets, one block of Table 1 rows each (the dataset column)"
+    assert rep["dataset"] == "2 datasets, one block of Table 1 rows each (the variant column)"
     assert (tmp_path / "rep" / "fig3b_mmd_per_method_jpeg_quality_0.png").stat().st_size > 10_000
     assert "fig3a" not in rep["figures"]  # no pooled figure
     assert "Fig. 3a: MMD per factor (jpeg_quality=95)" in (tmp_path / "rep" / "index.html").read_text()
@@ -244,7 +250,7 @@ def test_report_keeps_dataset_variants_apart(tmp_path, monkeypatch):
     assert rows["jpeg_quality=95", "sd"]["mean"] == pytest.approx(20.0) and rows["jpeg_quality=0", "sd"]["seeds"] == 0
     assert {m for _, m in rows} == {"stdm", "sd"}  # methods without runs in any variant are left out
     md = (tmp_path / "rep" / "table1.md").read_text()
-    assert md.startswith("| dataset | method |")
+    assert md.startswith("| variant | method |")
     assert "| jpeg_quality=95 | StdM | 30.5 ± 0.7 | 2 | 1 | 42.0 | -11.5 |" in md
     assert "jpeg_quality=0,StdM,40.50" in (tmp_path / "rep" / "table1.csv").read_text()
     assert "jpeg\\_quality=95 & StdM & 30.5" in (tmp_path / "rep" / "table1.tex").read_text()
@@ -262,6 +268,67 @@ def test_report_keeps_dataset_variants_apart(tmp_path, monkeypatch):
         [("p_bias=0.5", 60.0), ("p_bias=0.95", 50.0)]
     # the paper's column only beside Table 1's own dataset (p_bias 0.7)
     assert "| p_bias=0.5 | StdM | 60.0 | 1 | 1 | – | – |" in (tmp_path / "rep_pb" / "table1.md").read_text()
+
+
+def test_report_keeps_training_variants_apart_and_pools_on_request(tmp_path, capsys):
+    """Runs that differ in the model (or its arguments, optimizer, schedule) are different experiments: before,
+    the selection rule chose between a ResNet and the paper's CNN of one seed as if they were hyperparameter
+    variants, and Table 1 showed one of them. Now each is a block of rows, IOSM pairs each with the StdM of its
+    own model, and ``--pool`` treats a setting as tuned again."""
+    runs = [{"method": "stdm", "seed": 0, "acc": 40.0, "val": 80.0},
+            {"method": "stdm", "seed": 0, "acc": 20.0, "val": 95.0, "config": {"model": "resnet18"}},
+            {"method": "lff", "seed": 0, "acc": 50.0},
+            {"method": "lff", "seed": 0, "acc": 24.0, "config": {"model": "resnet18"}},
+            {"method": "stdm", "seed": 0, "acc": 42.0, "val": 70.0, "config": {"lr": 0.01}}]  # a tuned variant
+    _fake_sweep(tmp_path / "sw", runs)
+    rep = build_report(tmp_path / "sw", tmp_path / "rep")
+    got = {(r["variant"], r["method"]): r["mean"] for r in rep["table1"] if r["seeds"]}
+    assert got == {("model=paper_cnn", "stdm"): 40.0, ("model=paper_cnn", "lff"): 50.0,
+                   ("model=resnet18", "stdm"): 20.0, ("model=resnet18", "lff"): 24.0}
+    assert [r["variant"] for r in rep["table1"]][:1] == ["model=paper_cnn"]  # as the runs first show them
+    assert {r["method"]: r["overall"] for r in rep["iosm"] if r["runs"]} == {"lff": pytest.approx(7.0)}  # (10 + 4) / 2
+    assert rep["dataset"].startswith("96x96 px, p_bias 0.7")  # one dataset: described, not "2 datasets"
+    assert {"fig3a[model=resnet18]", "fig3b[model=paper_cnn]"} <= set(rep["figures"])
+    # pooled over the model: the best validation accuracy of the seed's StdM runs (95: the ResNet's)
+    assert main(["report", str(tmp_path / "sw"), "--out", str(tmp_path / "pooled"), "--pool", "model"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("| method |") and "| StdM | 20.0 | 1 | 1 | 42.0 | -22.0 |" in out
+    assert "Pooled over: model." in (tmp_path / "pooled" / "index.html").read_text()
+    # a setting that is not compared (or unknown) cannot be pooled: one line, exit 2, nothing written
+    for bad in ("lr", "modl"):
+        assert main(["report", str(tmp_path / "sw"), "--out", str(tmp_path / "bad"), "--pool", bad]) == 2
+        assert f"cannot pool over {bad!r}" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_report_of_several_sweeps(tmp_path, capsys):
+    """Seeds run in separate sweep folders give one Table 1 (mean ± std over seeds); a run found in two folders
+    counts once, from the folder where it went furthest; a partial seed's fewer explicit runs show as a range;
+    audits are found in each run's own folder."""
+    singles = ["digit_color", "background_color", "digit_position", "distractor_shape", "distractor_color",
+               "texture", "texture_color"]
+    s0 = [{"method": "stdm", "seed": 0, "acc": 40.0, "run_id": "std0", "trial_id": "t0", "epoch": 1},
+          *[{"method": "upweight", "seed": 0, "explicit": [f], "acc": 30.0} for f in singles]]
+    s1 = [{"method": "stdm", "seed": 1, "acc": 44.0},
+          *[{"method": "upweight", "seed": 1, "explicit": [f], "acc": 20.0} for f in singles[:2]]]
+    s0b = [{"method": "stdm", "seed": 0, "acc": 38.0, "run_id": "std0", "trial_id": "t0", "epoch": 2}]  # resumed
+    _fake_sweep(tmp_path / "a", s0, "seed0")
+    _fake_sweep(tmp_path / "b", s1, "seed1")
+    _fake_sweep(tmp_path / "c", s0b, "seed0-resumed")
+    audit = tmp_path / "b" / "runs" / "seed1-run000" / "audit"
+    audit.mkdir()
+    (audit / "audit.json").write_text(json.dumps({"factors": {"texture": {"flip_rate": 0.25}}}))
+    dirs = [str(tmp_path / d) for d in "abc"]
+    assert main(["report", *dirs, str(tmp_path / "a"), "--out", str(tmp_path / "rep")]) == 0
+    out = capsys.readouterr().out
+    assert "| StdM | 41.0 ± 4.2 | 2 | 1 | 42.0 | -1.0 |" in out  # seeds 38 (epoch 2 beats epoch 1) and 44
+    assert "| UpWt | 25.0 ± 7.1 | 2 | 2–7 | 30.1 | -5.1 |" in out
+    rep = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert rep["sweep"] == "seed0 + seed1 + seed0-resumed" and rep["sweeps"] == dirs
+    assert rep["runs_with_records"] == 11 and rep["trials"] == 11
+    assert "UpWt,25.00,7.07,2,7,30.1,2" in (tmp_path / "rep" / "table1.csv").read_text()
+    assert "| StdM | – | – | – | – | – | 0.250 | – |" in (tmp_path / "rep" / "audit.md").read_text()
+    assert "from 3 sweep folders" in (tmp_path / "rep" / "index.html").read_text()
 
 
 def test_selection_rules(tmp_path):

@@ -195,7 +195,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     rn = sub.add_parser("runs", help="list runs with their key metrics",
                         description="One line per run in RUNS: method, model, seed, state, test accuracy, "
                                     "worst group, mean MMD.")
-    rn.add_argument("dir", metavar="RUNS")
+    rn.add_argument("dir", metavar="RUNS", help="a runs folder (train's --out) or a sweep folder")
     rn.add_argument("--json", action="store_true", help="print machine-readable JSON")
     rn.set_defaults(func=cmd_runs)
 
@@ -243,7 +243,9 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
                     "to RUN/audit (or --out).",
     )
     au.add_argument("run", metavar="RUN", help="a run folder (RUNS/<run_id>)")
-    au.add_argument("--data", required=True, help="the dataset the run was trained on")
+    au.add_argument("--data", default=None, metavar="DIR",
+                    help="the dataset the run was trained on, or a sweep's datasets root (the --data given to "
+                         "sweep; the run's dataset is found inside). Default: the path the run recorded")
     au.add_argument("--split", default="test", help="split to audit (default test)")
     au.add_argument("--samples", type=int, default=None, help="audit N random images (default: all)")
     au.add_argument("--values", type=int, default=None, metavar="K",
@@ -334,12 +336,22 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
 
     rp = sub.add_parser("report", help="tables, figures and index.html from a sweep's records",
                         description="Write Table 1 (md, csv, tex), Fig. 3a/3b, Fig. 5, tuning-distribution "
-                                    "sensitivity, IOSM and index.html for a (possibly partial) sweep.")
-    rp.add_argument("sweep", metavar="SWEEP", help="a sweep folder")
+                                    "sensitivity, IOSM and index.html for a (possibly partial) sweep, or for "
+                                    "several sweeps as one (for example seeds run apart). Runs that differ in a "
+                                    "setting other than the seed and the tuned hyperparameters (a dataset "
+                                    "setting, the model or its arguments, the optimizer, batch size, epochs, "
+                                    "precision, grouping, progressive learning) get their own block of Table 1 "
+                                    "rows and their own Fig. 3; --pool treats named settings as tuned instead.")
+    rp.add_argument("sweep", metavar="SWEEP", nargs="+",
+                    help="a sweep folder; several are reported as one (a run found in two counts once)")
     rp.add_argument("--out", required=True, help="report folder")
     rp.add_argument("--select", default="final", metavar="RULE",
                     help="final (the paper's: last epoch; default) or alpha=A (epoch and hyperparameters by "
                          "accuracy under tuning distribution A, e.g. alpha=0)")
+    rp.add_argument("--pool", default="", metavar="SETTING[,SETTING]",
+                    help="settings whose variants are pooled rather than kept apart, for example model_kwargs "
+                         "(the paper CNN's speed options); among a seed's runs that differ only in them the "
+                         "selection rule chooses one, as among hyperparameters")
     rp.set_defaults(func=cmd_report)
 
 
@@ -395,7 +407,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report.build import build_report
     from .report.tables import table1_markdown
 
-    summary = build_report(args.sweep, args.out, args.select)
+    pool = tuple(k.strip() for k in args.pool.split(",") if k.strip())
+    summary = build_report(args.sweep, args.out, args.select, pool)
     print(table1_markdown(summary["table1"]))
     if summary.get("scale_note"):
         print(summary["scale_note"])

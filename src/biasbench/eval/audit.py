@@ -212,10 +212,39 @@ def plot_audit(result: dict, out_dir: str | os.PathLike) -> list[Path]:
     return paths
 
 
-def audit_run(run_dir: str | os.PathLike, data: str | os.PathLike, split: str = "test", samples: int | None = None,
-              values: int | None = None, seed: int = 0, device: str = "auto", out: str | os.PathLike | None = None,
-              progress: bool | None = None, track: bool = True) -> dict:
-    """Audit a run's model on a split of ``data`` (which must be the run's own dataset); write
+def run_dataset(rec: dict, data: str | os.PathLike | None) -> Path:
+    """Where to find the dataset a run (its ``config.json`` record ``rec``) was trained on: without ``data``,
+    the path the run recorded (relative paths from the current folder); with ``data``, that folder when it
+    holds a dataset, else the ``bmnist-<settings hash>`` folder of the run's dataset settings inside it when
+    there is one (``data`` is then a sweep's datasets root, as given to ``biasbench sweep --data``). Whether
+    it is really the run's dataset is checked against the recipe afterwards."""
+    if data is None:
+        recorded = rec.get("dataset", {}).get("path") or rec.get("config", {}).get("data")
+        if not recorded:
+            raise BiasbenchError(f"run {rec.get('run_id')} records no dataset path; pass --data DIR")
+        if not (Path(recorded) / "manifest.json").is_file():
+            raise BiasbenchError(f"run {rec.get('run_id')} was trained on {recorded}, which holds no dataset "
+                                 f"from here (recorded paths are relative to where training ran); pass --data DIR")
+        return Path(recorded)
+    data = Path(data)
+    settings = rec.get("dataset", {}).get("settings")
+    if not (data / "manifest.json").is_file() and settings:
+        from ..config import DatasetSettings
+        from ..sweep.trial import dataset_dir
+
+        try:
+            inside = dataset_dir(data, DatasetSettings.from_dict(settings))
+        except BiasbenchError:
+            return data
+        if (inside / "manifest.json").is_file():
+            return inside
+    return data
+
+
+def audit_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = None, split: str = "test",
+              samples: int | None = None, values: int | None = None, seed: int = 0, device: str = "auto",
+              out: str | os.PathLike | None = None, progress: bool | None = None, track: bool = True) -> dict:
+    """Audit a run's model on a split of its own dataset (``data``, found by :func:`run_dataset`); write
     ``audit.json``, ``flip_rates.png`` and ``value_class.png`` into ``out`` (default ``RUN/audit``) and
     log them to the run's MLflow record when it has one."""
     from ..data.recipe import dataset_identity, read_manifest
@@ -225,6 +254,7 @@ def audit_run(run_dir: str | os.PathLike, data: str | os.PathLike, split: str = 
     run_dir = Path(run_dir)
     dev = resolve_device(device)
     model, rec = load_run_model(run_dir, dev)
+    data = run_dataset(rec, data)
     manifest = read_manifest(data)
     trained_on = rec.get("dataset", {})
     if "recipe_sha256" not in trained_on or dataset_identity(manifest) != dataset_identity(trained_on):

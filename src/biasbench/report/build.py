@@ -1,6 +1,8 @@
-"""``biasbench report SWEEP --out DIR``: tables, figures and index.html from a sweep's records.
+"""``biasbench report SWEEP [SWEEP ...] --out DIR``: tables, figures and index.html from sweeps' records.
 
-Works on a partial sweep: whatever runs have evaluation records are used; missing cells are "–".
+Works on a partial sweep: whatever runs have evaluation records are used; missing cells are "–". Several
+sweep folders are reported as one (:func:`biasbench.report.records.load_sweeps`): seeds run apart, on other
+machines or in other sessions, give one Table 1 with their mean ± std over seeds.
 """
 from __future__ import annotations
 
@@ -13,14 +15,16 @@ from ..errors import BiasbenchError
 from ..utils import atomic_write_json, atomic_write_text
 from . import figures as F
 from .html import write_index
-from .records import load_sweep, parse_rule, select
-from .tables import (dataset_summary, dataset_variants, fig5_data, iosm, iosm_markdown, mmd_points, p_bias_data,
+from .records import load_sweeps, parse_rule, select
+from .tables import (dataset_summary, fig5_data, iosm, iosm_markdown, mmd_points, p_bias_data, setting_variants,
                      table1, table1_csv, table1_latex, table1_markdown, tuning_sensitivity)
 
 NOTES = {
     "table1": "Unbiased accuracy = accuracy on the p_bias = 0.1 test set (%). Explicit methods: mean over their "
               "single-explicit-variable runs of a seed (the paper averages 7), then mean ± sample std over seeds; "
-              "a sweep over dataset settings (p_bias, jpeg_quality, ...) gets one block of rows per dataset.",
+              "runs that differ in a setting other than seed and tuned hyperparameters (dataset settings such as "
+              "p_bias or jpeg_quality, the model, its arguments, the optimizer, the schedule) get one block of rows "
+              "per variant.",
     "iosm": "IOSM (improvement over the standard model; the paper's exact definition could not be confirmed, "
             "this is ours): a method's test accuracy minus StdM's on the same seed and dataset, overall and on the "
             "majority and minority groups (mean over the seven factors), in points.",
@@ -38,11 +42,15 @@ def _json_safe(obj):
     return obj
 
 
-def build_report(sweep_dir: str | os.PathLike, out: str | os.PathLike, rule: str = "final") -> dict:
+def build_report(sweep_dirs, out: str | os.PathLike, rule: str = "final", pool=()) -> dict:
+    """Write the report of one sweep folder or several (a path or a list of paths) to ``out``; ``pool`` names
+    compared settings whose variants are pooled (:mod:`biasbench.report.records`). Returns ``report.json``'s
+    content plus ``files`` and ``scale_note``."""
     parse_rule(rule)
-    sweep, records = load_sweep(sweep_dir)
+    sweep, records = load_sweeps(sweep_dirs, pool)
+    dirs = sweep["sweeps"]
     if not records:
-        raise BiasbenchError(f"sweep {sweep_dir} has no finished evaluations yet; nothing to report")
+        raise BiasbenchError(f"sweep {' '.join(dirs)} has no finished evaluations yet; nothing to report")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     chosen = select(records, rule)
@@ -53,24 +61,24 @@ def build_report(sweep_dir: str | os.PathLike, out: str | os.PathLike, rule: str
     io_rows = iosm(chosen)
     atomic_write_text(out / "iosm.md", iosm_markdown(io_rows) + "\n")
     tuning = tuning_sensitivity(records)
-    fig3 = fig3_per_dataset(chosen, out)
+    fig3 = fig3_per_variant(chosen, out)
     figs = {
         **{k: v for k, (_, v) in fig3.items()},
         "fig5": F.fig5(fig5_data(chosen), out / "fig5_scalability.png"),
         "tuning": F.tuning_figure(tuning, out / "tuning_distribution.png"),
         "p_bias": F.p_bias_figure(p_bias_data(chosen), out / "p_bias.png"),
     }
-    audits = audit_table(Path(sweep_dir), chosen)
+    audits = audit_table(chosen)
     if audits:
         atomic_write_text(out / "audit.md", audits + "\n")
-    summary = {"sweep": sweep.get("name"), "scale": sweep.get("scale"), "rule": rule,
-               "dataset": dataset_summary(chosen),
-               "trials": len(sweep.get("trials", [])), "runs_with_records": len(records),
+    summary = {"sweep": sweep["name"], "scale": sweep["scale"], "rule": rule, "pooled": list(pool),
+               "sweeps": dirs, "dataset": dataset_summary(chosen),
+               "trials": sweep["trials"], "runs_with_records": len(records),
                "table1": t1, "iosm": io_rows, "tuning": {m: {str(a): v for a, v in d.items()} for m, d in tuning.items()},
                "figures": {k: (p.name if p else None) for k, p in figs.items()}}
     atomic_write_json(out / "report.json", _json_safe(summary))
-    scale_note = ("" if sweep.get("scale") == "full" else
-                  f" This sweep ran at scale '{sweep.get('scale')}' (smaller images, fewer samples and epochs than "
+    scale_note = ("" if sweep["scale"] == "full" else
+                  f" This sweep ran at scale '{sweep['scale']}' (smaller images, fewer samples and epochs than "
                   f"the paper): its numbers are not comparable to the paper's column.")
     summary["scale_note"] = scale_note.strip()
     sections = [
@@ -91,22 +99,26 @@ def build_report(sweep_dir: str | os.PathLike, out: str | os.PathLike, rule: str
         sections.append(("Counterfactual audit: prediction flip rate per factor", audits, None))
         sections.append(("", "Share of single-factor changes that change the prediction (biasbench audit), mean "
                              "over the audited runs of each method; runs without an audit are left out.", None))
-    sections.append(("About", f"Sweep {sweep.get('name')} (scale {sweep.get('scale')}): "
-                              f"{len(records)} of {len(sweep.get('trials', []))} trials have records. "
-                              f"Dataset: {summary['dataset']}. Selection rule: {rule}.", None))
-    write_index(out / "index.html", f"biasbench report: {sweep.get('name')}", sections)
+    folders = f" from {len(dirs)} sweep folders ({', '.join(dirs)})" if len(dirs) > 1 else ""
+    pooled = f" Pooled over: {', '.join(pool)}." if pool else ""
+    sections.append(("About", f"Sweep {sweep['name']} (scale {sweep['scale']}){folders}: "
+                              f"{len(records)} of {sweep['trials']} trials have records. "
+                              f"Dataset: {summary['dataset']}. Selection rule: {rule}.{pooled}", None))
+    write_index(out / "index.html", f"biasbench report: {sweep['name']}", sections)
     summary["files"] = sorted(p.name for p in out.iterdir())
-    _log_to_sweep_tracker(Path(sweep_dir), out, figs)
+    if len(dirs) == 1:  # a report of several sweeps belongs to no one sweep's tracker run
+        _log_to_sweep_tracker(Path(dirs[0]), out, figs)
     return summary
 
 
-def fig3_per_dataset(chosen, out: Path) -> dict:
+def fig3_per_variant(chosen, out: Path) -> dict:
     """Fig. 3a and 3b: ``{key: (section title, path or None)}``, keys ``fig3a`` and ``fig3b``; one pair per
-    dataset variant (``fig3a[jpeg_quality=95]``, files ``fig3a_mmd_per_factor_jpeg_quality_95.png``) when the
-    sweep varies the dataset, so that MMDs of different datasets do not share a box."""
+    setting variant (``fig3a[jpeg_quality=95]``, files ``fig3a_mmd_per_factor_jpeg_quality_95.png``) when the
+    sweep varies the dataset or another compared setting, so that MMDs of different settings do not share a
+    box."""
     import re
 
-    variants = dataset_variants(chosen)
+    variants = setting_variants(chosen)
     figs = {}
     for label, runs in variants:
         pts = mmd_points(runs)
@@ -119,7 +131,7 @@ def fig3_per_dataset(chosen, out: Path) -> dict:
     return figs
 
 
-def audit_table(sweep_dir: Path, chosen) -> str | None:
+def audit_table(chosen) -> str | None:
     """Markdown table of mean flip rates per method and factor from runs that have ``audit/audit.json``."""
     from statistics import mean
 
@@ -128,8 +140,8 @@ def audit_table(sweep_dir: Path, chosen) -> str | None:
 
     flips: dict = {}
     for run, _ in chosen:
-        path = sweep_dir / "runs" / run.run_id / "audit" / "audit.json"
-        if not path.is_file():
+        path = run.runs_dir / run.run_id / "audit" / "audit.json" if run.runs_dir else None
+        if path is None or not path.is_file():
             continue
         try:
             res = json.loads(path.read_text())

@@ -51,8 +51,8 @@ def _paired_boxes(ax, groups: list[str], points: list[dict], key: str) -> None:
     ax.legend(handles=[Patch(color=COLORS[k], label=k) for k in COLORS], loc="best", fontsize=8)
 
 
-def fig3a(points: list[dict], path: Path, dataset: str = "") -> Path | None:
-    """``dataset``: the variant's label, added to the title when a sweep varies the dataset."""
+def fig3a(points: list[dict], path: Path, variant: str = "") -> Path | None:
+    """``variant``: the setting variant's label, added to the title when the report has several."""
     if not points:
         return None
     plt = _plt()
@@ -60,12 +60,12 @@ def fig3a(points: list[dict], path: Path, dataset: str = "") -> Path | None:
     _paired_boxes(ax, list(FACTORS), points, "factor")
     ax.set_xticklabels([f.replace("_", "\n") for f in FACTORS], fontsize=8)
     ax.set_title("Fig. 3a: bias exploitation per factor, explicit vs implicit (all methods)"
-                 + (f", {dataset}" if dataset else ""), fontsize=10)
+                 + (f"\n{variant}" if variant else ""), fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
 
-def fig3b(points: list[dict], path: Path, dataset: str = "") -> Path | None:
+def fig3b(points: list[dict], path: Path, variant: str = "") -> Path | None:
     methods = [m for m in METHOD_ORDER if any(p["method"] == m for p in points)]
     if not methods:
         return None
@@ -74,7 +74,7 @@ def fig3b(points: list[dict], path: Path, dataset: str = "") -> Path | None:
     _paired_boxes(ax, methods, points, "method")
     ax.set_xticklabels([METHOD_NAMES[m] for m in methods], fontsize=9)
     ax.set_title("Fig. 3b: bias exploitation per method, explicit vs implicit factors"
-                 + (f", {dataset}" if dataset else ""), fontsize=10)
+                 + (f"\n{variant}" if variant else ""), fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 

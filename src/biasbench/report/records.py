@@ -7,16 +7,76 @@ Selection rules (``--select``):
 - ``alpha=A``: the evaluated epoch, and the hyperparameter variant, with the best accuracy under tuning
   distribution alpha = A (``tuning/alpha`` in the records: val and balanced_val weighted by
   p_train(g)^A, see :func:`biasbench.eval.metrics.alpha_weighted_accuracy`).
+
+What is chosen among and what is compared: a run's settings are its dataset settings and training
+configuration. The selection rule chooses among runs that differ only in :data:`TUNED` settings (method
+hyperparameters, learning rate, weight decay, momentum: what the paper tunes). Runs that differ in any other
+setting (:func:`compared_settings`: the dataset's but its seed, the model and its arguments, the optimizer, the
+batch size, the epochs, ...) are different experiments: the report never chooses between them nor averages
+them together, it gives each its own block of Table 1 rows (:func:`biasbench.report.tables.setting_variants`).
+``pool`` names compared settings to treat as tuned instead, for example ``model_kwargs`` to pool runs trained
+with the paper CNN's speed options with plain ones.
 """
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
+from ..config import DatasetSettings, TrainConfig
 from ..errors import BiasbenchError
 from ..utils import read_json_record
+
+TUNED = ("method_hparams", "lr", "weight_decay", "momentum")
+"""Training settings the selection rule chooses among."""
+NOT_COMPARED = ("data", "eval_epochs", "channels_last")
+"""Training settings that change neither the experiment nor its final numbers' meaning (where the data lives,
+which epochs are evaluated besides the last, the memory layout)."""
+IDENTITY = ("method", "explicit", "seed")
+"""What a run is within one setting: its method, explicit set and training seed."""
+
+
+def compared_settings() -> tuple[str, ...]:
+    """The settings that tell experiments apart: every dataset setting but its seed (dataset draws pool like
+    training seeds), then every training setting that is not identity, tuned or not compared."""
+    ds = [f.name for f in fields(DatasetSettings) if f.name != "seed"]
+    skip = set(TUNED) | set(NOT_COMPARED) | set(IDENTITY)
+    return tuple(ds + [f.name for f in fields(TrainConfig) if f.name not in skip])
+
+
+def _train_defaults() -> dict:
+    return {f.name: (f.default_factory() if f.default_factory is not MISSING else f.default)
+            for f in fields(TrainConfig) if f.name != "data"}
+
+
+def check_pool(pool) -> tuple[str, ...]:
+    """``pool`` as a tuple of compared setting names; an unknown name is an error naming the choices."""
+    names = compared_settings()
+    for k in pool:
+        if k not in names:
+            raise BiasbenchError(f"cannot pool over {k!r}: not a compared setting; expected one of: "
+                                 f"{', '.join(names)}")
+    return tuple(pool)
+
+
+def run_settings(config: dict, dataset: dict, pool=()) -> dict:
+    """A run's compared settings (:func:`compared_settings` minus ``pool``), missing ones at their defaults
+    (records from before a setting existed ran with its default): dataset settings as
+    :class:`DatasetSettings` reads them, training settings as JSON values."""
+    try:
+        ds = asdict(DatasetSettings.from_dict(dataset))
+    except (BiasbenchError, TypeError):  # not a readable settings record: as written
+        ds = dict(dataset)
+    defaults = _train_defaults()
+    values = {**ds, **{k: config.get(k, defaults.get(k)) for k in defaults}}
+    out = {}
+    for k in compared_settings():
+        if k in pool:
+            continue
+        v = values.get(k)
+        out[k] = json.loads(json.dumps(v, default=str))  # tuples as lists: records read back compare equal
+    return out
 
 
 @dataclass
@@ -29,19 +89,21 @@ class RunRecord:
     hparams: dict
     dataset: dict
     evals: dict = field(default_factory=dict)  # epoch -> {split: metrics}
+    settings: dict = field(default_factory=dict)  # compared settings (:func:`run_settings`)
+    runs_dir: Path | None = None  # the sweep's runs folder holding this run
+
+    @property
+    def pairing_key(self) -> tuple:
+        """Runs of one setting and seed share this key (IOSM compares a method with StdM under it)."""
+        return (self.seed, self.dataset.get("seed"), json.dumps(self.settings, sort_keys=True))
 
     @property
     def group_key(self) -> tuple:
-        """Runs that differ only in hyperparameters share this key."""
-        return (self.method, self.explicit, self.seed, json.dumps(self.dataset, sort_keys=True))
-
-    @property
-    def setting_key(self) -> tuple:
-        """Runs that differ only in seed (and hyperparameters) share this key."""
-        return (self.method, self.explicit, json.dumps(self.dataset, sort_keys=True))
+        """Runs that differ only in tuned settings (and pooled ones) share this key."""
+        return (self.method, self.explicit) + self.pairing_key
 
 
-def load_sweep(sweep_dir: str | os.PathLike) -> tuple[dict, list[RunRecord]]:
+def load_sweep(sweep_dir: str | os.PathLike, pool=()) -> tuple[dict, list[RunRecord]]:
     """The sweep record and every run of it that has evaluation records (partial sweeps included)."""
     sweep_dir = Path(sweep_dir)
     path = sweep_dir / "sweep.json"
@@ -67,8 +129,35 @@ def load_sweep(sweep_dir: str | os.PathLike) -> tuple[dict, list[RunRecord]]:
             continue
         cfg = t["config"]
         records.append(RunRecord(run_id, t["trial_id"], cfg["method"], tuple(cfg.get("explicit") or ()),
-                                 int(cfg.get("seed", 0)), dict(cfg.get("method_hparams") or {}), t["dataset"], evals))
+                                 int(cfg.get("seed", 0)), dict(cfg.get("method_hparams") or {}), t["dataset"], evals,
+                                 run_settings(cfg, t["dataset"], pool), runs_dir))
     return sweep, records
+
+
+def load_sweeps(sweep_dirs, pool=()) -> tuple[dict, list[RunRecord]]:
+    """Several sweeps reported as one (seeds run apart, on other machines, or by other presets): their runs
+    pooled, a run found in two folders (the same run id: the same configuration and dataset) counted once,
+    from the folder where it has the most evaluated epochs (the first given on a tie). The returned record:
+    ``name`` (the names joined by " + "), ``scale`` (theirs, or "mixed (...)"), ``trials`` (distinct trial
+    ids), ``sweeps`` (the folders)."""
+    pool = check_pool(pool)
+    dirs = list(dict.fromkeys(str(Path(d)) for d in ([sweep_dirs] if isinstance(sweep_dirs, (str, os.PathLike))
+                                                      else sweep_dirs)))
+    if not dirs:
+        raise BiasbenchError("no sweep folder given")
+    sweeps, by_run, trial_ids = [], {}, set()
+    for d in dirs:
+        sweep, records = load_sweep(d, pool)
+        sweeps.append(sweep)
+        trial_ids |= {t.get("trial_id") for t in sweep["trials"]}
+        for r in records:
+            if r.run_id not in by_run or max(r.evals) > max(by_run[r.run_id].evals):
+                by_run[r.run_id] = r
+    names = list(dict.fromkeys(str(s.get("name")) for s in sweeps))
+    scales = list(dict.fromkeys(str(s.get("scale")) for s in sweeps))
+    info = {"name": " + ".join(names), "scale": scales[0] if len(scales) == 1 else f"mixed ({', '.join(scales)})",
+            "trials": len(trial_ids), "sweeps": dirs}
+    return info, list(by_run.values())
 
 
 def find_run(runs_dir: Path, trial: dict) -> str | None:

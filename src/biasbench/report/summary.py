@@ -38,9 +38,13 @@ def format_run_summary(result: dict) -> str:
 
 
 def collect_runs(root: str | os.PathLike) -> list[dict]:
+    """One row per run folder in ``root`` (the ``--out`` of ``train``), or in ``root/runs`` when ``root`` is a
+    sweep folder (it holds ``sweep.json``)."""
     root = Path(root)
     if not root.is_dir():
         raise BiasbenchError(f"{root} is not a folder of runs")
+    if (root / "sweep.json").is_file() and (root / "runs").is_dir():
+        root = root / "runs"
     rows = []
     for cfg_path in sorted(root.glob("*/config.json")):
         run = cfg_path.parent

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
-from dataclasses import asdict
+from dataclasses import fields
 from statistics import mean, stdev
 
 import numpy as np
@@ -27,6 +28,7 @@ METHOD_NAMES = {"stdm": "StdM", "upweight": "UpWt", "group_dro": "GDRO", "rubi":
                 "irm": "IRMv1", "lff": "LfF", "sd": "SD"}
 METHOD_ORDER = ["stdm", "upweight", "group_dro", "rubi", "lnl", "irm", "lff", "sd"]
 MISSING = "–"
+DATASET_SETTINGS = tuple(f.name for f in fields(DatasetSettings))
 
 
 def _ms(values: list[float]) -> tuple[float, float]:
@@ -53,42 +55,52 @@ def _variant_value(key: str, value) -> str:
     return str(value)
 
 
-def dataset_variants(selected: list[tuple[RunRecord, int]]) -> list[tuple[str, list[tuple[RunRecord, int]]]]:
-    """The selected runs grouped by dataset, labelled by the settings that differ between the groups, in the
-    order of their values: ``[("jpeg_quality=0", runs), ("jpeg_quality=95", runs)]``; ``[("", runs)]`` when
-    all runs share one. The dataset ``seed`` does not split (dataset draws pool like training seeds);
-    settings missing from a record take their defaults (records from before ``jpeg_quality`` are lossless)."""
+def setting_variants(selected: list[tuple[RunRecord, int]], keys=None) -> list[tuple[str, list[tuple[RunRecord, int]]]]:
+    """The selected runs grouped by their compared settings (``run.settings``, :mod:`.records`; only ``keys``
+    when given), labelled by the settings that differ between the groups, in the order of their values:
+    ``[("jpeg_quality=0", runs), ("jpeg_quality=95", runs)]``, ``[("model=paper_cnn", ...), ("model=resnet18",
+    ...)]``; ``[("", runs)]`` when all runs share one. The dataset seed and pooled settings do not split.
+    Numbers in numeric order, other values in the order the runs first show them (the sweeps' order)."""
+    def canon(value) -> str:
+        return json.dumps(value, sort_keys=True, default=str)
+
     groups: dict = {}
     for run, ep in selected:
-        try:
-            full = asdict(DatasetSettings.from_dict(run.dataset))
-        except (BiasbenchError, TypeError):  # not a readable settings record: as written
-            full = dict(run.dataset)
-        full.pop("seed", None)
-        key = repr(sorted(full.items(), key=lambda kv: kv[0]))
-        groups.setdefault(key, (full, []))[1].append((run, ep))
+        full = {k: v for k, v in run.settings.items() if keys is None or k in keys}
+        groups.setdefault(canon(full), (full, []))[1].append((run, ep))
     if len(groups) <= 1:
         return [("", [re for _, runs in groups.values() for re in runs])]
     dicts = [full for full, _ in groups.values()]
-    varying = sorted({k for d in dicts for k in d if any(o.get(k) != d.get(k) for o in dicts)})
+    names = dict.fromkeys(k for d in dicts for k in d)
+    varying = [k for k in names if any(d.get(k) != dicts[0].get(k) for d in dicts)]
+    first_seen: dict = {}
+    for d in dicts:
+        for k in varying:
+            first_seen.setdefault((k, canon(d.get(k))), len(first_seen))
 
-    def order(key: str, value) -> tuple:  # numbers by value (jpeg_quality 0 < 50 < 100), the rest by their text
-        value = _setting(key, value)
-        return (0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))
+    def order(key: str, value) -> tuple:  # numbers by value (jpeg_quality 0 < 50 < 100), the rest as first seen
+        if isinstance(_setting(key, value), (int, float)) and not isinstance(value, bool):
+            return (0, _setting(key, value))
+        return (1, first_seen[key, canon(value)])
 
     ordered = sorted(groups.values(), key=lambda g: [order(k, g[0].get(k)) for k in varying])
     return [(" ".join(f"{k}={_variant_value(k, full.get(k))}" for k in varying), runs) for full, runs in ordered]
 
 
+def dataset_variants(selected: list[tuple[RunRecord, int]]) -> list[tuple[str, list[tuple[RunRecord, int]]]]:
+    """:func:`setting_variants` over the dataset settings alone."""
+    return setting_variants(selected, DATASET_SETTINGS)
+
+
 def dataset_summary(selected: list[tuple[RunRecord, int]]) -> str:
     """What images the selected runs trained on, for the report's reader: for one dataset its image size,
     p_bias, mode, fixed factors, drawing and JPEG quality ("96x96 px, p_bias 0.7, mode paper, our drawing,
-    lossless"); for several, a pointer to Table 1's dataset column."""
+    lossless"); for several, a pointer to Table 1's variant column."""
     if not selected:
         return "no runs"
     variants = dataset_variants(selected)
     if len(variants) > 1:
-        return f"{len(variants)} datasets, one block of Table 1 rows each (the dataset column)"
+        return f"{len(variants)} datasets, one block of Table 1 rows each (the variant column)"
     try:
         s = DatasetSettings.from_dict(selected[0][0].dataset)
     except (BiasbenchError, TypeError):
@@ -102,12 +114,13 @@ def dataset_summary(selected: list[tuple[RunRecord, int]]) -> str:
 
 
 def table1(selected: list[tuple[RunRecord, int]]) -> list[dict]:
-    """Rows: method, mean, std, seeds, runs per seed, paper value, and ``variant``: one block of rows per
-    dataset variant (:func:`dataset_variants`; "" when the runs share one dataset), so runs on different
-    datasets (the reference's JPEG files and lossless images, two p_bias) are never averaged together. With
-    several variants, methods that have no run in any of them are left out (a ``p-bias`` sweep of StdM and LfF
-    would otherwise list six empty rows per p_bias)."""
-    variants = dataset_variants(selected)
+    """Rows: method, mean, std, seeds, runs per seed (``runs_per_seed`` the most, ``runs_per_seed_min`` the
+    fewest: a partial seed averages fewer explicit runs), paper value, and ``variant``: one block of rows per
+    setting variant (:func:`setting_variants`; "" when the runs share one setting), so runs on different
+    datasets (the reference's JPEG files and lossless images, two p_bias) or with other models, optimizers,
+    schedules are never averaged together. With several variants, methods that have no run in any of them
+    are left out (a ``p-bias`` sweep of StdM and LfF would otherwise list six empty rows per p_bias)."""
+    variants = setting_variants(selected)
     rows = [{**row, "variant": label} for label, runs in variants for row in _table1_rows(runs)]
     if len(variants) > 1:
         present = {r["method"] for r in rows if r["seeds"]}
@@ -123,7 +136,7 @@ def _paper_setting(dataset: dict) -> bool:
 
 
 def _table1_rows(selected: list[tuple[RunRecord, int]]) -> list[dict]:
-    """Table 1's rows for runs of one dataset; the paper's value only where that dataset is Table 1's."""
+    """Table 1's rows for runs of one setting; the paper's value only where their dataset is Table 1's."""
     paper = bool(selected) and _paper_setting(selected[0][0].dataset)
     per_method: dict = {}
     for run, ep in selected:
@@ -140,6 +153,7 @@ def _table1_rows(selected: list[tuple[RunRecord, int]]) -> list[dict]:
         mu, sd = _ms(per_seed)
         rows.append({"method": m, "name": METHOD_NAMES.get(m, m), "mean": mu, "std": sd, "seeds": len(per_seed),
                      "runs_per_seed": max((len(v) for v in seeds.values()), default=0),
+                     "runs_per_seed_min": min((len(v) for v in seeds.values()), default=0),
                      "paper": PAPER_TABLE1.get(m, math.nan) if paper else math.nan})
     return rows
 
@@ -159,15 +173,21 @@ def _has_variants(rows: list[dict]) -> bool:
     return any(r.get("variant") for r in rows)
 
 
+def _runs_per_seed(r: dict) -> str:
+    """``7``, or ``2–7`` when seeds averaged different numbers of runs (a partial seed)."""
+    lo, hi = r.get("runs_per_seed_min", r["runs_per_seed"]), r["runs_per_seed"]
+    return MISSING if not hi else (f"{hi}" if lo == hi else f"{lo}–{hi}")
+
+
 def table1_markdown(rows: list[dict]) -> str:
-    lead = "| dataset " if _has_variants(rows) else ""
+    lead = "| variant " if _has_variants(rows) else ""
     head = "| method | unbiased acc. (mean ± std) | seeds | runs averaged per seed | paper (Table 1) | difference |"
     lines = [lead + head, ("|---" if lead else "") + "|---|---|---|---|---|---|"]
     for r in rows:
         val = _mean_std(r, "±") or MISSING
         diff = MISSING if math.isnan(r["mean"]) or math.isnan(r["paper"]) else f"{r['mean'] - r['paper']:+.1f}"
         lines.append((f"| {r['variant']} " if lead else "") +
-                     f"| {r['name']} | {val} | {r['seeds'] or MISSING} | {r['runs_per_seed'] or MISSING} | "
+                     f"| {r['name']} | {val} | {r['seeds'] or MISSING} | {_runs_per_seed(r)} | "
                      f"{_fmt(r['paper'])} | {diff} |")
     return "\n".join(lines)
 
@@ -175,19 +195,19 @@ def table1_markdown(rows: list[dict]) -> str:
 def table1_csv(rows: list[dict]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    lead = ["dataset"] if _has_variants(rows) else []
-    w.writerow(lead + ["method", "mean", "std", "seeds", "runs_per_seed", "paper"])
+    lead = ["variant"] if _has_variants(rows) else []
+    w.writerow(lead + ["method", "mean", "std", "seeds", "runs_per_seed", "paper", "runs_per_seed_min"])
     for r in rows:
         w.writerow(([r["variant"]] if lead else []) +
                    [r["name"], _fmt(r["mean"], 2), _fmt(r["std"], 2), r["seeds"], r["runs_per_seed"],
-                    _fmt(r["paper"])])
+                    _fmt(r["paper"]), r.get("runs_per_seed_min", r["runs_per_seed"])])
     return buf.getvalue()
 
 
 def table1_latex(rows: list[dict]) -> str:
     lead = _has_variants(rows)
     lines = [r"\begin{tabular}{" + ("l" if lead else "") + "lrr}", r"\toprule",
-             ("Dataset & " if lead else "") + r"Method & Unbiased acc. (ours) & Paper \\", r"\midrule"]
+             ("Variant & " if lead else "") + r"Method & Unbiased acc. (ours) & Paper \\", r"\midrule"]
     for r in rows:
         val = _mean_std(r, "$\\pm$") or "--"
         cell = r["variant"].replace("_", r"\_") + " & " if lead else ""
@@ -217,12 +237,13 @@ def majority_minority(run: RunRecord, epoch: int) -> tuple[float, float]:
 
 
 def iosm(selected: list[tuple[RunRecord, int]]) -> list[dict]:
-    """Improvement over the standard model, per method: accuracy minus StdM's on the same seed and dataset,
-    overall and for the majority and minority groups (mean over the seven factors), in points."""
-    std = {(r.seed, str(r.dataset)): (r, ep) for r, ep in selected if r.method == "stdm"}
+    """Improvement over the standard model, per method: accuracy minus StdM's on the same seed and setting,
+    overall and for the majority and minority groups (mean over the seven factors), in points. The same
+    setting means the same compared settings (``RunRecord.pairing_key``): a ResNet's LfF against a ResNet's StdM."""
+    std = {r.pairing_key: (r, ep) for r, ep in selected if r.method == "stdm"}
     diffs: dict = {}
     for run, ep in selected:
-        ref = std.get((run.seed, str(run.dataset)))
+        ref = std.get(run.pairing_key)
         if ref is None or run.method == "stdm":
             continue
         maj, mino = majority_minority(run, ep)
