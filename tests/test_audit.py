@@ -126,9 +126,37 @@ def test_cli_audit_writes_json_and_figures_and_rejects_bad_input(tiny_root, tmp_
     assert main(["audit", str(moved), "--samples", "5"]) == 2
     err = capsys.readouterr().err
     assert "holds no dataset from here" in err and "pass --data DIR" in err
+    # the weights kept at an evaluation epoch; an epoch without them is one clear error
+    assert main(["audit", run, "--epoch", "1", "--samples", "5", "--values", "1"]) == 0
+    assert "(model of epoch 1)" in capsys.readouterr().out
+    assert (tmp_path / "runs" / res["run_id"] / "audit-epoch001" / "audit.json").is_file()
+    assert main(["audit", run, "--epoch", "5", "--samples", "5"]) == 2
+    assert "kept no weights of epoch 5; kept: 1" in capsys.readouterr().err
     # a run without a checkpoint
     bare = tmp_path / "bare"
     shutil.copytree(run, bare)
     (bare / "checkpoint.pt").unlink()
     code = main(["audit", str(bare), "--data", str(tiny_root)])
     assert code == 2 and "has no checkpoint" in capsys.readouterr().err
+
+
+def test_runs_keep_the_weights_they_were_evaluated_with(tiny_root, tmp_path):
+    """weights/epochNNN.pt at each evaluation epoch: the model as evaluated then (its test predictions are the
+    ones recorded at that epoch), not the last checkpoint's."""
+    from biasbench.eval.audit import _Predictor, load_run_model
+
+    res = Trainer(TrainConfig(data=str(tiny_root), epochs=3, eval_epochs=(1, 3), batch_size=128), tmp_path / "runs",
+                  tracker="none", progress=False).run()
+    run = tmp_path / "runs" / res["run_id"]
+    assert sorted(p.name for p in (run / "weights").iterdir()) == ["epoch001.pt", "epoch003.pt"]
+    test = BiasedMNIST(tiny_root, split="test", download=False).render()
+    preds = {}
+    for epoch in (1, 3):
+        model, rec = load_run_model(run, torch.device("cpu"), epoch)
+        assert rec["checkpoint_epoch"] == epoch
+        preds[epoch] = _Predictor(model, torch.device("cpu"))(test)
+        recorded = np.load(run / "predictions" / f"epoch{epoch:03d}_test.npz")["pred"]
+        assert np.array_equal(preds[epoch], recorded)
+    assert not np.array_equal(preds[1], preds[3])  # epoch 1's model is not the last one
+    last, _ = load_run_model(run, torch.device("cpu"))
+    assert np.array_equal(_Predictor(last, torch.device("cpu"))(test), preds[3])

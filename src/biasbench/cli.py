@@ -252,7 +252,10 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
                     help="K random alternative values per image and factor (default: all)")
     au.add_argument("--seed", type=int, default=0, help="seed for --samples and --values (default 0)")
     au.add_argument("--device", default="auto")
-    au.add_argument("--out", default=None, help="output folder (default RUN/audit)")
+    au.add_argument("--epoch", type=int, default=None, metavar="N",
+                    help="audit the model as it was at evaluation epoch N (the weights the run kept there, for "
+                         "example the epoch that report --select alpha=A chose); default: the last checkpoint")
+    au.add_argument("--out", default=None, help="output folder (default RUN/audit, RUN/audit-epochNNN with --epoch)")
     au.add_argument("--json", action="store_true", help="print the result as JSON")
     au.add_argument("--no-progress", action="store_true")
     au.set_defaults(func=cmd_audit)
@@ -262,7 +265,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from .eval.audit import audit_run, format_audit
 
     result = audit_run(args.run, args.data, args.split, args.samples, args.values, args.seed, args.device,
-                       args.out, progress=False if args.no_progress else None)
+                       args.out, progress=False if args.no_progress else None, epoch=args.epoch)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

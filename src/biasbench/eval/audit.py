@@ -33,22 +33,32 @@ from ..models import create_model
 from ..utils import read_json_record
 
 
-def load_run_model(run_dir: str | os.PathLike, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    """The main model of a run, from its ``config.json`` and ``checkpoint.pt``."""
+def load_run_model(run_dir: str | os.PathLike, device: torch.device,
+                   epoch: int | None = None) -> tuple[torch.nn.Module, dict]:
+    """The main model of a run, from its ``config.json`` and ``checkpoint.pt`` (the last completed epoch), or,
+    with ``epoch``, from the weights the run kept at that evaluation epoch (``weights/epochNNN.pt``). The
+    returned record is the config record plus ``checkpoint_epoch``, the epoch of the weights."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
         raise BiasbenchError(f"{run_dir} is not a run folder (no config.json)")
     rec = read_json_record(cfg_path, key="config")
     cfg = rec["config"]
-    ckpt_path = run_dir / "checkpoint.pt"
-    if not ckpt_path.is_file():
-        raise BiasbenchError(f"run {run_dir} has no checkpoint (checkpoint.pt); train it first")
+    if epoch is None:
+        path = run_dir / "checkpoint.pt"
+        if not path.is_file():
+            raise BiasbenchError(f"run {run_dir} has no checkpoint (checkpoint.pt); train it first")
+    else:
+        path = run_dir / "weights" / f"epoch{epoch:03d}.pt"
+        if not path.is_file():
+            kept = sorted(int(p.stem[5:]) for p in (run_dir / "weights").glob("epoch[0-9][0-9][0-9].pt"))
+            raise BiasbenchError(f"run {run_dir} kept no weights of epoch {epoch}; kept: "
+                                 f"{', '.join(map(str, kept)) or 'none (trained before runs kept them)'}")
     try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        state = ckpt["method"]["modules"]["model"]
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        state = ckpt["method"]["modules"]["model"] if epoch is None else ckpt["model"]
     except Exception as exc:
-        raise BiasbenchError(f"corrupt checkpoint {ckpt_path}: {exc}") from None
+        raise BiasbenchError(f"corrupt checkpoint {path}: {exc}") from None
     model = create_model(cfg["model"], num_classes=10, **cfg.get("model_kwargs", {}))
     model.load_state_dict(state)
     return model.to(device).eval(), {**rec, "checkpoint_epoch": int(ckpt["epoch"])}
@@ -146,7 +156,8 @@ def counterfactual_audit(model: torch.nn.Module, ds: BiasedMNIST, device: torch.
 
 
 def format_audit(result: dict) -> str:
-    lines = [f"counterfactual audit of run {result.get('run_id', '?')} on {result['split']}: "
+    epoch = f" (model of epoch {result['checkpoint_epoch']})" if "checkpoint_epoch" in result else ""
+    lines = [f"counterfactual audit of run {result.get('run_id', '?')}{epoch} on {result['split']}: "
              f"{result['n_images']} images, values per image: {result['values_per_image']}, "
              f"original accuracy {result['original_accuracy']:.2f}", "",
              f"{'factor':18s}{'flip rate':>10s}{'forced maj.':>13s}{'forced min.':>13s}{'gap':>8s}{'pairs':>9s}"]
@@ -243,17 +254,19 @@ def run_dataset(rec: dict, data: str | os.PathLike | None) -> Path:
 
 def audit_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = None, split: str = "test",
               samples: int | None = None, values: int | None = None, seed: int = 0, device: str = "auto",
-              out: str | os.PathLike | None = None, progress: bool | None = None, track: bool = True) -> dict:
-    """Audit a run's model on a split of its own dataset (``data``, found by :func:`run_dataset`); write
-    ``audit.json``, ``flip_rates.png`` and ``value_class.png`` into ``out`` (default ``RUN/audit``) and
-    log them to the run's MLflow record when it has one."""
+              out: str | os.PathLike | None = None, progress: bool | None = None, track: bool = True,
+              epoch: int | None = None) -> dict:
+    """Audit a run's model (its last checkpoint, or its weights at evaluation epoch ``epoch``) on a split of its
+    own dataset (``data``, found by :func:`run_dataset`); write ``audit.json``, ``flip_rates.png`` and
+    ``value_class.png`` into ``out`` (default ``RUN/audit``, ``RUN/audit-epochNNN`` with ``epoch``) and log them
+    to the run's MLflow record when it has one."""
     from ..data.recipe import dataset_identity, read_manifest
     from ..train.loop import resolve_device
     from ..utils import atomic_write_json
 
     run_dir = Path(run_dir)
     dev = resolve_device(device)
-    model, rec = load_run_model(run_dir, dev)
+    model, rec = load_run_model(run_dir, dev, epoch)
     data = run_dataset(rec, data)
     manifest = read_manifest(data)
     trained_on = rec.get("dataset", {})
@@ -268,7 +281,7 @@ def audit_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = None,
     result = counterfactual_audit(model, ds, dev, samples, values, seed, progress=progress)
     result = {"run_id": rec.get("run_id"), "method": rec.get("config", {}).get("method"),
               "checkpoint_epoch": rec["checkpoint_epoch"], **result}
-    out_dir = Path(out) if out else run_dir / "audit"
+    out_dir = Path(out) if out else run_dir / ("audit" if epoch is None else f"audit-epoch{epoch:03d}")
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "audit.json", result)
     figures = plot_audit(result, out_dir)

@@ -11,6 +11,10 @@ dataset path) and the dataset's recipe hash. Files (each written atomically):
   metrics (see :func:`biasbench.eval.metrics.evaluate_split`); rewritten whole from the checkpointed
   history, so a resumed run never duplicates records;
 - ``predictions/epochNNN_SPLIT.npz``: per-sample predicted class and logits (float16) at evaluation epochs;
+- ``weights/epochNNN.pt``: the main model's weights at evaluation epochs (``{"epoch", "run_id", "model"}``),
+  kept because ``checkpoint.pt`` moves on and a selection rule (``report --select alpha=A``) may choose an
+  earlier evaluated epoch: ``biasbench audit --epoch N`` audits that model. Written before the epoch's
+  checkpoint, so a run killed in between writes them again when it resumes;
 - ``status.json`` (``running``/``finished``), ``summary.json`` at the end, ``tracker.json`` (tracker run id).
 
 Re-running a finished configuration is skipped; an interrupted one (even by SIGKILL) resumes from the
@@ -525,10 +529,15 @@ class Trainer:
         return recs
 
     def _checkpoint(self, method, epoch: int, history: list[dict]) -> None:
+        method_state = method.state_dict()
+        if any(h.get("epoch") == epoch and "metrics" in h for h in history):
+            weights = {"epoch": epoch, "run_id": self.run_id, "model": method_state["modules"]["model"]}
+            (self.run_dir / "weights").mkdir(exist_ok=True)
+            atomic_write(self.run_dir / "weights" / f"epoch{epoch:03d}.pt", lambda tmp: torch.save(weights, tmp))
         state = {
             "epoch": epoch,
             "run_id": self.run_id,
-            "method": method.state_dict(),
+            "method": method_state,
             "history": history,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
