@@ -268,6 +268,15 @@ def test_report_keeps_dataset_variants_apart(tmp_path, monkeypatch):
         [("p_bias=0.5", 60.0), ("p_bias=0.95", 50.0)]
     # the paper's column only beside Table 1's own dataset (p_bias 0.7)
     assert "| p_bias=0.5 | StdM | 60.0 | 1 | 1 | – | – |" in (tmp_path / "rep_pb" / "table1.md").read_text()
+    # the p_bias curve takes every p_bias at once (not one figure per p_bias), and splits by anything else
+    assert rep["figures"]["p_bias"] == "p_bias.png"
+    runs += [{"method": "stdm", "seed": 0, "acc": a - 10, "dataset": {"p_bias": {f: p for f in FACTORS}},
+              "config": {"model": "resnet18"}} for a, p in ((50.0, 0.95), (60.0, 0.5))]
+    _fake_sweep(tmp_path / "pb2", runs)
+    rep = build_report(tmp_path / "pb2", tmp_path / "rep_pb2")
+    assert rep["figures"]["p_bias[model=resnet18]"] == "p_bias_model_resnet18.png" and "p_bias" not in rep["figures"]
+    assert rep["figures"]["tuning[p_bias=0.5 model=paper_cnn]"] == "tuning_distribution_p_bias_0.5_model_paper_cnn.png"
+    assert set(rep["tuning"]) == {f"p_bias={p} model={m}" for p in (0.5, 0.95) for m in ("paper_cnn", "resnet18")}
 
 
 def test_report_keeps_training_variants_apart_and_pools_on_request(tmp_path, capsys):

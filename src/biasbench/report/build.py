@@ -15,7 +15,7 @@ from ..errors import BiasbenchError
 from ..utils import atomic_write_json, atomic_write_text
 from . import figures as F
 from .html import write_index
-from .records import load_sweeps, parse_rule, select
+from .records import compared_settings, load_sweeps, parse_rule, select
 from .tables import (dataset_summary, fig5_data, iosm, iosm_markdown, mmd_points, p_bias_data, setting_variants,
                      table1, table1_csv, table1_latex, table1_markdown, tuning_sensitivity)
 
@@ -60,22 +60,35 @@ def build_report(sweep_dirs, out: str | os.PathLike, rule: str = "final", pool=(
     atomic_write_text(out / "table1.tex", table1_latex(t1) + "\n")
     io_rows = iosm(chosen)
     atomic_write_text(out / "iosm.md", iosm_markdown(io_rows) + "\n")
-    tuning = tuning_sensitivity(records)
-    fig3 = fig3_per_variant(chosen, out)
-    figs = {
-        **{k: v for k, (_, v) in fig3.items()},
-        "fig5": F.fig5(fig5_data(chosen), out / "fig5_scalability.png"),
-        "tuning": F.tuning_figure(tuning, out / "tuning_distribution.png"),
-        "p_bias": F.p_bias_figure(p_bias_data(chosen), out / "p_bias.png"),
+    variants = setting_variants(chosen)
+    record_variants = [(label, [r for r, _ in runs]) for label, runs in setting_variants([(r, 0) for r in records])]
+    tuning = {label: tuning_sensitivity(runs) for label, runs in record_variants}
+    but_p_bias = [k for k in compared_settings() if k != "p_bias"]  # the p_bias curve needs every p_bias at once
+    no_data, no_fig5 = "no data", "no runs with cumulative explicit sets (run the paper-fig5 preset)"
+    sections_of = {  # key: (title, what to say when no variant has data, {key[variant]: (title, path)})
+        "fig3a": per_variant(variants, out, "fig3a", "Fig. 3a: MMD per factor", "fig3a_mmd_per_factor", no_data,
+                             lambda runs, path, label: F.fig3a(mmd_points(runs), path, label)),
+        "fig3b": per_variant(variants, out, "fig3b", "Fig. 3b: MMD per method", "fig3b_mmd_per_method", no_data,
+                             lambda runs, path, label: F.fig3b(mmd_points(runs), path, label)),
+        "fig5": per_variant(variants, out, "fig5", "Fig. 5: accuracy against the number of explicit variables",
+                            "fig5_scalability", no_fig5, lambda runs, path, label: F.fig5(fig5_data(runs), path, label)),
+        "tuning": per_variant(record_variants, out, "tuning", "Tuning-distribution sensitivity", "tuning_distribution",
+                              no_data, lambda runs, path, label: F.tuning_figure(tuning[label], path, label)),
+        "p_bias": per_variant(setting_variants(chosen, but_p_bias), out, "p_bias", "Unbiased accuracy against p_bias",
+                              "p_bias", None, lambda runs, path, label: F.p_bias_figure(p_bias_data(runs), path, label)),
     }
+    figs = {k: path for _, _, fig in sections_of.values() for k, (_, path) in fig.items()}
     audits = audit_table(chosen)
     if audits:
         atomic_write_text(out / "audit.md", audits + "\n")
     summary = {"sweep": sweep["name"], "scale": sweep["scale"], "rule": rule, "pooled": list(pool),
                "sweeps": dirs, "dataset": dataset_summary(chosen),
                "trials": sweep["trials"], "runs_with_records": len(records),
-               "table1": t1, "iosm": io_rows, "tuning": {m: {str(a): v for a, v in d.items()} for m, d in tuning.items()},
+               "table1": t1, "iosm": io_rows,
+               "tuning": {label: {m: {str(a): v for a, v in d.items()} for m, d in t.items()} for label, t in tuning.items()},
                "figures": {k: (p.name if p else None) for k, p in figs.items()}}
+    if len(tuning) == 1:  # one setting: method -> alpha -> numbers, as before variants existed
+        summary["tuning"] = next(iter(summary["tuning"].values()))
     atomic_write_json(out / "report.json", _json_safe(summary))
     scale_note = ("" if sweep["scale"] == "full" else
                   f" This sweep ran at scale '{sweep['scale']}' (smaller images, fewer samples and epochs than "
@@ -84,17 +97,14 @@ def build_report(sweep_dirs, out: str | os.PathLike, rule: str = "final", pool=(
     sections = [
         ("Table 1: unbiased accuracy", table1_markdown(t1), None),
         ("", NOTES["table1"] + scale_note, None),
-        *[(title, None if path else "no data", path and path.name) for title, path in fig3.values()],
-        ("Fig. 5: accuracy against the number of explicit variables",
-         None if figs["fig5"] else "no runs with cumulative explicit sets (run the paper-fig5 preset)",
-         figs["fig5"] and figs["fig5"].name),
-        ("Tuning-distribution sensitivity", None if figs["tuning"] else "no data",
-         figs["tuning"] and figs["tuning"].name),
+        *figure_sections(sections_of["fig3a"]),
+        *figure_sections(sections_of["fig3b"]),
+        *figure_sections(sections_of["fig5"]),
+        *figure_sections(sections_of["tuning"]),
         ("IOSM: improvement over the standard model", iosm_markdown(io_rows), None),
         ("", NOTES["iosm"], None),
+        *figure_sections(sections_of["p_bias"]),
     ]
-    if figs["p_bias"]:
-        sections.append(("Unbiased accuracy against p_bias", None, figs["p_bias"].name))
     if audits:
         sections.append(("Counterfactual audit: prediction flip rate per factor", audits, None))
         sections.append(("", "Share of single-factor changes that change the prediction (biasbench audit), mean "
@@ -111,24 +121,29 @@ def build_report(sweep_dirs, out: str | os.PathLike, rule: str = "final", pool=(
     return summary
 
 
-def fig3_per_variant(chosen, out: Path) -> dict:
-    """Fig. 3a and 3b: ``{key: (section title, path or None)}``, keys ``fig3a`` and ``fig3b``; one pair per
-    setting variant (``fig3a[jpeg_quality=95]``, files ``fig3a_mmd_per_factor_jpeg_quality_95.png``) when the
-    sweep varies the dataset or another compared setting, so that MMDs of different settings do not share a
-    box."""
+def per_variant(variants, out: Path, key: str, title: str, stem: str, missing: str | None, draw) -> tuple:
+    """One figure per setting variant (:func:`setting_variants`), so that runs of different settings never share
+    a box or a line: ``(title, missing, {key: (section title, path or None)})``, the key ``fig3a`` for a report
+    of one setting, ``fig3a[jpeg_quality=95]`` per variant (file ``fig3a_mmd_per_factor_jpeg_quality_95.png``,
+    the label in the section title and the figure's). ``draw(runs, path, label)`` draws one and returns its
+    path, or None when those runs hold no data for it; ``missing`` is what the index says when none was drawn
+    (None: no section)."""
     import re
 
-    variants = setting_variants(chosen)
     figs = {}
     for label, runs in variants:
-        pts = mmd_points(runs)
-        key, slug, title = (f"[{label}]", "_" + re.sub(r"[^A-Za-z0-9.-]+", "_", label), f" ({label})") \
-            if label else ("", "", "")
-        figs[f"fig3a{key}"] = (f"Fig. 3a: MMD per factor{title}",
-                               F.fig3a(pts, out / f"fig3a_mmd_per_factor{slug}.png", label))
-        figs[f"fig3b{key}"] = (f"Fig. 3b: MMD per method{title}",
-                               F.fig3b(pts, out / f"fig3b_mmd_per_method{slug}.png", label))
-    return figs
+        k, slug, t = (f"{key}[{label}]", "_" + re.sub(r"[^A-Za-z0-9.-]+", "_", label), f"{title} ({label})") \
+            if label else (key, "", title)
+        figs[k] = (t, draw(runs, out / f"{stem}{slug}.png", label))
+    return title, missing, figs
+
+
+def figure_sections(entry: tuple) -> list[tuple[str, str | None, str | None]]:
+    """index.html sections of a :func:`per_variant` entry: the figures drawn, or one section saying why there
+    is none."""
+    title, missing, figs = entry
+    drawn = [(t, None, path.name) for t, path in figs.values() if path]
+    return drawn or ([] if missing is None else [(title, missing, None)])
 
 
 def audit_table(chosen) -> str | None:

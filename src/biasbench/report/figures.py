@@ -1,6 +1,7 @@
 """Report figures (matplotlib, PNG): Fig. 3a/3b (MMD, explicit vs implicit), Fig. 5 (scalability),
 tuning-distribution sensitivity, p_bias curve. Each function returns the written path or None when the
-sweep holds no data for the figure."""
+sweep holds no data for the figure; ``variant`` is the setting variant's label (:func:`.tables.setting_variants`),
+added to the title when the report has several."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -52,7 +53,6 @@ def _paired_boxes(ax, groups: list[str], points: list[dict], key: str) -> None:
 
 
 def fig3a(points: list[dict], path: Path, variant: str = "") -> Path | None:
-    """``variant``: the setting variant's label, added to the title when the report has several."""
     if not points:
         return None
     plt = _plt()
@@ -79,7 +79,7 @@ def fig3b(points: list[dict], path: Path, variant: str = "") -> Path | None:
     return _save(fig, path)
 
 
-def fig5(data: dict, path: Path) -> Path | None:
+def fig5(data: dict, path: Path, variant: str = "") -> Path | None:
     if not any(k > 0 for d in data.values() for k in d):
         return None
     plt = _plt()
@@ -99,13 +99,13 @@ def fig5(data: dict, path: Path) -> Path | None:
     ax.set_xticks(ks)  # whole numbers of variables, also when only some are present
     ax.set_xlim(0.5, 7.5)
     ax.set_ylabel("unbiased test accuracy (%)")
-    ax.set_title("Fig. 5: scalability to multiple explicit biases", fontsize=10)
+    ax.set_title("Fig. 5: scalability to multiple explicit biases" + (f"\n{variant}" if variant else ""), fontsize=10)
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
     return _save(fig, path)
 
 
-def tuning_figure(data: dict, path: Path) -> Path | None:
+def tuning_figure(data: dict, path: Path, variant: str = "") -> Path | None:
     if not data:
         return None
     plt = _plt()
@@ -119,13 +119,14 @@ def tuning_figure(data: dict, path: Path) -> Path | None:
                 label=f"{METHOD_NAMES[m]} minority")
     ax.set_xlabel("tuning distribution alpha (−1 inverted, 0 balanced, 1 training, 2 more biased)")
     ax.set_ylabel("test accuracy (%), mean over factors")
-    ax.set_title("Sensitivity to the tuning distribution (epoch/hyperparameters chosen under alpha)", fontsize=10)
+    ax.set_title("Sensitivity to the tuning distribution (epoch/hyperparameters chosen under alpha)"
+                 + (f"\n{variant}" if variant else ""), fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: 16 lines cross the middle
     fig.tight_layout()
     return _save(fig, path)
 
 
-def p_bias_figure(data: dict, path: Path) -> Path | None:
+def p_bias_figure(data: dict, path: Path, variant: str = "") -> Path | None:
     if not data:
         return None
     plt = _plt()
@@ -136,7 +137,7 @@ def p_bias_figure(data: dict, path: Path) -> Path | None:
             ax.plot(ps, [data[m][p] for p in ps], marker="o", label=METHOD_NAMES[m])
     ax.set_xlabel("p_bias (probability of the class-aligned value, every factor)")
     ax.set_ylabel("unbiased test accuracy (%)")
-    ax.set_title("Unbiased accuracy against bias strength", fontsize=10)
+    ax.set_title("Unbiased accuracy against bias strength" + (f"\n{variant}" if variant else ""), fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
