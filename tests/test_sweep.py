@@ -179,7 +179,8 @@ def _fake_sweep(root: Path, runs: list[dict], name: str = "fake") -> None:
         ep = r.get("epoch", 2)
         hist = [{"epoch": ep, "split": "test", "metrics": test},
                 {"epoch": ep, "split": "val", "metrics": {"accuracy": r.get("val", 90.0)}},
-                {"epoch": ep, "split": "tuning", "metrics": {"alpha": {"-1.0": 1.0, "0.0": 2.0, "1.0": 3.0, "2.0": 4.0}}}]
+                {"epoch": ep, "split": "tuning",
+                 "metrics": {"alpha": {"-1.0": 1.0, "0.0": 2.0, "1.0": 3.0, "2.0": 4.0}}}]
         (root / "runs" / run_id).mkdir(parents=True)
         (root / "runs" / run_id / "metrics.json").write_text(json.dumps({"history": hist}))
     (root / "sweep.json").write_text(json.dumps({"name": name, "scale": "full", "trials": trials}))

@@ -26,7 +26,7 @@ NOTES = {
               "p_bias or jpeg_quality, the model, its arguments, the optimizer, the schedule) get one block of rows "
               "per variant.",
     "iosm": "IOSM (improvement over the standard model; the paper's exact definition could not be confirmed, "
-            "this is ours): a method's test accuracy minus StdM's on the same seed and dataset, overall and on the "
+            "this is ours): a method's test accuracy minus StdM's on the same seed and setting, overall and on the "
             "majority and minority groups (mean over the seven factors), in points.",
 }
 
@@ -71,11 +71,14 @@ def build_report(sweep_dirs, out: str | os.PathLike, rule: str = "final", pool=(
         "fig3b": per_variant(variants, out, "fig3b", "Fig. 3b: MMD per method", "fig3b_mmd_per_method", no_data,
                              lambda runs, path, label: F.fig3b(mmd_points(runs), path, label)),
         "fig5": per_variant(variants, out, "fig5", "Fig. 5: accuracy against the number of explicit variables",
-                            "fig5_scalability", no_fig5, lambda runs, path, label: F.fig5(fig5_data(runs), path, label)),
-        "tuning": per_variant(record_variants, out, "tuning", "Tuning-distribution sensitivity", "tuning_distribution",
-                              no_data, lambda runs, path, label: F.tuning_figure(tuning[label], path, label)),
-        "p_bias": per_variant(setting_variants(chosen, but_p_bias), out, "p_bias", "Unbiased accuracy against p_bias",
-                              "p_bias", None, lambda runs, path, label: F.p_bias_figure(p_bias_data(runs), path, label)),
+                            "fig5_scalability", no_fig5,
+                            lambda runs, path, label: F.fig5(fig5_data(runs), path, label)),
+        "tuning": per_variant(record_variants, out, "tuning", "Tuning-distribution sensitivity",
+                              "tuning_distribution", no_data,
+                              lambda runs, path, label: F.tuning_figure(tuning[label], path, label)),
+        "p_bias": per_variant(setting_variants(chosen, but_p_bias), out, "p_bias",
+                              "Unbiased accuracy against p_bias", "p_bias", None,
+                              lambda runs, path, label: F.p_bias_figure(p_bias_data(runs), path, label)),
     }
     figs = {k: path for _, _, fig in sections_of.values() for k, (_, path) in fig.items()}
     audits = audit_table(chosen)
@@ -85,7 +88,8 @@ def build_report(sweep_dirs, out: str | os.PathLike, rule: str = "final", pool=(
                "sweeps": dirs, "dataset": dataset_summary(chosen),
                "trials": sweep["trials"], "runs_with_records": len(records),
                "table1": t1, "iosm": io_rows,
-               "tuning": {label: {m: {str(a): v for a, v in d.items()} for m, d in t.items()} for label, t in tuning.items()},
+               "tuning": {label: {m: {str(a): v for a, v in d.items()} for m, d in t.items()}
+                          for label, t in tuning.items()},
                "figures": {k: (p.name if p else None) for k, p in figs.items()}}
     if len(tuning) == 1:  # one setting: method -> alpha -> numbers, as before variants existed
         summary["tuning"] = next(iter(summary["tuning"].values()))
