@@ -123,13 +123,18 @@ def test_rerun_skips_finished_trials_and_report_renders(tmp_path, capsys):
     assert len(list((tmp_path / "data").glob("bmnist-*"))) == 1  # one dataset for the whole sweep
     assert main(["runs", str(tmp_path / "sw"), "--json"]) == 0  # a sweep folder lists its runs
     assert len(json.loads(capsys.readouterr().out)) == 4
+    # a sweep folder audits every run, skipping the one audited above with the same request
+    assert main(["audit", str(tmp_path / "sw"), "--samples", "20", "--values", "1", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "audited 3 runs, 1 already audited" in out and out.count("already audited with these settings") == 1
+    assert len(list((tmp_path / "sw" / "runs").glob("*/audit/audit.json"))) == 4
     code = main(["report", str(tmp_path / "sw"), "--out", str(tmp_path / "rep")])
     out = capsys.readouterr().out
     assert code == 0 and "| StdM |" in out and "| LfF | –" in out  # LfF not in this sweep: missing cell
     html = (tmp_path / "rep" / "index.html").read_text()
     assert "Table 1" in html and "fig3a_mmd_per_factor.png" in html and "Counterfactual audit" in html
     assert "Dataset: 24x24 px, p_bias 0.7, mode paper, our drawing, lossless." in html
-    assert "digit_color" in (tmp_path / "rep" / "audit.md").read_text()
+    assert len((tmp_path / "rep" / "audit.md").read_text().splitlines()) == 2 + 2  # StdM and UpWt, all audited
     assert (tmp_path / "rep" / "fig3a_mmd_per_factor.png").stat().st_size > 5000
 
 
@@ -299,6 +304,15 @@ def test_report_keeps_training_variants_apart_and_pools_on_request(tmp_path, cap
     assert {r["method"]: r["overall"] for r in rep["iosm"] if r["runs"]} == {"lff": pytest.approx(7.0)}  # (10 + 4) / 2
     assert rep["dataset"].startswith("96x96 px, p_bias 0.7")  # one dataset: described, not "2 datasets"
     assert {"fig3a[model=resnet18]", "fig3b[model=paper_cnn]"} <= set(rep["figures"])
+    # the audit table: a block per variant, each run's audit of its selected epoch (here 2, the final one)
+    for i, rate in ((0, 0.1), (1, 0.3)):
+        audit = tmp_path / "sw" / "runs" / f"fake-run{i:03d}" / "audit-epoch002"
+        audit.mkdir()
+        (audit / "audit.json").write_text(json.dumps({"checkpoint_epoch": 2, "factors": {"texture": {"flip_rate": rate}}}))
+    rep = build_report(tmp_path / "sw", tmp_path / "rep")
+    assert (tmp_path / "rep" / "audit.md").read_text().splitlines()[2:] == [
+        "| model=paper_cnn | StdM | – | – | – | – | – | 0.100 | – |",
+        "| model=resnet18 | StdM | – | – | – | – | – | 0.300 | – |"]
     # pooled over the model: the best validation accuracy of the seed's StdM runs (95: the ResNet's)
     assert main(["report", str(tmp_path / "sw"), "--out", str(tmp_path / "pooled"), "--pool", "model"]) == 0
     out = capsys.readouterr().out
@@ -327,7 +341,10 @@ def test_report_of_several_sweeps(tmp_path, capsys):
     _fake_sweep(tmp_path / "c", s0b, "seed0-resumed")
     audit = tmp_path / "b" / "runs" / "seed1-run000" / "audit"
     audit.mkdir()
-    (audit / "audit.json").write_text(json.dumps({"factors": {"texture": {"flip_rate": 0.25}}}))
+    (audit / "audit.json").write_text(json.dumps({"checkpoint_epoch": 2, "factors": {"texture": {"flip_rate": 0.25}}}))
+    stale = tmp_path / "b" / "runs" / "seed1-run001" / "audit"  # an audit of another epoch than the selected one
+    stale.mkdir()
+    (stale / "audit.json").write_text(json.dumps({"checkpoint_epoch": 9, "factors": {"texture": {"flip_rate": 0.5}}}))
     dirs = [str(tmp_path / d) for d in "abc"]
     assert main(["report", *dirs, str(tmp_path / "a"), "--out", str(tmp_path / "rep")]) == 0
     out = capsys.readouterr().out
@@ -337,7 +354,7 @@ def test_report_of_several_sweeps(tmp_path, capsys):
     assert rep["sweep"] == "seed0 + seed1 + seed0-resumed" and rep["sweeps"] == dirs
     assert rep["runs_with_records"] == 11 and rep["trials"] == 11
     assert "UpWt,25.00,7.07,2,7,30.1,2" in (tmp_path / "rep" / "table1.csv").read_text()
-    assert "| StdM | – | – | – | – | – | 0.250 | – |" in (tmp_path / "rep" / "audit.md").read_text()
+    assert (tmp_path / "rep" / "audit.md").read_text().splitlines()[2:] == ["| StdM | – | – | – | – | – | 0.250 | – |"]
     assert "from 3 sweep folders" in (tmp_path / "rep" / "index.html").read_text()
 
 

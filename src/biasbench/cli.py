@@ -242,7 +242,8 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
                     "conflicting values, and the value x predicted-class matrix. Writes audit.json and two PNGs "
                     "to RUN/audit (or --out).",
     )
-    au.add_argument("run", metavar="RUN", help="a run folder (RUNS/<run_id>)")
+    au.add_argument("run", metavar="RUN", help="a run folder (RUNS/<run_id>), or a runs or sweep folder: every "
+                                               "finished run in it, skipping those already audited alike")
     au.add_argument("--data", default=None, metavar="DIR",
                     help="the dataset the run was trained on, or a sweep's datasets root (the --data given to "
                          "sweep; the run's dataset is found inside). Default: the path the run recorded")
@@ -262,8 +263,24 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from .eval.audit import audit_run, format_audit
+    from pathlib import Path
 
+    from .eval.audit import audit_run, audit_runs, format_audit
+
+    if not (Path(args.run) / "config.json").is_file() and Path(args.run).is_dir():  # a runs or sweep folder
+        if args.out:
+            raise BiasbenchError("--out names one run's output folder; auditing many runs writes each into its own")
+        log = (lambda line: print(line, file=sys.stderr)) if args.json else print
+        results = audit_runs(args.run, args.data, args.split, args.samples, args.values, args.seed, args.device,
+                             progress=False if args.no_progress else None, epoch=args.epoch, log=log)
+        if args.json:
+            print(json.dumps(results, indent=2))
+        else:
+            skipped = sum(bool(r.get("skipped")) for r in results)
+            sweep = (Path(args.run) / "sweep.json").is_file()
+            print(f"audited {len(results) - skipped} runs, {skipped} already audited"
+                  + (f"; the report's audit table: biasbench report {args.run} --out {args.run}/report" if sweep else ""))
+        return 0
     result = audit_run(args.run, args.data, args.split, args.samples, args.values, args.seed, args.device,
                        args.out, progress=False if args.no_progress else None, epoch=args.epoch)
     if args.json:

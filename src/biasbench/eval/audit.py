@@ -280,7 +280,8 @@ def audit_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = None,
     ds = BiasedMNIST(data, split=split, download=False)
     result = counterfactual_audit(model, ds, dev, samples, values, seed, progress=progress)
     result = {"run_id": rec.get("run_id"), "method": rec.get("config", {}).get("method"),
-              "checkpoint_epoch": rec["checkpoint_epoch"], **result}
+              "checkpoint_epoch": rec["checkpoint_epoch"], **result,
+              "request": audit_request(split, samples, values, seed, epoch)}
     out_dir = Path(out) if out else run_dir / ("audit" if epoch is None else f"audit-epoch{epoch:03d}")
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "audit.json", result)
@@ -289,6 +290,43 @@ def audit_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = None,
     if track:
         _log_to_tracker(run_dir, result, figures)
     return result
+
+
+def audit_request(split: str, samples: int | None, values: int | None, seed: int, epoch: int | None) -> dict:
+    """What an audit was asked for, kept in its ``audit.json``: an audit of many runs skips a run already
+    audited with the same request (the model, the images and the values drawn are then the same)."""
+    return {"split": split, "samples": samples, "values": values, "seed": seed, "epoch": epoch}
+
+
+def audit_runs(root: str | os.PathLike, data: str | os.PathLike | None = None, split: str = "test",
+               samples: int | None = None, values: int | None = None, seed: int = 0, device: str = "auto",
+               progress: bool | None = None, epoch: int | None = None, log=print) -> list[dict]:
+    """Audit every finished run of a runs folder or a sweep folder (:func:`biasbench.report.summary.run_dirs`),
+    each into its own ``audit`` folder, skipping runs already audited with the same request (their results
+    are read back, marked ``skipped``). Runs that are not finished are left out with a line in ``log``."""
+    from ..report.summary import run_dirs
+    from ..utils import read_json_record
+
+    runs = run_dirs(root)
+    if not runs:
+        raise BiasbenchError(f"{root} holds no runs to audit")
+    want = audit_request(split, samples, values, seed, epoch)
+    results = []
+    for i, run in enumerate(runs, 1):
+        state = read_json_record(run / "status.json", {}).get("state")
+        if state != "finished":
+            log(f"[{i}/{len(runs)}] {run.name}: {state or 'no status'}, not audited")
+            continue
+        done = read_json_record(run / ("audit" if epoch is None else f"audit-epoch{epoch:03d}") / "audit.json", {})
+        if done.get("request") == want:
+            log(f"[{i}/{len(runs)}] {run.name}: already audited with these settings")
+            results.append({**done, "skipped": True})
+            continue
+        res = audit_run(run, data, split, samples, values, seed, device, progress=progress, epoch=epoch)
+        log(f"[{i}/{len(runs)}] {run.name} ({res['method']}): mean flip rate "
+            f"{sum(f['flip_rate'] for f in res['factors'].values()) / len(res['factors']):.3f}")
+        results.append(res)
+    return results
 
 
 def _log_to_tracker(run_dir: Path, result: dict, figures: list[Path]) -> None:

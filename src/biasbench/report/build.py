@@ -112,7 +112,8 @@ def build_report(sweep_dirs, out: str | os.PathLike, rule: str = "final", pool=(
     if audits:
         sections.append(("Counterfactual audit: prediction flip rate per factor", audits, None))
         sections.append(("", "Share of single-factor changes that change the prediction (biasbench audit), mean "
-                             "over the audited runs of each method; runs without an audit are left out.", None))
+                             "over the audited runs of each method, each audited at its selected epoch; runs "
+                             "without such an audit are left out.", None))
     folders = f" from {len(dirs)} sweep folders ({', '.join(dirs)})" if len(dirs) > 1 else ""
     pooled = f" Pooled over: {', '.join(pool)}." if pool else ""
     sections.append(("About", f"Sweep {sweep['name']} (scale {sweep['scale']}){folders}: "
@@ -150,32 +151,45 @@ def figure_sections(entry: tuple) -> list[tuple[str, str | None, str | None]]:
     return drawn or ([] if missing is None else [(title, missing, None)])
 
 
+def run_audit(run, epoch: int) -> dict | None:
+    """The audit of ``run``'s model at ``epoch`` (the selected epoch): ``audit-epochNNN/audit.json`` (``biasbench
+    audit --epoch N``), else ``audit/audit.json`` when it audited that epoch's checkpoint; None without one."""
+    if run.runs_dir is None:
+        return None
+    folder = run.runs_dir / run.run_id
+    for path in (folder / f"audit-epoch{epoch:03d}" / "audit.json", folder / "audit" / "audit.json"):
+        try:
+            res = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if res.get("checkpoint_epoch") == epoch:
+            return res
+    return None
+
+
 def audit_table(chosen) -> str | None:
-    """Markdown table of mean flip rates per method and factor from runs that have ``audit/audit.json``."""
+    """Markdown table of mean flip rates per method and factor (a block of rows per setting variant) over the
+    selected runs that have an audit of their selected epoch (:func:`run_audit`)."""
     from statistics import mean
 
     from ..data.factors import FACTORS
     from .tables import METHOD_NAMES, METHOD_ORDER
 
-    flips: dict = {}
-    for run, _ in chosen:
-        path = run.runs_dir / run.run_id / "audit" / "audit.json" if run.runs_dir else None
-        if path is None or not path.is_file():
-            continue
-        try:
-            res = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        for f in FACTORS:
-            if f in res.get("factors", {}):
-                flips.setdefault(run.method, {}).setdefault(f, []).append(res["factors"][f]["flip_rate"])
-    if not flips:
-        return None
-    lines = ["| method | " + " | ".join(FACTORS) + " |", "|---" * (len(FACTORS) + 1) + "|"]
-    for m in [m for m in METHOD_ORDER if m in flips]:
-        cells = [f"{mean(flips[m][f]):.3f}" if f in flips[m] else "–" for f in FACTORS]
-        lines.append(f"| {METHOD_NAMES[m]} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    variants = setting_variants(chosen)
+    lead = len(variants) > 1
+    lines = [("| variant " if lead else "") + "| method | " + " | ".join(FACTORS) + " |",
+             "|---" * (len(FACTORS) + 1 + lead) + "|"]
+    for label, runs in variants:
+        flips: dict = {}
+        for run, ep in runs:
+            res = run_audit(run, ep)
+            for f in FACTORS:
+                if res and f in res.get("factors", {}):
+                    flips.setdefault(run.method, {}).setdefault(f, []).append(res["factors"][f]["flip_rate"])
+        for m in [m for m in METHOD_ORDER if m in flips] + sorted(set(flips) - set(METHOD_ORDER)):
+            cells = [f"{mean(flips[m][f]):.3f}" if f in flips[m] else "–" for f in FACTORS]
+            lines.append((f"| {label} " if lead else "") + f"| {METHOD_NAMES.get(m, m)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else None
 
 
 def _log_to_sweep_tracker(sweep_dir: Path, out: Path, figs: dict) -> None:

@@ -37,17 +37,22 @@ def format_run_summary(result: dict) -> str:
     return "\n".join(lines)
 
 
-def collect_runs(root: str | os.PathLike) -> list[dict]:
-    """One row per run folder in ``root`` (the ``--out`` of ``train``), or in ``root/runs`` when ``root`` is a
-    sweep folder (it holds ``sweep.json``)."""
+def run_dirs(root: str | os.PathLike) -> list[Path]:
+    """The run folders in ``root`` (the ``--out`` of ``train``), or in ``root/runs`` when ``root`` is a sweep
+    folder (it holds ``sweep.json``), in name order."""
     root = Path(root)
     if not root.is_dir():
         raise BiasbenchError(f"{root} is not a folder of runs")
     if (root / "sweep.json").is_file() and (root / "runs").is_dir():
         root = root / "runs"
+    return [cfg_path.parent for cfg_path in sorted(root.glob("*/config.json"))]
+
+
+def collect_runs(root: str | os.PathLike) -> list[dict]:
+    """One row per run folder of :func:`run_dirs`."""
     rows = []
-    for cfg_path in sorted(root.glob("*/config.json")):
-        run = cfg_path.parent
+    for run in run_dirs(root):
+        cfg_path = run / "config.json"
         rec = read_json_record(cfg_path)
         status = read_json_record(run / "status.json", {})
         metrics = read_json_record(run / "metrics.json", {})
