@@ -277,9 +277,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
             print(json.dumps(results, indent=2))
         else:
             skipped = sum(bool(r.get("skipped")) for r in results)
-            sweep = (Path(args.run) / "sweep.json").is_file()
-            print(f"audited {len(results) - skipped} runs, {skipped} already audited"
-                  + (f"; the report's audit table: biasbench report {args.run} --out {args.run}/report" if sweep else ""))
+            hint = f"; the report's audit table: biasbench report {args.run} --out {args.run}/report" \
+                if (Path(args.run) / "sweep.json").is_file() else ""
+            print(f"audited {len(results) - skipped} runs, {skipped} already audited{hint}")
         return 0
     result = audit_run(args.run, args.data, args.split, args.samples, args.values, args.seed, args.device,
                        args.out, progress=False if args.no_progress else None, epoch=args.epoch)

@@ -282,7 +282,7 @@ def audit_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = None,
     result = {"run_id": rec.get("run_id"), "method": rec.get("config", {}).get("method"),
               "checkpoint_epoch": rec["checkpoint_epoch"], **result,
               "request": audit_request(split, samples, values, seed, epoch)}
-    out_dir = Path(out) if out else run_dir / ("audit" if epoch is None else f"audit-epoch{epoch:03d}")
+    out_dir = Path(out) if out else audit_dir(run_dir, epoch)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "audit.json", result)
     figures = plot_audit(result, out_dir)
@@ -290,6 +290,11 @@ def audit_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = None,
     if track:
         _log_to_tracker(run_dir, result, figures)
     return result
+
+
+def audit_dir(run_dir: str | os.PathLike, epoch: int | None = None) -> Path:
+    """Where a run's audit goes: ``RUN/audit`` (its last checkpoint), ``RUN/audit-epochNNN`` (``--epoch N``)."""
+    return Path(run_dir) / ("audit" if epoch is None else f"audit-epoch{epoch:03d}")
 
 
 def audit_request(split: str, samples: int | None, values: int | None, seed: int, epoch: int | None) -> dict:
@@ -317,7 +322,10 @@ def audit_runs(root: str | os.PathLike, data: str | os.PathLike | None = None, s
         if state != "finished":
             log(f"[{i}/{len(runs)}] {run.name}: {state or 'no status'}, not audited")
             continue
-        done = read_json_record(run / ("audit" if epoch is None else f"audit-epoch{epoch:03d}") / "audit.json", {})
+        try:
+            done = read_json_record(audit_dir(run, epoch) / "audit.json", {})
+        except BiasbenchError:  # a corrupt earlier audit: audited again
+            done = {}
         if done.get("request") == want:
             log(f"[{i}/{len(runs)}] {run.name}: already audited with these settings")
             results.append({**done, "skipped": True})

@@ -154,10 +154,12 @@ def figure_sections(entry: tuple) -> list[tuple[str, str | None, str | None]]:
 def run_audit(run, epoch: int) -> dict | None:
     """The audit of ``run``'s model at ``epoch`` (the selected epoch): ``audit-epochNNN/audit.json`` (``biasbench
     audit --epoch N``), else ``audit/audit.json`` when it audited that epoch's checkpoint; None without one."""
+    from ..eval.audit import audit_dir
+
     if run.runs_dir is None:
         return None
     folder = run.runs_dir / run.run_id
-    for path in (folder / f"audit-epoch{epoch:03d}" / "audit.json", folder / "audit" / "audit.json"):
+    for path in (audit_dir(folder, epoch) / "audit.json", audit_dir(folder) / "audit.json"):
         try:
             res = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
