@@ -128,6 +128,9 @@ def test_rerun_skips_finished_trials_and_report_renders(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "audited 3 runs, 1 already audited" in out and out.count("already audited with these settings") == 1
     assert len(list((tmp_path / "sw" / "runs").glob("*/audit/audit.json"))) == 4
+    (run_dir / "audit" / "audit.json").write_text("{not json")  # a corrupt audit is made again, not fatal
+    assert main(["audit", str(tmp_path / "sw"), "--samples", "20", "--values", "1", "--no-progress"]) == 0
+    assert "audited 1 runs, 3 already audited" in capsys.readouterr().out
     code = main(["report", str(tmp_path / "sw"), "--out", str(tmp_path / "rep")])
     out = capsys.readouterr().out
     assert code == 0 and "| StdM |" in out and "| LfF | –" in out  # LfF not in this sweep: missing cell
