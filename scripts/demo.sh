@@ -4,7 +4,7 @@
 #  2. prints its statistics and writes a sample grid PNG,
 #  3. trains the standard model (StdM, the paper's CNN) and prints how much it exploits each factor,
 #  4. lists the runs and audits the trained model counterfactually (one factor changed at a time),
-#  5. runs a tiny sweep of four methods and writes its report (tables, figures, index.html).
+#  5. runs a tiny sweep of four methods, audits its runs and writes its report (tables, figures, index.html).
 # MLflow records go to $OUT/runs/mlflow.db.
 set -euo pipefail
 OUT=${1:-demo-out}
@@ -29,8 +29,9 @@ echo "== 4. Runs, and a counterfactual audit of the StdM model on 100 test image
 RUN=$(ls -d "$OUT"/runs/*/ | head -n 1)
 "$BB" audit "$RUN" --data "$OUT/data" --samples 100 --no-progress
 echo
-echo "== 5. A tiny sweep (StdM, UpWt, GDRO, LfF at 24x24) and its report"
+echo "== 5. A tiny sweep (StdM, UpWt, GDRO, LfF at 24x24), an audit of its runs, and its report"
 "$BB" sweep scripts/demo-sweep.yaml --data "$OUT/sweep-data" --out "$OUT/sweep"
+"$BB" audit "$OUT/sweep" --samples 100 --no-progress
 "$BB" report "$OUT/sweep" --out "$OUT/report"
 echo "open $OUT/report/index.html"
 echo
