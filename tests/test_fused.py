@@ -148,6 +148,14 @@ def test_train_fused_matches_separate_trainers_and_resumes_alone(tiny_root, tmp_
         ha = json.loads(open(f"{a['run_dir']}/metrics.json").read())["history"]
         hb = json.loads(open(f"{b['run_dir']}/metrics.json").read())["history"]
         assert [(e["epoch"], e["split"]) for e in ha] == [(e["epoch"], e["split"]) for e in hb]
+        # the weights kept at evaluation epochs: the same keys, within float noise of the separate run's
+        for ep in (1, 2):
+            wa = torch.load(f"{a['run_dir']}/weights/epoch{ep:03d}.pt", weights_only=True)["model"]
+            wb = torch.load(f"{b['run_dir']}/weights/epoch{ep:03d}.pt", weights_only=True)["model"]
+            assert wa.keys() == wb.keys()
+            for k in wa:  # Adam's normalised steps can amplify float noise in single elements: norms compared
+                diff, ref = (wa[k].double() - wb[k].double()).norm(), wa[k].double().norm()
+                assert diff <= 1e-2 * ref + 1e-6, (ep, k, float(diff), float(ref))
     again = train_fused(cfgs, tmp_path / "fus", tracker="none", progress=False)
     assert [r["status"] for r in again] == ["skipped", "skipped"]
     # a fused checkpoint is a plain checkpoint: epoch 3 resumes alone from the fused run's epoch 2
