@@ -34,8 +34,7 @@
 #          about 4 minutes), from the records in docs/reproduction/paper-table1-seed1; only with 120 s left. Only
 #          UpWt and GDRO (--trials 14): seed 1's LNL runs cleared gradients with zero_grad=none, and LNL's trials
 #          under today's default (zeros) are new trials, not for this sweep with the raw fold. Its archive's
-#          sweep.json lists these 14 trials only: copy just its runs/ into the committed folder (the report finds
-#          runs by their configuration);
+#          sweep.json lists these 14 trials only: scripts/import_gpu_sweep.py adds them to the committed 38;
 # Calls (the lease is 15 minutes, a machine start about 30 s, 10 minutes per call at most; a machine stays warm only
 # 30 s after a call, and .gpu/ with the sweep's checkpoints and the chosen options is lost with it, so make the
 # second call at once):
@@ -46,6 +45,9 @@
 # chose (its log's "bench: options for the sweep" line) to .gpu/options.txt, and make the call with
 # carry [".gpu/sweep-s2", ".gpu/options.txt"]: finished trials are skipped, the interrupted ones resume from the
 # checkpoints in the archive, the dataset is made again (checked on the CPU, .gpu/ removed between the calls).
+# Not with scripts/import_gpu_sweep.py, which leaves checkpoints out. Afterwards, each archive into the folder to
+# commit: python3 scripts/import_gpu_sweep.py e2e/sweep.tgz docs/reproduction/paper-table1-seed2/sweep (finished
+# runs' JSON only, trials merged; s1/sweep.tgz into docs/reproduction/paper-table1-seed1/sweep likewise).
 # Outputs under $OUT (a call brings back at most 8 files): the first call bench/ (train.txt, firstblock.txt) and
 # e2e/ (sweep.txt, summary.txt, sweep.tgz), 6 with log.txt; the second e2e/, lnl-check.tgz, zg-check.tgz,
 # prof/anatomy.txt and s1/sweep.tgz (s1 keeps only its archive; the checks' output ends in the log), 8 with log.txt.
