@@ -42,6 +42,8 @@ def test_presets_expand_to_the_papers_protocols():
     f5 = expand(presets()["paper-fig5"], "tiny")
     sizes = sorted(len(t.config["explicit"]) for t in f5 if t.config["method"] == "rubi")
     assert sizes == [1, 2, 3, 4, 5, 6, 7]
+    more = [t.config["method"] for t in expand(presets()["more-methods"], "tiny")]
+    assert len(more) == 16 and more.count("cvar_dro") == 1 and more.count("vrex") == more.count("resample") == 7
     pb = expand(presets()["p-bias"], "tiny")
     assert sorted({next(iter(set(t.dataset.p_bias.values()))) for t in pb}) == [0.1, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
     full = expand(presets()["paper-table1"], "full", seeds=[0, 1, 2])
@@ -227,6 +229,33 @@ def test_report_table_values_are_exact(tmp_path):
     assert iosm["upweight"]["overall"] == pytest.approx(sum(diffs) / len(diffs))
     assert iosm["upweight"]["minority"] == pytest.approx(sum(diffs) / len(diffs))
     assert rep["figures"]["fig5"] == "fig5_scalability.png"
+
+
+def test_report_lists_methods_beyond_the_paper(tmp_path):
+    """Methods beyond the paper get rows after the paper's eight, with their display names and no paper value;
+    an explicit one averages its single-factor runs and draws a Fig. 5 line, one without bias labels is a flat
+    Fig. 5 reference, and both are compared with StdM in the IOSM table."""
+    from biasbench.report.tables import fig5_data
+    from biasbench.report.records import load_sweep, select
+
+    runs = [{"method": "stdm", "seed": 0, "acc": 40.0}, {"method": "cvar_dro", "seed": 0, "acc": 45.0},
+            {"method": "vrex", "seed": 0, "explicit": ["texture"], "acc": 50.0},
+            {"method": "vrex", "seed": 0, "explicit": ["distractor_shape"], "acc": 60.0},
+            {"method": "vrex", "seed": 0, "explicit": ["distractor_shape", "texture"], "acc": 99.0}]
+    _fake_sweep(tmp_path / "sw", runs)
+    rep = build_report(tmp_path / "sw", tmp_path / "rep")
+    names = [r["name"] for r in rep["table1"]]
+    assert names[:8] == ["StdM", "UpWt", "GDRO", "RUBi", "LNL", "IRMv1", "LfF", "SD"]
+    assert names[8:] == ["CVaR-DRO", "VREx"]
+    rows = {r["method"]: r for r in rep["table1"]}
+    assert rows["vrex"]["mean"] == pytest.approx(55.0) and rows["vrex"]["runs_per_seed"] == 2
+    md = (tmp_path / "rep" / "table1.md").read_text()
+    assert "| CVaR-DRO | 45.0 | 1 | 1 | – |" in md and "| VREx | 55.0 | 1 | 2 | – |" in md
+    iosm = {r["method"]: r for r in rep["iosm"]}
+    assert iosm["cvar_dro"]["overall"] == pytest.approx(5.0) and iosm["vrex"]["runs"] == 3
+    fig5 = fig5_data(select(load_sweep(tmp_path / "sw")[1], "final"))
+    assert fig5["cvar_dro"] == {0: 45.0} and fig5["vrex"][2] == 99.0 and fig5["vrex"][1] == 60.0
+    assert (tmp_path / "rep" / "fig3b_mmd_per_method.png").exists()
 
 
 def test_report_keeps_dataset_variants_apart(tmp_path, monkeypatch):

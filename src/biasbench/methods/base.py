@@ -67,11 +67,13 @@ def one_hot(index: torch.Tensor, num: int) -> torch.Tensor:
 
 
 class Method(ABC):
-    """Base class. Subclasses set ``name``, ``uses_bias_labels``, ``default_hparams`` and implement
+    """Base class. Subclasses set ``name``, ``display_name``, ``uses_bias_labels``, ``default_hparams`` and implement
     ``loss`` (or declare other ``phases``); multi-model methods also override ``modules``/``optimizers``
     and stateful ones list their per-run tensors in ``tensor_names``."""
 
     name = "base"
+    display_name = "base"
+    """The name tables and figures show (the paper's abbreviations for its methods: StdM, UpWt, GDRO, ...)."""
     uses_bias_labels = False
     supports_soft_targets = False  # mixup
     default_hparams: dict[str, Any] = {}

@@ -20,12 +20,14 @@ import torch
 import torch.nn.functional as F
 
 from .base import Batch, LossResult, Method, Nets, one_hot
+from .groups import balanced_sample_weights
 from .registry import register_method
 
 
 @register_method
 class GroupDRO(Method):
     name = "group_dro"
+    display_name = "GDRO"
     uses_bias_labels = True
     group_with_label = True
     default_hparams = {"step_size": 1e-3, "sampler": "balanced"}
@@ -35,8 +37,7 @@ class GroupDRO(Method):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.q = torch.full((self.num_groups,), 1.0 / self.num_groups, device=self.device)
-        counts = torch.bincount(self.groups, minlength=self.num_groups).float()
-        self.sample_weights = (1.0 / counts)[self.groups].cpu()  # (N,)
+        self.sample_weights = balanced_sample_weights(self.groups, self.num_groups)  # (N,)
 
     def epoch_indices(self, epoch: int, generator: torch.Generator) -> torch.Tensor | None:
         sampler = self.hparams["sampler"]

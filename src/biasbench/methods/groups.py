@@ -52,3 +52,10 @@ def group_ids(labels, factors, explicit, grouping, mode, with_label) -> tuple[to
                       tuple(explicit), grouping, mode, with_label)
     _, ids = np.unique(keys, return_inverse=True)
     return torch.from_numpy(ids.astype(np.int64)), int(ids.max()) + 1 if len(ids) else 0
+
+
+def balanced_sample_weights(groups: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """(N,) float weights on the CPU, 1 / n_{g(i)}: drawn with ``torch.multinomial``, every training group is
+    equally likely (GDRO's and ReSample's group-balanced sampling)."""
+    counts = torch.bincount(groups, minlength=num_groups).float()
+    return (1.0 / counts)[groups].cpu()

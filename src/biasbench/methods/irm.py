@@ -41,6 +41,7 @@ def irm_penalty(logits: torch.Tensor, y: torch.Tensor, samples_per_env: int) -> 
 @register_method
 class IRMv1(Method):
     name = "irm"
+    display_name = "IRMv1"
     uses_bias_labels = True
     group_with_label = False
     default_hparams = {"penalty_weight": 0.01, "samples_per_env": 8, "env_with_label": False}

@@ -31,6 +31,7 @@ def gce_loss(logits: torch.Tensor, y: torch.Tensor, q: float) -> torch.Tensor:
 @register_method
 class LfF(Method):
     name = "lff"
+    display_name = "LfF"
     uses_bias_labels = False
     step_cost = 2.0  # two networks trained side by side
     default_hparams = {"q": 0.5, "ema": 0.7}

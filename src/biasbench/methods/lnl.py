@@ -41,6 +41,7 @@ from .registry import register_method
 @register_method
 class LNL(Method):
     name = "lnl"
+    display_name = "LNL"
     step_cost = 2.0  # the main step, then the bias predictor's: two backward passes
     uses_bias_labels = True
     group_with_label = False

@@ -12,7 +12,8 @@ def register_method(cls):
 
 
 def _ensure_loaded() -> None:
-    from . import group_dro, irm, lff, lnl, rubi, sd, stdm, upweight  # noqa: F401  (registration)
+    from . import (cvar_dro, group_dro, irm, lff, lnl, resample, rubi, sd, stdm, upweight,  # noqa: F401
+                   vrex)  # (registration)
 
 
 def list_methods() -> list[str]:

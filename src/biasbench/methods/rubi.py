@@ -21,6 +21,7 @@ from .registry import register_method
 @register_method
 class RUBi(Method):
     name = "rubi"
+    display_name = "RUBi"
     uses_bias_labels = True
     group_with_label = False
     default_hparams = {"hidden": 32}

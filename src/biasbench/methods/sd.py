@@ -24,6 +24,7 @@ def sd_penalty(logits: torch.Tensor, y: torch.Tensor, lam: float, gamma: float, 
 @register_method
 class SpectralDecoupling(Method):
     name = "sd"
+    display_name = "SD"
     uses_bias_labels = False
     default_hparams = {"lambda": 1e-3, "gamma": 1e-3, "penalty": "true_class"}
     hparam_choices = {"penalty": ("true_class", "all_logits")}

@@ -13,6 +13,7 @@ from .registry import register_method
 @register_method
 class StdM(Method):
     name = "stdm"
+    display_name = "StdM"
     uses_bias_labels = False
     supports_soft_targets = True
     default_hparams: dict = {}

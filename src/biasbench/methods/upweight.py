@@ -21,6 +21,7 @@ from .registry import register_method
 @register_method
 class UpWeight(Method):
     name = "upweight"
+    display_name = "UpWt"
     uses_bias_labels = True
     group_with_label = True
     default_hparams = {"normalize": False}

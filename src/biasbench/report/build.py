@@ -175,7 +175,7 @@ def audit_table(chosen) -> str | None:
     from statistics import mean
 
     from ..data.factors import FACTORS
-    from .tables import METHOD_NAMES, METHOD_ORDER
+    from .tables import method_name, method_order
 
     variants = setting_variants(chosen)
     lead = len(variants) > 1
@@ -188,9 +188,9 @@ def audit_table(chosen) -> str | None:
             for f in FACTORS:
                 if res and f in res.get("factors", {}):
                     flips.setdefault(run.method, {}).setdefault(f, []).append(res["factors"][f]["flip_rate"])
-        for m in [m for m in METHOD_ORDER if m in flips] + sorted(set(flips) - set(METHOD_ORDER)):
+        for m in method_order(flips):
             cells = [f"{mean(flips[m][f]):.3f}" if f in flips[m] else "–" for f in FACTORS]
-            lines.append((f"| {label} " if lead else "") + f"| {METHOD_NAMES.get(m, m)} | " + " | ".join(cells) + " |")
+            lines.append((f"| {label} " if lead else "") + f"| {method_name(m)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) if len(lines) > 2 else None
 
 

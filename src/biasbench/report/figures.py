@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..data.factors import FACTORS
 from ..utils import atomic_write
-from .tables import METHOD_NAMES, METHOD_ORDER
+from .tables import method_name, method_order
 
 
 def _plt():
@@ -66,13 +66,13 @@ def fig3a(points: list[dict], path: Path, variant: str = "") -> Path | None:
 
 
 def fig3b(points: list[dict], path: Path, variant: str = "") -> Path | None:
-    methods = [m for m in METHOD_ORDER if any(p["method"] == m for p in points)]
+    methods = method_order(p["method"] for p in points)
     if not methods:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(9, 4))
     _paired_boxes(ax, methods, points, "method")
-    ax.set_xticklabels([METHOD_NAMES[m] for m in methods], fontsize=9)
+    ax.set_xticklabels([method_name(m) for m in methods], fontsize=9)
     ax.set_title("Fig. 3b: bias exploitation per method, explicit vs implicit factors"
                  + (f"\n{variant}" if variant else ""), fontsize=10)
     fig.tight_layout()
@@ -85,15 +85,13 @@ def fig5(data: dict, path: Path, variant: str = "") -> Path | None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     ks = list(range(1, 8))
-    for m in METHOD_ORDER:
-        if m not in data:
-            continue
+    for m in method_order(data):
         d = data[m]
         if 0 in d:  # implicit method: a flat reference line
-            ax.plot(ks, [d[0]] * len(ks), ls="--", label=METHOD_NAMES[m])
+            ax.plot(ks, [d[0]] * len(ks), ls="--", label=method_name(m))
         else:
             xs = sorted(k for k in d if k > 0)
-            ax.plot(xs, [d[k] for k in xs], marker="o", label=METHOD_NAMES[m])
+            ax.plot(xs, [d[k] for k in xs], marker="o", label=method_name(m))
     ax.set_xlabel("number of explicit bias variables\n(added in the paper's order: shape, texture, digit colour, "
                   "background,\ntexture colour, distractor colour, position)", fontsize=8)
     ax.set_xticks(ks)  # whole numbers of variables, also when only some are present
@@ -110,13 +108,14 @@ def tuning_figure(data: dict, path: Path, variant: str = "") -> Path | None:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(9, 4.2))
-    cmap = plt.get_cmap("tab10")
-    for i, m in enumerate(m for m in METHOD_ORDER if m in data):
+    methods = method_order(data)
+    cmap = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
+    for i, m in enumerate(methods):
         alphas = sorted(data[m])
         c = cmap(i)
-        ax.plot(alphas, [data[m][a]["majority"] for a in alphas], color=c, marker="o", label=f"{METHOD_NAMES[m]} majority")
+        ax.plot(alphas, [data[m][a]["majority"] for a in alphas], color=c, marker="o", label=f"{method_name(m)} majority")
         ax.plot(alphas, [data[m][a]["minority"] for a in alphas], color=c, marker="s", ls="--",
-                label=f"{METHOD_NAMES[m]} minority")
+                label=f"{method_name(m)} minority")
     ax.set_xlabel("tuning distribution alpha (−1 inverted, 0 balanced, 1 training, 2 more biased)")
     ax.set_ylabel("test accuracy (%), mean over factors")
     ax.set_title("Sensitivity to the tuning distribution (epoch/hyperparameters chosen under alpha)"
@@ -131,10 +130,9 @@ def p_bias_figure(data: dict, path: Path, variant: str = "") -> Path | None:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for m in METHOD_ORDER:
-        if m in data:
-            ps = sorted(data[m])
-            ax.plot(ps, [data[m][p] for p in ps], marker="o", label=METHOD_NAMES[m])
+    for m in method_order(data):
+        ps = sorted(data[m])
+        ax.plot(ps, [data[m][p] for p in ps], marker="o", label=method_name(m))
     ax.set_xlabel("p_bias (probability of the class-aligned value, every factor)")
     ax.set_ylabel("unbiased test accuracy (%)")
     ax.set_title("Unbiased accuracy against bias strength" + (f"\n{variant}" if variant else ""), fontsize=10)

@@ -19,14 +19,31 @@ import numpy as np
 from ..config import DatasetSettings
 from ..data.factors import FACTORS
 from ..errors import BiasbenchError
-from ..sweep.spec import EXPLICIT_METHODS, IMPLICIT_METHODS, PAPER_ORDER
+from ..sweep.spec import PAPER_ORDER
 from .records import RunRecord, select
 
 PAPER_TABLE1 = {"stdm": 42.0, "upweight": 30.1, "group_dro": 27.2, "rubi": 38.9, "lnl": 40.6, "irm": 38.7,
                 "lff": 56.6, "sd": 41.3}
-METHOD_NAMES = {"stdm": "StdM", "upweight": "UpWt", "group_dro": "GDRO", "rubi": "RUBi", "lnl": "LNL",
-                "irm": "IRMv1", "lff": "LfF", "sd": "SD"}
 METHOD_ORDER = ["stdm", "upweight", "group_dro", "rubi", "lnl", "irm", "lff", "sd"]
+"""The paper's eight in Table 1's order: always listed in Table 1, and first everywhere."""
+
+
+def method_order(methods) -> list[str]:
+    """The methods present in ``methods``: the paper's eight in Table 1's order, then the others by name."""
+    present = set(methods)
+    return [m for m in METHOD_ORDER if m in present] + sorted(present - set(METHOD_ORDER))
+
+
+def method_name(method: str) -> str:
+    """The name a table or figure shows: the method class's ``display_name`` (StdM, UpWt, ..., VREx), or the
+    id itself for a method this version does not know (records of another version)."""
+    from ..errors import BiasbenchError
+    from ..methods import get_method_class
+
+    try:
+        return get_method_class(method).display_name
+    except BiasbenchError:
+        return method
 MISSING = "–"
 DATASET_SETTINGS = tuple(f.name for f in fields(DatasetSettings))
 
@@ -140,8 +157,8 @@ def _table1_rows(selected: list[tuple[RunRecord, int]]) -> list[dict]:
     paper = bool(selected) and _paper_setting(selected[0][0].dataset)
     per_method: dict = {}
     for run, ep in selected:
-        if run.method in EXPLICIT_METHODS and len(run.explicit) != 1:
-            continue  # Table 1 averages single-explicit-variable runs
+        if len(run.explicit) > 1:
+            continue  # Table 1 averages single-explicit-variable runs (methods without bias labels have none)
         acc = test_metrics(run, ep).get("accuracy")
         if acc is None:
             continue
@@ -151,7 +168,7 @@ def _table1_rows(selected: list[tuple[RunRecord, int]]) -> list[dict]:
         seeds = per_method.get(m, {})
         per_seed = [mean(v) for v in seeds.values()]
         mu, sd = _ms(per_seed)
-        rows.append({"method": m, "name": METHOD_NAMES.get(m, m), "mean": mu, "std": sd, "seeds": len(per_seed),
+        rows.append({"method": m, "name": method_name(m), "mean": mu, "std": sd, "seeds": len(per_seed),
                      "runs_per_seed": max((len(v) for v in seeds.values()), default=0),
                      "runs_per_seed_min": min((len(v) for v in seeds.values()), default=0),
                      "paper": PAPER_TABLE1.get(m, math.nan) if paper else math.nan})
@@ -251,12 +268,12 @@ def iosm(selected: list[tuple[RunRecord, int]]) -> list[dict]:
         acc = test_metrics(run, ep).get("accuracy", math.nan) - test_metrics(*ref).get("accuracy", math.nan)
         diffs.setdefault(run.method, []).append((acc, maj - rmaj, mino - rmin))
     rows = []
-    for m in METHOD_ORDER:
+    for m in method_order(set(METHOD_ORDER) | set(diffs)):
         if m == "stdm":
             continue
         d = diffs.get(m, [])
         col = list(zip(*d)) if d else [[], [], []]
-        rows.append({"method": m, "name": METHOD_NAMES[m], "runs": len(d),
+        rows.append({"method": m, "name": method_name(m), "runs": len(d),
                      "overall": mean(col[0]) if d else math.nan,
                      "majority": mean(col[1]) if d else math.nan, "minority": mean(col[2]) if d else math.nan})
     return rows
@@ -299,7 +316,7 @@ def fig5_data(selected: list[tuple[RunRecord, int]]) -> dict:
         a = test_metrics(run, ep).get("accuracy")
         if a is None:
             continue
-        if run.method in IMPLICIT_METHODS:
+        if not run.explicit:  # a method without bias labels: a flat reference line
             acc.setdefault(run.method, {}).setdefault(0, []).append(a)
             continue
         k = prefixes.get(tuple(sorted(run.explicit)))
