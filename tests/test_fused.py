@@ -217,6 +217,7 @@ def test_fuse_rules():
                                                    model_kwargs={"drop_path_rate": 0.1}))
     assert "fold_input_bn" in fusable(TrainConfig(data="d", model_kwargs={"fold_input_bn": True}))
     assert "pool_kernel=triton" in fusable(TrainConfig(data="d", model_kwargs={"pool_kernel": "triton"}))
+    assert "changes its networks between epochs" in fusable(TrainConfig(data="d", method="jtt"))  # JTT's switch
 
 
 def _history(run_dir):

@@ -84,6 +84,18 @@ def test_captured_steps_give_the_eager_records(method, tiny_root, tmp_path, emul
     assert _history(eager["run_dir"]) == _history(graphed["run_dir"])
 
 
+def test_a_method_that_changes_its_optimizer_between_epochs_is_captured_again(tiny_root, tmp_path, emulated):
+    """JTT's switch to stage 2 replaces its optimizer: the step captured in stage 1 (stage 1's Adam) is dropped
+    and stage 2's is captured afresh, and the records equal the eager run's."""
+    cfg = TrainConfig(data=str(tiny_root), method="jtt", epochs=2, batch_size=256, seed=0, eval_epochs=(2,),
+                      method_hparams={"stage1_epochs": 1, "sampler": "draw"})
+    eager = Trainer(cfg, tmp_path / "eager", tracker="none", progress=False).run()
+    graphed = Trainer(cfg, tmp_path / "graph", tracker="none", progress=False, cuda_graphs=True).run()
+    runners = [g for g in emulated if g.enabled]
+    assert len(runners) == 2 and all(r.captured for r in runners)
+    assert _history(eager["run_dir"]) == _history(graphed["run_dir"])
+
+
 def test_captured_fused_steps_give_the_fused_records(tiny_root, tmp_path, emulated):
     cfgs = [TrainConfig(data=str(tiny_root), method="lff", epochs=1, batch_size=256, seed=s, eval_epochs=(1,))
             for s in (0, 1)]

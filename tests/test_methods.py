@@ -20,7 +20,7 @@ from biasbench.train.loop import Trainer, load_splits
 from biasbench.train.optim import optimizer_factory
 
 PAPER = ["stdm", "upweight", "group_dro", "rubi", "lnl", "irm", "lff", "sd"]
-MORE = ["cvar_dro", "resample", "vrex"]
+MORE = ["cvar_dro", "jtt", "resample", "vrex"]
 ALL = PAPER + MORE
 DS = FACTORS.index("distractor_shape")
 
@@ -290,16 +290,23 @@ def test_lnl_zero_grad_decides_whether_the_layers_above_the_feature_step_twice(t
     assert moved_in_b == {"zeros": True, "none": False}
 
 
-def test_group_methods_raise_minority_accuracy_over_stdm(tmp_path):
-    """Two-factor data: the digit and background colour (p 0.9), every other factor fixed. StdM learns the
-    colour (minority accuracy 0 % measured); UpWt, GDRO and ReSample balance the (colour, class) groups
-    (18-57 %), VREx equalises their risks (29 %) and CVaR-DRO trains on the worst tenth of each batch, mostly
-    minority samples (20 %)."""
-    fac = "background_color"
-    fixed = {f: 0 for f in FACTORS if f != fac}
-    root = tmp_path / "two"
-    generate(root, DatasetSettings(p_bias=f"{fac}=0.9", fixed=fixed, cell_size=8, n_train=3000, n_val=200,
-                                   n_test=1000, seed=1))
+TWO = "background_color"
+
+
+@pytest.fixture(scope="module")
+def two_factor(tmp_path_factory):
+    """Two-factor data: the digit and background colour (p 0.9), every other factor fixed."""
+    root = tmp_path_factory.mktemp("two") / "ds"
+    generate(root, DatasetSettings(p_bias=f"{TWO}=0.9", fixed={f: 0 for f in FACTORS if f != TWO}, cell_size=8,
+                                   n_train=3000, n_val=200, n_test=1000, seed=1))
+    return root
+
+
+def test_group_methods_raise_minority_accuracy_over_stdm(two_factor, tmp_path):
+    """StdM learns the colour (minority accuracy 0 % measured); UpWt, GDRO and ReSample balance the
+    (colour, class) groups (UpWt 18 %, ReSample 57 %), VREx equalises their risks (29 %) and CVaR-DRO trains on
+    the worst tenth of each batch, mostly minority samples (20 %)."""
+    fac, root = TWO, two_factor
     minority = {}
     hparams = {"vrex": {"anneal_steps": 0}}
     for method in ("stdm", "upweight", "group_dro", "resample", "vrex", "cvar_dro"):
@@ -399,3 +406,94 @@ def test_vrex_penalises_the_variance_of_group_risks_after_the_anneal(tiny_root):
     fresh, _ = _method("vrex", tiny_root, {"anneal_steps": 2, "penalty_weight": 1000.0})
     fresh.load_state_dict(m.state_dict())
     assert fresh.steps.item() == 4  # the anneal survives a resume
+
+
+def test_jtt_upsamples_the_stage1_models_errors_and_starts_again(tiny_root):
+    """At the switch: the identifier takes the trained weights, the model its initial ones and a new optimizer,
+    E = the identifier's mistakes; stage-2 epochs hold E lambda_up times (upsample) or draw it lambda_up times as
+    often (draw); before the switch the order is the trainer's shuffle."""
+    m, data = _method("jtt", tiny_root, {"stage1_epochs": 1, "upweight": 5})
+    initial = {k: v.clone() for k, v in m.model.state_dict().items()}
+    for s in range(3):
+        m.update(_batch(data, np.arange(64 * s, 64 * s + 64)))
+    trained = {k: v.clone() for k, v in m.model.state_dict().items()}
+    old_optimizer = m.optimizer
+    assert m.begin_epoch(1, None) is None and m.epoch_indices(1, torch.Generator()) is None
+    calls = []
+
+    def predict(name):
+        calls.append(name)
+        with torch.no_grad():
+            return m.modules()[name].eval()(data.images.float())
+
+    line = m.begin_epoch(2, predict)
+    assert calls == ["identifier"] and "stage 2 from epoch 2" in line
+    for k, v in m.identifier.state_dict().items():
+        assert torch.equal(v, trained[k])
+    for k, v in m.model.state_dict().items():
+        assert torch.equal(v, initial[k])
+    assert m.optimizer is not old_optimizer and not m.optimizer.state
+    assert list(m.optimizers()["optimizer"].param_groups[0]["params"]) == list(m.model.parameters())
+    with torch.no_grad():
+        wrong = m.identifier.eval()(data.images.float()).argmax(1) != data.labels
+    assert torch.equal(m.errors, wrong) and 0 < wrong.sum() < len(wrong)
+    order = m.epoch_indices(2, torch.Generator().manual_seed(0))
+    n, e = len(wrong), int(wrong.sum())
+    assert len(order) == n + 4 * e
+    counts = torch.bincount(order, minlength=n)
+    assert torch.equal(counts, torch.where(wrong, 5, 1))
+    assert m.begin_epoch(3, predict) is None and len(calls) == 1  # one switch
+    m.hparams["sampler"] = "draw"
+    drawn = m.epoch_indices(3, torch.Generator().manual_seed(0))
+    share = wrong[drawn].float().mean().item()
+    assert len(drawn) == n and abs(share - 5 * e / (n + 4 * e)) < 0.05
+
+
+def test_jtt_error_set_is_the_minority_and_stage_two_learns_it(two_factor, tmp_path):
+    """On the two-factor set, stage 1 (3 epochs of ERM) learns the colour: minority accuracy 0 %; its errors
+    are the minority samples (331 of 3,000 measured, all of them minority); one stage-2 epoch over the
+    upsampled set reaches 28.5 % minority accuracy (measured)."""
+    cfg = TrainConfig(data=str(two_factor), method="jtt", epochs=4, eval_epochs=(3, 4), batch_size=64,
+                      method_hparams={"stage1_epochs": 3})
+    logs = []
+    res = Trainer(cfg, tmp_path, tracker="none", progress=False, log=logs.append).run()
+    assert any(line.startswith("jtt: stage 2 from epoch 4") for line in logs)
+    run = Path(res["run_dir"])
+    hist = json.loads((run / "metrics.json").read_text())["history"]
+    minority = {h["epoch"]: h["metrics"]["factors"][TWO]["minority"] for h in hist if h["split"] == "test"}
+    assert minority[3] < 5 and minority[4] > minority[3] + 15, minority
+    state = torch.load(run / "checkpoint.pt")["method"]
+    errors = state["extra"]["errors"].numpy()
+    data = load_splits(str(two_factor), torch.device("cpu"))["train"]
+    from biasbench.data.factors import majority_mask
+
+    minority_mask = ~majority_mask(data.labels_np, data.factors_np, "paper")[:, FACTORS.index(TWO)]
+    assert minority_mask[errors].mean() > 0.9 and errors[minority_mask].mean() > 0.9
+    stage1 = torch.load(run / "weights" / "epoch003.pt")["model"]  # the kept weights of epoch 3
+    for k, v in state["modules"]["identifier"].items():
+        torch.testing.assert_close(v, stage1[k])
+
+
+def test_jtt_resumes_exactly_after_the_switch(tiny_root, tmp_path, monkeypatch):
+    """Killed after the first stage-2 epoch, the run resumes in stage 2 (the identifier, E and the new
+    optimizer's state from the checkpoint) with the records of an uninterrupted run."""
+    cfg = TrainConfig(data=str(tiny_root), method="jtt", epochs=3, eval_epochs=(2, 3), batch_size=128,
+                      method_hparams={"stage1_epochs": 1, "sampler": "draw"})  # draw: short epochs
+    ref = Trainer(cfg, tmp_path / "ref", tracker="none", progress=False).run()
+    original = Trainer.end_epoch
+
+    def stop_after_two(self, method, epoch, history):
+        original(self, method, epoch, history)
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "end_epoch", stop_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, tmp_path / "cut", tracker="none", progress=False).run()
+    monkeypatch.setattr(Trainer, "end_epoch", original)
+    logs = []
+    res = Trainer(cfg, tmp_path / "cut", tracker="none", progress=False, log=logs.append).run()
+    assert not any("stage 2" in line for line in logs)  # resumed in stage 2: no second switch
+    a = json.loads((Path(ref["run_dir"]) / "metrics.json").read_text())["history"]
+    b = json.loads((Path(res["run_dir"]) / "metrics.json").read_text())["history"]
+    assert [h.get("metrics") for h in a if h["split"] == "test"] == [h.get("metrics") for h in b if h["split"] == "test"]

@@ -138,6 +138,7 @@ def cmd_data_export(args: argparse.Namespace) -> int:
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     from .config import COMPILE_MODES, OPTIMIZERS, PRECISIONS
+    from .methods.registry import METHOD_ORDER, list_methods, method_order
 
     tr = sub.add_parser(
         "train", help="train one model with one method and report its bias",
@@ -147,8 +148,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     tr.add_argument("--data", required=True, help="dataset folder (biasbench data generate)")
     tr.add_argument("--out", required=True, metavar="RUNS", help="folder holding the runs")
+    paper = [m for m in method_order(list_methods()) if m in METHOD_ORDER]
+    more = [m for m in method_order(list_methods()) if m not in METHOD_ORDER]
     tr.add_argument("--method", default="stdm",
-                    help="training method: stdm, upweight, group_dro, rubi, lnl, irm, lff, sd (default stdm)")
+                    help=f"training method: the paper's {', '.join(paper)}; beyond it {', '.join(more)} "
+                         f"(default stdm; docs/methods.md)")
     tr.add_argument("--explicit", default="distractor_shape", metavar="FACTOR,...",
                     help="bias factors whose labels the method sees (methods with bias labels only; "
                          "default distractor_shape, the paper's)")

@@ -52,6 +52,7 @@ class TrainInfo:
     explicit: tuple = ()
     grouping: str = "unique"
     batch_size: int = 128
+    epochs: int = 0  # the run's epochs (0: not known, as in a bare method built by hand)
 
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -162,6 +163,15 @@ class Method(ABC):
 
     def epoch_indices(self, epoch: int, generator: torch.Generator) -> torch.Tensor | None:
         """Sample order for an epoch; ``None`` = the trainer's seeded shuffle."""
+        return None
+
+    def begin_epoch(self, epoch: int, predict_train: Callable[[str], torch.Tensor]) -> str | None:
+        """Called by the trainer before it draws each epoch's order (on resume, first for the epoch it resumes
+        at); ``predict_train(name)`` gives the logits of the module ``name`` over the training split, in
+        evaluation mode as the trainer evaluates. A method whose networks or optimizers change here (JTT's
+        switch to its second stage) returns a line for the log, and the trainer builds its training step again
+        (a captured step holds the optimizers it was captured with); None: nothing changed. Such a method is
+        trained unfused. Whatever it changes must be in its ``state_dict`` for an exact resume."""
         return None
 
     def tensors(self) -> dict[str, torch.Tensor]:

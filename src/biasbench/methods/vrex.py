@@ -6,8 +6,8 @@ groups (``env_with_label=true``, the default). Without the class (``env_with_lab
 environments) every environment of Biased MNIST is equally biased: a bias value's samples are mostly of its
 aligned class, so a model that predicts from the bias value has the same risk in each of them and the penalty
 does not see the shortcut (measured on a two-factor set at p_bias 0.9, ``anneal_steps=0``: minority accuracy
-1.5 % against StdM's 0.0 %, and 29.4 % with the class; ``tests/test_methods.py``). Per step, over the environments e present in
-the batch (E of them):
+1.5 % against StdM's 0.0 %, and 29.4 % with the class; ``docs/methods.md``). Per step, over the
+environments e present in the batch (E of them):
 
     R_e = mean CE of the batch's samples in e,   R = (1/E) sum_e R_e,   V = (1/E) sum_e (R_e - R)^2
     loss = R + lambda_t V,   lambda_t = 1 for the first ``anneal_steps`` steps, then ``penalty_weight``

@@ -175,7 +175,7 @@ def audit_table(chosen) -> str | None:
     from statistics import mean
 
     from ..data.factors import FACTORS
-    from .tables import method_name, method_order
+    from ..methods.registry import method_name, method_order
 
     variants = setting_variants(chosen)
     lead = len(variants) > 1

@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..data.factors import FACTORS
+from ..methods.registry import method_name, method_order
 from ..utils import atomic_write
-from .tables import method_name, method_order
 
 
 def _plt():

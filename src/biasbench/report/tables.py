@@ -19,31 +19,12 @@ import numpy as np
 from ..config import DatasetSettings
 from ..data.factors import FACTORS
 from ..errors import BiasbenchError
+from ..methods.registry import METHOD_ORDER, method_name, method_order
 from ..sweep.spec import PAPER_ORDER
 from .records import RunRecord, select
 
 PAPER_TABLE1 = {"stdm": 42.0, "upweight": 30.1, "group_dro": 27.2, "rubi": 38.9, "lnl": 40.6, "irm": 38.7,
                 "lff": 56.6, "sd": 41.3}
-METHOD_ORDER = ["stdm", "upweight", "group_dro", "rubi", "lnl", "irm", "lff", "sd"]
-"""The paper's eight in Table 1's order: always listed in Table 1, and first everywhere."""
-
-
-def method_order(methods) -> list[str]:
-    """The methods present in ``methods``: the paper's eight in Table 1's order, then the others by name."""
-    present = set(methods)
-    return [m for m in METHOD_ORDER if m in present] + sorted(present - set(METHOD_ORDER))
-
-
-def method_name(method: str) -> str:
-    """The name a table or figure shows: the method class's ``display_name`` (StdM, UpWt, ..., VREx), or the
-    id itself for a method this version does not know (records of another version)."""
-    from ..errors import BiasbenchError
-    from ..methods import get_method_class
-
-    try:
-        return get_method_class(method).display_name
-    except BiasbenchError:
-        return method
 MISSING = "–"
 DATASET_SETTINGS = tuple(f.name for f in fields(DatasetSettings))
 

@@ -78,6 +78,8 @@ def fusable(cfg: TrainConfig) -> str | None:
 
     if get_method_class(cfg.method).predict is not Method.predict:
         return f"method {cfg.method} has its own predict"
+    if get_method_class(cfg.method).begin_epoch is not Method.begin_epoch:
+        return f"method {cfg.method} changes its networks between epochs"
     return None
 
 

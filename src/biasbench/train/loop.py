@@ -327,7 +327,7 @@ class Trainer:
         cfg, dev = self.cfg, self.device
         info = TrainInfo(num_train=len(train.labels), num_classes=10, labels=train.labels, factors=train.factors,
                          mode=self.settings["mode"], explicit=cfg.explicit, grouping=cfg.grouping,
-                         batch_size=cfg.batch_size)
+                         batch_size=cfg.batch_size, epochs=cfg.epochs)
         with GLOBAL_RNG_LOCK, graphs.CAPTURE_GATE.shared():  # initialisations draw from the seeded generator
             torch.manual_seed(cfg.seed)
             model = create_model(cfg.model, num_classes=10, **cfg.model_kwargs).to(dev)
@@ -450,6 +450,11 @@ class Trainer:
 
             aug_gen = torch.Generator(device=dev).manual_seed(cfg.seed * 7_919 + epoch)
             aug_rng = np.random.default_rng([cfg.seed, epoch])
+        changed = method.begin_epoch(epoch, lambda name: self._predict(method, train.images,
+                                                                       net=method.modules()[name]))
+        if changed:
+            self._runner = None  # built again below: a captured step holds the optimizers it was captured with
+            self.log(changed)
         order = self.epoch_order(method, epoch)
         bs = cfg.batch_size
         steps = (len(order) + bs - 1) // bs
@@ -486,13 +491,15 @@ class Trainer:
                 "images_per_s": len(order) / seconds}
 
     @torch.no_grad()
-    def _predict(self, method, images: torch.Tensor, batch: int = 1024) -> torch.Tensor:
+    def _predict(self, method, images: torch.Tensor, batch: int = 1024, net=None) -> torch.Tensor:
+        """Logits of ``method.predict`` (or of ``net``) over ``images``, the method's modules in evaluation mode."""
         method.train(False)
+        net = method.predict if net is None else net
         outs = []
         with graphs.CAPTURE_GATE.shared():
             for chunk, n in eval_batches(images, batch):
                 with self._autocast():
-                    outs.append(method.predict(self._prep(chunk))[:n].float())
+                    outs.append(net(self._prep(chunk))[:n].float())
         method.train(True)
         return torch.cat(outs) if outs else torch.zeros((0, 10))
 
