@@ -10,7 +10,7 @@ from biasbench.cli import main
 from biasbench.config import DatasetSettings, TrainConfig
 from biasbench.data.biased_mnist import generate
 from biasbench.errors import BiasbenchError
-from biasbench.methods import Batch, TrainInfo, get_method_class
+from biasbench.methods import Batch, TrainInfo, get_method_class, list_methods
 from biasbench.models import create_model
 from biasbench.train.augment import OPS, mixup, rand_augment
 from biasbench.train.loop import Trainer
@@ -59,7 +59,7 @@ def _info(n=64, batch=16):
 def test_every_model_works_with_every_method(model_name):
     info = _info()
     cfg = TrainConfig(data="unused")
-    for method in ["stdm", "upweight", "group_dro", "rubi", "lnl", "irm", "lff", "sd"]:
+    for method in list_methods():
         torch.manual_seed(0)
         kwargs = {"small_stem": True} if model_name == "resnet18" else {}
         m = get_method_class(method)(create_model(model_name, **kwargs), optimizer_factory(cfg, torch.device("cpu")),
