@@ -497,3 +497,18 @@ def test_jtt_resumes_exactly_after_the_switch(tiny_root, tmp_path, monkeypatch):
     a = json.loads((Path(ref["run_dir"]) / "metrics.json").read_text())["history"]
     b = json.loads((Path(res["run_dir"]) / "metrics.json").read_text())["history"]
     assert [h.get("metrics") for h in a if h["split"] == "test"] == [h.get("metrics") for h in b if h["split"] == "test"]
+
+
+def test_env_with_label_sets_the_environments_of_irm_and_vrex(tiny_root):
+    counts = {}
+    for name in ("irm", "vrex"):
+        for flag in (False, True):
+            m, data = _method(name, tiny_root, {"env_with_label": flag})
+            counts[name, flag] = m.num_groups
+            assert m.describe()["groups_include_class"] is flag
+    values = data.factors_np[:, DS]
+    assert counts["irm", False] == counts["vrex", False] == len(np.unique(values))
+    assert counts["irm", True] == counts["vrex", True] == len(np.unique(values * 10 + data.labels_np))
+    # defaults: IRMv1 the reference's environments (no class), VREx with the class (docs/methods.md)
+    assert _method("irm", tiny_root)[0].num_groups == counts["irm", False]
+    assert _method("vrex", tiny_root)[0].num_groups == counts["vrex", True]

@@ -82,6 +82,10 @@ class Method(ABC):
     group_with_label = False
     """Bias-label methods: whether groups are (bias value(s), class) rather than bias value(s) alone."""
 
+    group_label_hparam: str | None = None
+    """The boolean hyperparameter, if any, that sets ``group_with_label`` per run (IRMv1's and VREx's
+    ``env_with_label``); its default is the method's default grouping."""
+
     step_cost = 1.0
     """GPU time of one training step relative to one network's forward, backward and optimizer step (StdM's).
     Two-network or two-pass methods are 2: captured on an H100 they train at 24k images/s against 48-50k for
@@ -114,6 +118,8 @@ class Method(ABC):
     def __init__(self, model: nn.Module, make_optimizer: OptimizerFactory, info: TrainInfo,
                  hparams: dict[str, Any] | None = None):
         self.hparams = self.check_hparams(hparams)
+        if self.group_label_hparam:
+            self.group_with_label = self.hparams[self.group_label_hparam]
         self.model = model
         self.info = info
         self.device = info.labels.device

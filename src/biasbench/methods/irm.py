@@ -44,10 +44,10 @@ class IRMv1(Method):
     display_name = "IRMv1"
     uses_bias_labels = True
     group_with_label = False
+    group_label_hparam = "env_with_label"
     default_hparams = {"penalty_weight": 0.01, "samples_per_env": 8, "env_with_label": False}
 
     def __init__(self, model, make_optimizer, info, hparams=None):
-        self.group_with_label = bool((hparams or {}).get("env_with_label", False))
         super().__init__(model, make_optimizer, info, hparams)
         spe = self.hparams["samples_per_env"]
         if spe < 2 or spe % 2:

@@ -46,11 +46,11 @@ class VREx(Method):
     display_name = "VREx"
     uses_bias_labels = True
     group_with_label = True
+    group_label_hparam = "env_with_label"
     default_hparams = {"penalty_weight": 10.0, "anneal_steps": 500, "env_with_label": True}
     tensor_names = ("envs", "steps")
 
     def __init__(self, model, make_optimizer, info, hparams=None):
-        self.group_with_label = bool((hparams or {}).get("env_with_label", True))
         super().__init__(model, make_optimizer, info, hparams)
         # (G,) ones: its length is the number of environments, the static size of the per-step reduction
         # (fused runs with fewer environments are zero-padded to the longest, and padded ids never occur)
