@@ -69,9 +69,10 @@ class JTT(Method):
         self.optimizer = self.make_optimizer(self.model.parameters())
         self.switched = True
         n, e = len(self.errors), int(self.errors.sum())
+        up, sampler = self.hparams["upweight"], self.hparams["sampler"]
         return (f"jtt: stage 2 from epoch {epoch}: the stage-1 model misclassifies {e} of {n} training samples "
-                f"({100 * e / n:.1f} %), each drawn {self.hparams['upweight']}x as often ({self.hparams['sampler']}); the "
-                f"model starts again from its initial weights with a new optimizer")
+                f"({100 * e / n:.1f} %), each drawn {up}x as often ({sampler}); the model starts again from its "
+                f"initial weights with a new optimizer")
 
     def epoch_indices(self, epoch: int, generator: torch.Generator) -> torch.Tensor | None:
         if not self.switched:

@@ -113,7 +113,8 @@ def tuning_figure(data: dict, path: Path, variant: str = "") -> Path | None:
     for i, m in enumerate(methods):
         alphas = sorted(data[m])
         c = cmap(i)
-        ax.plot(alphas, [data[m][a]["majority"] for a in alphas], color=c, marker="o", label=f"{method_name(m)} majority")
+        ax.plot(alphas, [data[m][a]["majority"] for a in alphas], color=c, marker="o",
+                label=f"{method_name(m)} majority")
         ax.plot(alphas, [data[m][a]["minority"] for a in alphas], color=c, marker="s", ls="--",
                 label=f"{method_name(m)} minority")
     ax.set_xlabel("tuning distribution alpha (−1 inverted, 0 balanced, 1 training, 2 more biased)")
