@@ -24,7 +24,7 @@ import torch
 from biasbench.config import DatasetSettings, TrainConfig
 from biasbench.data.biased_mnist import generate
 from biasbench.methods import get_method_class, list_methods
-from biasbench.train.fused import train_fused
+from biasbench.train.fused import fusable, train_fused
 from biasbench.train.loop import Trainer
 from common import device_name, pick_device  # benchmarks/common.py (scripts run from benchmarks/)
 
@@ -70,7 +70,8 @@ def main() -> None:
         generate(root, DatasetSettings(cell_size=args.cell_size, n_train=args.n_train, n_val=512, n_test=2048))
         for method in methods:
             explicit = (args.explicit,) if get_method_class(method).uses_bias_labels else ()
-            for runs in [1] + ([args.fused] if args.fused > 1 else []):
+            fuse = args.fused > 1 and fusable(TrainConfig(data=root, method=method, explicit=explicit)) is None
+            for runs in [1] + ([args.fused] if fuse else []):  # JTT is never fused
                 cfgs = [TrainConfig(data=root, method=method, explicit=explicit, epochs=args.epochs, seed=s,
                                     eval_epochs=(args.epochs,)) for s in range(runs)]
                 el, ea, es = train(cfgs, f"{tmp}/eager-{runs}", dev, False)
