@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import Batch, LossResult, Method, Nets, one_hot
-from .groups import balanced_sample_weights
+from .base import Batch, LossResult, Method, Nets
+from .groups import balanced_sample_weights, group_mean_losses
 from .registry import register_method
 
 
@@ -53,8 +53,7 @@ class GroupDRO(Method):
     @staticmethod
     def group_losses(ce: torch.Tensor, groups: torch.Tensor, num_groups: int) -> torch.Tensor:
         """(G,) mean CE per group in the batch, 0 for absent groups (no host sync)."""
-        member = one_hot(groups, num_groups)  # (B, G)
-        return (ce @ member) / member.sum(0).clamp_min(1)
+        return group_mean_losses(ce, groups, num_groups)[0]
 
     def loss(self, nets: Nets, t, batch: Batch) -> LossResult:
         logits = nets["model"](batch.x).float()

@@ -18,6 +18,7 @@ import torch
 
 from ..data.factors import FACTOR_TABLE, FACTORS, majority_mask
 from ..errors import BiasbenchError
+from .base import one_hot
 
 GROUPINGS = ("unique", "majority_minority")
 
@@ -59,3 +60,11 @@ def balanced_sample_weights(groups: torch.Tensor, num_groups: int) -> torch.Tens
     equally likely (GDRO's and ReSample's group-balanced sampling)."""
     counts = torch.bincount(groups, minlength=num_groups).float()
     return (1.0 / counts)[groups].cpu()
+
+
+def group_mean_losses(ce: torch.Tensor, groups: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """((G,) mean loss per group in the batch, 0 for absent groups; (G,) the batch's samples per group), in
+    ``ce``'s dtype, with no host sync (safe under vmap): GDRO's l_g and VREx's risks."""
+    member = one_hot(groups, num_groups).to(ce.dtype)  # (B, G)
+    counts = member.sum(0)
+    return (ce @ member) / counts.clamp_min(1), counts

@@ -22,7 +22,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import Batch, LossResult, Method, Nets, one_hot
+from .base import Batch, LossResult, Method, Nets
+from .groups import group_mean_losses
 from .registry import register_method
 
 
@@ -31,10 +32,8 @@ def risk_variance(ce: torch.Tensor, groups: torch.Tensor, num_groups: int) -> tu
     dtype (no host sync; ids of absent or zero-padded groups never count). Computed in float64: V is a
     variance of nearly equal risks, which float32 leaves with about three correct digits (so a fused run's
     V, reduced over more padded groups, would not be a separate run's); the (B, G) product costs nothing."""
-    member = one_hot(groups, num_groups).double()  # (B, G)
-    counts = member.sum(0)
+    risks, counts = group_mean_losses(ce.double(), groups, num_groups)
     present = (counts > 0).double()
-    risks = (ce.double() @ member) / counts.clamp_min(1)
     n = present.sum()
     mean = (risks * present).sum() / n
     return mean.to(ce.dtype), ((((risks - mean) ** 2) * present).sum() / n).to(ce.dtype)
