@@ -24,10 +24,16 @@ def tiny_root(tmp_path_factory):
 @pytest.fixture
 def interpreted(monkeypatch):
     """Triton's interpreter on: the kernels' module is imported afresh, as Triton reads the setting when a
-    kernel is defined."""
+    kernel is defined. The convolution kernels' programs take 2 images each instead of their GPU settings (32
+    and 16): a program loops over all of its images, masked, and the interpreter runs every iteration, so
+    tests of a few images would spend most of their time on absent ones (the GPU settings compile in
+    ``test_the_kernels_compile_for_an_h100_without_one``)."""
     import sys
 
-    from biasbench.models import maxpool
+    from biasbench.models import conv_pool, maxpool
+
+    monkeypatch.setattr(conv_pool, "N_PER", 2)
+    monkeypatch.setattr(conv_pool, "WGRAD_N_PER", 2)
 
     def fresh():
         sys.modules.pop("biasbench.models._maxpool_kernels", None)

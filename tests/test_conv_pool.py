@@ -101,8 +101,8 @@ def test_paper_cnn_with_triton_conv_trains_like_the_default(interpreted, fold):
     from biasbench.models import create_model
 
     torch.manual_seed(0)
-    x = (torch.rand(4, 3, 24, 24) * 255).round().contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (4,))
+    x = (torch.rand(2, 3, 12, 12) * 255).round().contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (2,))
     runs = []
     for kernel in ("triton", "triton_conv"):
         torch.manual_seed(1)
@@ -146,8 +146,8 @@ def test_paper_cnn_with_the_triton_conv1_forward(interpreted, pool_kernel, count
 
     calls = count_calls(conv_pool, "conv_forward")
     torch.manual_seed(0)
-    x = (torch.rand(4, 3, 24, 24) * 255).round().contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (4,))
+    x = (torch.rand(2, 3, 12, 12) * 255).round().contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (2,))
     runs = []
     fused = count_calls(conv_pool, "conv_weight_grad")
     for kwargs in ({}, {"pool_kernel": pool_kernel, "conv1_kernel": "triton"}):
@@ -222,8 +222,8 @@ def test_paper_cnn_with_the_triton_conv1_weight_gradient(interpreted, fold, coun
 
     calls = count_calls(conv_pool, "conv_weight_from_grad")
     torch.manual_seed(0)
-    x = (torch.rand(4, 3, 24, 24) * 255).round().contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (4,))
+    x = (torch.rand(2, 3, 12, 12) * 255).round().contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (2,))
     runs = []
     for kwargs in ({}, {"pool_kernel": "triton", "conv1_wgrad": "triton"},
                    {"pool_kernel": "triton", "conv1_wgrad": "triton", "conv1_kernel": "triton"}):
