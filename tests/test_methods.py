@@ -11,6 +11,7 @@ from biasbench.config import DatasetSettings, TrainConfig
 from biasbench.data.biased_mnist import generate
 from biasbench.data.factors import FACTORS
 from biasbench.methods import Batch, TrainInfo, get_method_class, list_methods
+from biasbench.methods.dfr import balanced_subset, fit_last_layer
 from biasbench.methods.irm import irm_penalty
 from biasbench.methods.lff import gce_loss
 from biasbench.methods.modules import grad_multiply
@@ -20,7 +21,7 @@ from biasbench.train.loop import Trainer, load_splits
 from biasbench.train.optim import optimizer_factory
 
 PAPER = ["stdm", "upweight", "group_dro", "rubi", "lnl", "irm", "lff", "sd"]
-MORE = ["cvar_dro", "jtt", "resample", "vrex"]
+MORE = ["cvar_dro", "dfr", "jtt", "resample", "vrex"]
 ALL = PAPER + MORE
 DS = FACTORS.index("distractor_shape")
 
@@ -327,6 +328,8 @@ def test_group_methods_raise_minority_accuracy_over_stdm(two_factor, tmp_path):
     (["--method", "irm", "--batch-size", "100"], "must be a multiple of samples_per_env"),
     (["--method", "cvar_dro", "--hparam", "alpha=0"], "cvar_dro: alpha must be in (0, 1]"),
     (["--method", "vrex", "--hparam", "anneal_steps=1.5"], "anneal_steps of vrex must be an integer"),
+    (["--method", "dfr", "--hparam", "C=0"], "dfr: C must be positive"),
+    (["--method", "dfr", "--hparam", "source=test"], "source of dfr must be one of balanced_val, train, val"),
 ])
 def test_method_bad_input(tiny_root, tmp_path, capsys, extra, message):
     code = main(["train", "--data", str(tiny_root), "--out", str(tmp_path / "runs"), "--epochs", "1",
@@ -475,30 +478,37 @@ def test_jtt_error_set_is_the_minority_and_stage_two_learns_it(two_factor, tmp_p
         torch.testing.assert_close(v, stage1[k])
 
 
-def test_jtt_resumes_exactly_after_the_switch(tiny_root, tmp_path, monkeypatch):
-    """Killed after the first stage-2 epoch, the run resumes in stage 2 (the identifier, E and the new
-    optimizer's state from the checkpoint) with the records of an uninterrupted run."""
-    cfg = TrainConfig(data=str(tiny_root), method="jtt", epochs=3, eval_epochs=(2, 3), batch_size=128,
-                      method_hparams={"stage1_epochs": 1, "sampler": "draw"})  # draw: short epochs
+def _resumed_test_records(cfg, tmp_path, monkeypatch, stop_epoch):
+    """(test records of an uninterrupted run, those of a run killed after ``stop_epoch`` and resumed, the
+    resumed call's log lines)."""
     ref = Trainer(cfg, tmp_path / "ref", tracker="none", progress=False).run()
     original = Trainer.end_epoch
 
-    def stop_after_two(self, method, epoch, history):
+    def stop(self, method, epoch, history):
         original(self, method, epoch, history)
-        if epoch == 2:
+        if epoch == stop_epoch:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(Trainer, "end_epoch", stop_after_two)
+    monkeypatch.setattr(Trainer, "end_epoch", stop)
     with pytest.raises(KeyboardInterrupt):
         Trainer(cfg, tmp_path / "cut", tracker="none", progress=False).run()
     monkeypatch.setattr(Trainer, "end_epoch", original)
     logs = []
     res = Trainer(cfg, tmp_path / "cut", tracker="none", progress=False, log=logs.append).run()
-    assert not any("stage 2" in line for line in logs)  # resumed in stage 2: no second switch
     a = json.loads((Path(ref["run_dir"]) / "metrics.json").read_text())["history"]
     b = json.loads((Path(res["run_dir"]) / "metrics.json").read_text())["history"]
-    tests = [[h["metrics"] for h in hist if h["split"] == "test"] for hist in (a, b)]
-    assert len(tests[0]) == 2 and tests[0] == tests[1]
+    ta, tb = ([h["metrics"] for h in hist if h["split"] == "test"] for hist in (a, b))
+    return ta, tb, logs
+
+
+def test_jtt_resumes_exactly_after_the_switch(tiny_root, tmp_path, monkeypatch):
+    """Killed after the first stage-2 epoch, the run resumes in stage 2 (the identifier, E and the new
+    optimizer's state from the checkpoint) with the records of an uninterrupted run."""
+    cfg = TrainConfig(data=str(tiny_root), method="jtt", epochs=3, eval_epochs=(2, 3), batch_size=128,
+                      method_hparams={"stage1_epochs": 1, "sampler": "draw"})  # draw: short epochs
+    ref, resumed, logs = _resumed_test_records(cfg, tmp_path, monkeypatch, 2)
+    assert not any("stage 2" in line for line in logs)  # resumed in stage 2: no second switch
+    assert len(ref) == 2 and ref == resumed
 
 
 def test_env_with_label_sets_the_environments_of_irm_and_vrex(tiny_root):
@@ -514,3 +524,100 @@ def test_env_with_label_sets_the_environments_of_irm_and_vrex(tiny_root):
     # defaults: IRMv1 the reference's environments (no class), VREx with the class (docs/methods.md)
     assert _method("irm", tiny_root)[0].num_groups == counts["irm", False]
     assert _method("vrex", tiny_root)[0].num_groups == counts["vrex", True]
+
+
+def test_dfr_balanced_subsets_take_the_smallest_groups_size_from_every_group():
+    groups = torch.tensor([0] * 5 + [1] * 3 + [3] * 7)  # group 2 absent
+    gen = torch.Generator().manual_seed(0)
+    a, b = balanced_subset(groups, gen), balanced_subset(groups, gen)
+    for idx in (a, b):
+        assert torch.bincount(groups[idx], minlength=4).tolist() == [3, 3, 0, 3]
+        assert len(set(idx.tolist())) == 9
+    assert not torch.equal(a, b)  # each draw its own subset
+
+
+def test_dfr_layer_is_the_l1_fit_on_standardised_features_folded_back():
+    """One subset: the returned layer on raw features gives the one-vs-rest L1 logistic regression's decision
+    values on standardised ones; at a small C the L1 penalty zeroes the uninformative features' weights (an L2
+    penalty would leave none exactly 0); more subsets average the fits."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 40)
+    groups = y * 2 + (rng.random(120) < 0.3)  # (class, a binary attribute)
+    f = rng.normal(size=(120, 6)) * [1, 5, 0.1, 2, 3, 1] + [0, 10, -3, 1, 0, 2]
+    f[:, 0] += 2.0 * y  # the one informative feature
+    w, b, n = fit_last_layer(f, y, groups, 3, 1.0, 1, torch.Generator().manual_seed(5))
+    gen = torch.Generator().manual_seed(5)
+    idx = balanced_subset(torch.from_numpy(groups), gen).numpy()
+    seed = int(torch.randint(0, 2 ** 31 - 1, (), generator=gen))
+    z = (f - f.mean(0)) / f.std(0)
+    ovr = OneVsRestClassifier(LogisticRegression(l1_ratio=1.0, C=1.0, solver="liblinear", random_state=seed))
+    ovr.fit(z[idx], y[idx])
+    assert n == len(idx) == 6 * np.bincount(groups).min()
+    np.testing.assert_allclose(f @ w.T + b, ovr.decision_function(z), rtol=1e-9, atol=1e-9)
+    sparse, _, _ = fit_last_layer(f, y, groups, 3, 0.05, 1, torch.Generator().manual_seed(5))
+    assert (sparse[:, 1:] == 0).all() and (sparse[:, 0] != 0).any()
+    many, _, _ = fit_last_layer(f, y, groups, 3, 1.0, 4, torch.Generator().manual_seed(5))
+    assert not np.allclose(many, w)  # an average over other subsets too
+
+
+def test_dfr_refit_layer_reads_the_digit_the_colour_model_ignores(two_factor, tmp_path):
+    """On the two-factor set the trained network's own classifier uses the colour (minority accuracy under 5 %);
+    DFR refits the last layer on a (colour, class)-balanced subset of the training split (one sample of each of
+    the 100 groups) and reads the digit from the same features: 16.6 % minority accuracy measured. The weights
+    the run keeps for the epoch are that predictor, as ``biasbench audit`` loads it."""
+    cfg = TrainConfig(data=str(two_factor), method="dfr", epochs=6, eval_epochs=(6,), batch_size=64, explicit=(TWO,),
+                      method_hparams={"source": "train"})
+    logs = []
+    res = Trainer(cfg, tmp_path, tracker="none", progress=False, log=logs.append).run()
+    assert any(line.startswith("dfr: epoch 6: last layer refit on 10 balanced subsets of the train split, 100 "
+                               "samples each (100 (bias, class) groups x 1)") for line in logs), logs
+    run = Path(res["run_dir"])
+    test = load_splits(str(two_factor), torch.device("cpu"))["test"]
+    from biasbench.data.factors import majority_mask
+
+    minority = ~majority_mask(test.labels_np, test.factors_np, "paper")[:, FACTORS.index(TWO)]
+    x = test.images.float()
+    own = create_model("paper_cnn").eval()
+    own.load_state_dict(torch.load(run / "checkpoint.pt")["method"]["modules"]["model"])
+    with torch.no_grad():
+        own_minority = 100 * (own(x).argmax(1).numpy() == test.labels_np)[minority].mean()
+    dfr_minority = res["final"]["test"]["factors"][TWO]["minority"]
+    assert own_minority < 5 and dfr_minority > own_minority + 10, (own_minority, dfr_minority)
+    kept = create_model("paper_cnn").eval()
+    kept.load_state_dict(torch.load(run / "weights" / "epoch006.pt")["model"])
+    with torch.no_grad():
+        kept_pred = kept(x).argmax(1).numpy()
+    assert (kept_pred == np.load(run / "predictions" / "epoch006_test.npz")["pred"]).mean() > 0.99
+
+
+def test_dfr_resumes_with_the_same_refits(tiny_root, tmp_path, monkeypatch):
+    """A refit draws from a generator seeded by the run's seed and the epoch: killed after the first evaluated
+    epoch, the run resumes with the records of an uninterrupted one."""
+    cfg = TrainConfig(data=str(tiny_root), method="dfr", epochs=2, eval_epochs=(1, 2), batch_size=128,
+                      method_hparams={"subsets": 2})
+    ref, resumed, _ = _resumed_test_records(cfg, tmp_path, monkeypatch, 1)
+    assert len(ref) == 2 and ref == resumed
+
+
+@pytest.mark.parametrize("model_name", ["paper_cnn", "resnet18", "effnetv2_s_w025"])
+def test_dfr_kept_weights_are_the_predictor_it_evaluates(model_name, tiny_root):
+    """For each model, the state DFR keeps for an evaluation epoch, loaded into a fresh model, gives DFR's
+    prediction (its refit layer in place of the classifier)."""
+    data = load_splits(str(tiny_root), torch.device("cpu"))["train"]
+    info = TrainInfo(len(data.labels), 10, data.labels, data.factors, "paper", ("distractor_shape",), "unique", 128)
+    cfg = TrainConfig(data=str(tiny_root))
+    torch.manual_seed(0)
+    m = get_method_class("dfr")(create_model(model_name), optimizer_factory(cfg, torch.device("cpu")), info, {})
+    with torch.no_grad():
+        m.head.weight.normal_()
+        m.head.bias.normal_()
+    m.train(False)
+    fresh = create_model(model_name).eval()
+    fresh.load_state_dict(m.evaluated_model_state())
+    x = data.images[:8].float()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), m.predict(x))
+        assert not torch.allclose(m.model(x), m.predict(x))  # not the model's own classifier

@@ -180,6 +180,22 @@ class Method(ABC):
         trained unfused. Whatever it changes must be in its ``state_dict`` for an exact resume."""
         return None
 
+    def before_evaluation(self, epoch: int, held_out: Callable[[str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+                          generator: torch.Generator) -> str | None:
+        """Called by the trainer before each evaluation (after the epoch's training, before any split is
+        predicted); ``held_out(split)`` gives (the model's ``before_logits`` features (N, D) float32, labels (N,),
+        factors (N, 7)) over a split, in evaluation mode; ``generator`` is seeded by the run's seed and the epoch.
+        A method that changes what ``predict`` computes here (DFR's refit last layer) returns a line for the log;
+        None: nothing changed. What it changes must be in its ``state_dict`` (an evaluated run resumes after the
+        evaluation) and in :meth:`evaluated_model_state`. Such a method is trained unfused."""
+        return None
+
+    def evaluated_model_state(self) -> dict[str, torch.Tensor]:
+        """The state dict of the main model as :meth:`predict` evaluates it: what a run keeps for an evaluation
+        epoch (``weights/epochNNN.pt``, which ``biasbench audit`` loads into a fresh model). The model's own by
+        default; a method whose prediction replaces a layer (DFR) puts that layer in."""
+        return self.model.state_dict()
+
     def tensors(self) -> dict[str, torch.Tensor]:
         """The per-run tensors the loss functions read, by name."""
         names = (("groups",) if self.uses_bias_labels else ()) + tuple(self.tensor_names)

@@ -50,6 +50,10 @@ class TimmEfficientNet(nn.Module):
     def set_dropout(self, p: float) -> None:
         self.net.drop_rate = float(p)  # read by timm's forward_head on every call
 
+    def get_classifier(self) -> nn.Linear:
+        """The last layer: logits = classifier(before_logits features), timm's ``get_classifier``."""
+        return self.net.get_classifier()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net((x - self.mean) / self.std)
 

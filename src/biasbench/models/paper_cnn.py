@@ -184,6 +184,10 @@ class PaperCNN(nn.Module):
                               names, "paper_cnn")
         return logits, feats
 
+    def get_classifier(self) -> nn.Linear:
+        """The last layer: logits = classifier(before_logits features) (timm's name for it)."""
+        return self.fc
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._first_block(x)
         x = F.relu(self.conv2(x))

@@ -39,6 +39,10 @@ class ResNet18(nn.Module):
         feats = pick_features({"pooled2": pooled2, "pooled4": pooled4, "before_logits": pooled4}, names, "resnet18")
         return n.fc(pooled4), feats
 
+    def get_classifier(self) -> nn.Linear:
+        """The last layer: logits = classifier(before_logits features), after the (eval-time identity) dropout."""
+        return self.net.fc[1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net((x - self.mean) / self.std)
 

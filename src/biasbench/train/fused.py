@@ -80,6 +80,8 @@ def fusable(cfg: TrainConfig) -> str | None:
         return f"method {cfg.method} has its own predict"
     if get_method_class(cfg.method).begin_epoch is not Method.begin_epoch:
         return f"method {cfg.method} changes its networks between epochs"
+    if get_method_class(cfg.method).before_evaluation is not Method.before_evaluation:
+        return f"method {cfg.method} changes its prediction before evaluations"
     return None
 
 

@@ -504,8 +504,20 @@ class Trainer:
         return torch.cat(outs) if outs else torch.zeros((0, 10))
 
     def _evaluate(self, method, data: dict[str, SplitData], epoch: int, p_train: np.ndarray) -> list[dict]:
+        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch + 500_000)  # not an epoch order's
+        changed = method.before_evaluation(epoch, lambda split: self._held_out(method, data[split]), gen)
+        if changed:
+            self.log(changed)
         logits = {split: self._predict(method, data[split].images) for split in SPLITS}
         return self.evaluation_records(logits, data, epoch, p_train)
+
+    def _held_out(self, method, split: SplitData) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(the main model's ``before_logits`` features (N, D) float32, labels, factors) over ``split``, in
+        evaluation mode (:meth:`Method.before_evaluation`)."""
+        model = method.model
+        feats = self._predict(method, split.images, net=lambda x: model.forward_features(x, ("before_logits",))[1]
+                              ["before_logits"])
+        return feats, split.labels, split.factors
 
     def evaluation_records(self, logits_by_split: dict[str, torch.Tensor], data: dict[str, SplitData], epoch: int,
                            p_train: np.ndarray) -> list[dict]:
@@ -538,7 +550,7 @@ class Trainer:
     def _checkpoint(self, method, epoch: int, history: list[dict]) -> None:
         method_state = method.state_dict()
         if any(h.get("epoch") == epoch and "metrics" in h for h in history):
-            weights = {"epoch": epoch, "run_id": self.run_id, "model": method_state["modules"]["model"]}
+            weights = {"epoch": epoch, "run_id": self.run_id, "model": method.evaluated_model_state()}
             (self.run_dir / "weights").mkdir(exist_ok=True)
             atomic_write(self.run_dir / "weights" / f"epoch{epoch:03d}.pt", lambda tmp: torch.save(weights, tmp))
         state = {

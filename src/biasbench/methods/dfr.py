@@ -1,0 +1,143 @@
+"""DFR: Deep Feature Reweighting (Kirichenko, Izmailov and Wilson, ICLR 2023). Not in the paper; uses the
+bias labels of a held-out split.
+
+The network trains with plain ERM (StdM's loss, so a DFR run's training is a StdM run's). Before each
+evaluation its last layer is refit on group-balanced data, and evaluation uses the refit layer:
+
+1. features f = the model's ``before_logits`` features (the classifier's input) over the split ``source``, in
+   evaluation mode: ``val`` (DFR^Val_Tr, DFR's main variant and the default: the validation split, biased as
+   the training split is), ``balanced_val`` (the dataset's unbiased validation split, where the groups are
+   nearly balanced already) or ``train`` (DFR^Tr_Tr);
+2. groups = (explicit bias value(s), class), numbered as UpWt's (the run's ``--explicit`` and ``--grouping``);
+3. ``subsets`` times, a group-balanced subset: every group present in the split cut to the size m of the
+   smallest, drawn without replacement;
+4. f standardised with the mean and standard deviation over the whole split (DFR's ``StandardScaler``);
+5. per subset an L1-penalised logistic regression with inverse strength ``C``, one-vs-rest over the classes
+   (scikit-learn's ``liblinear``, DFR's solver, which fitted multi-class problems one-vs-rest; scikit-learn >= 1.8
+   spells the L1 penalty ``l1_ratio=1``); its coefficients W and intercepts c are averaged over the subsets.
+
+The refit layer is W and c with the standardisation folded in, ``logits = (W / s) f + c - W (mu / s)``: a linear
+layer of the classifier's shape. Training goes on with the model's own classifier, so an evaluation never
+changes training; the refit layer is a module of the method (checkpointed), and the weights a run keeps for an
+evaluation epoch (``weights/epochNNN.pt``, which ``biasbench audit`` loads) are the model with its classifier
+replaced by the refit layer, the predictor that was evaluated. A refit draws from a generator seeded by the run's
+seed and the epoch, so resuming gives the same layer.
+
+``subsets`` = 10 is this package's default (DFR's code averages more refits; each costs one fit).
+DFR tunes C on half of the validation split (its grid: 1, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01); here C is a
+hyperparameter to sweep, and ``report --select`` picks as it does for every other method. Refitting on the
+validation split and selecting on it uses that split twice, as DFR does.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import BiasbenchError
+from .base import Batch, LossResult, Method, Nets
+from .groups import group_keys
+from .registry import register_method
+
+HeldOut = Callable[[str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def balanced_subset(groups: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Indices of a group-balanced subset, sorted: ``m`` samples of every group present in ``groups`` (ids
+    0..G-1, some possibly absent), m = the smallest present group's size, drawn uniformly without replacement."""
+    counts = torch.bincount(groups)
+    m = int(counts[counts > 0].min())
+    perm = torch.randperm(len(groups), generator=generator)
+    sorted_groups, order = torch.sort(groups[perm], stable=True)  # a random order within each group
+    start = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(len(groups)) - start[sorted_groups]
+    return perm[order[rank < m]].sort().values
+
+
+def fit_last_layer(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, num_classes: int, C: float,
+                   subsets: int, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray, int]:
+    """(weight (K, D), bias (K,), samples per subset): the averaged L1 logistic regressions on standardised
+    features folded back onto the raw features (module docstring, steps 3-5)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+
+    present = np.unique(labels)
+    if len(present) != num_classes:  # every class is in each subset, as the groups include the class
+        raise BiasbenchError(f"dfr: the held-out split has samples of {len(present)} of {num_classes} classes")
+    mu, sd = features.mean(0), features.std(0)
+    sd = np.where(sd > 0, sd, 1.0)  # a feature constant over the split (a dead unit) stays 0 after scaling
+    z = (features - mu) / sd
+    weight, bias = np.zeros((num_classes, z.shape[1])), np.zeros(num_classes)
+    g = torch.from_numpy(groups)
+    for _ in range(subsets):
+        idx = balanced_subset(g, generator).numpy()
+        seed = int(torch.randint(0, 2 ** 31 - 1, (), generator=generator))
+        ovr = OneVsRestClassifier(LogisticRegression(l1_ratio=1.0, C=C, solver="liblinear", random_state=seed))
+        ovr.fit(z[idx], labels[idx])
+        weight += np.concatenate([e.coef_ for e in ovr.estimators_])
+        bias += np.concatenate([e.intercept_ for e in ovr.estimators_])
+    weight, bias = weight / subsets, bias / subsets
+    return weight / sd, bias - weight @ (mu / sd), len(idx)
+
+
+@register_method
+class DFR(Method):
+    name = "dfr"
+    display_name = "DFR"
+    uses_bias_labels = True
+    group_with_label = True
+    default_hparams = {"source": "val", "C": 1.0, "subsets": 10}
+    hparam_choices = {"source": ("balanced_val", "train", "val")}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not self.hparams["C"] > 0:
+            raise BiasbenchError(f"dfr: C must be positive, got {self.hparams['C']}")
+        if self.hparams["subsets"] < 1:
+            raise BiasbenchError(f"dfr: subsets must be at least 1, got {self.hparams['subsets']}")
+        classifier = self.classifier()
+        self.head = nn.Linear(classifier.in_features, classifier.out_features).to(self.device)
+        self.head.load_state_dict(classifier.state_dict())  # the model's own until the first refit
+
+    def classifier(self) -> nn.Linear:
+        get = getattr(self.model, "get_classifier", None)
+        if get is None:
+            raise BiasbenchError(f"dfr: the model {type(self.model).__name__} does not name its classifier "
+                                 "(get_classifier)")
+        return get()
+
+    def modules(self):
+        return {"model": self.model, "head": self.head}
+
+    def loss(self, nets: Nets, t, batch: Batch) -> LossResult:
+        loss = F.cross_entropy(nets["model"](batch.x).float(), batch.y)
+        return loss, {}, {"loss": loss.detach()}
+
+    def before_evaluation(self, epoch: int, held_out: HeldOut, generator: torch.Generator) -> str | None:
+        source, info = self.hparams["source"], self.info
+        features, labels, factors = (a.cpu().numpy() for a in held_out(source))
+        keys = group_keys(labels, factors, info.explicit, info.grouping, info.mode, with_label=True)
+        _, groups = np.unique(keys, return_inverse=True)
+        weight, bias, n = fit_last_layer(features.astype(np.float64), labels, groups.reshape(-1), info.num_classes,
+                                         self.hparams["C"], self.hparams["subsets"], generator)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.from_numpy(weight))
+            self.head.bias.copy_(torch.from_numpy(bias))
+        return (f"dfr: epoch {epoch}: last layer refit on {self.hparams['subsets']} balanced subsets of the {source} "
+                f"split, {n} samples each ({groups.max() + 1} (bias, class) groups x {n // (groups.max() + 1)})")
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        _, feats = self.model.forward_features(x, ("before_logits",))
+        return self.head(feats["before_logits"])
+
+    def evaluated_model_state(self) -> dict:
+        state = self.model.state_dict()
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        classifier = self.classifier()
+        state[names[id(classifier.weight)]] = self.head.weight.detach().clone()
+        state[names[id(classifier.bias)]] = self.head.bias.detach().clone()
+        return state
