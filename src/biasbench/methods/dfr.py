@@ -17,7 +17,8 @@ evaluation its last layer is refit on group-balanced data, and evaluation uses t
    spells the L1 penalty ``l1_ratio=1``); its coefficients W and intercepts c are averaged over the subsets.
 
 The refit layer is W and c with the standardisation folded in, ``logits = (W / s) f + c - W (mu / s)``: a linear
-layer of the classifier's shape. Training goes on with the model's own classifier, so an evaluation never
+layer of the classifier's shape, applied in float32 whatever the autocast (in bf16 the two folded terms, each
+about mu / s times the standardised signal, would keep too few digits). Training goes on with the model's own classifier, so an evaluation never
 changes training; the refit layer is a module of the method (checkpointed), and the weights a run keeps for an
 evaluation epoch (``weights/epochNNN.pt``, which ``biasbench audit`` loads) are the model with its classifier
 replaced by the refit layer, the predictor that was evaluated. A refit draws from a generator seeded by the run's
@@ -132,7 +133,8 @@ class DFR(Method):
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         _, feats = self.model.forward_features(x, ("before_logits",))
-        return self.head(feats["before_logits"])
+        with torch.autocast(x.device.type, enabled=False):  # in float32: (W / s) f and W mu / s nearly cancel
+            return self.head(feats["before_logits"].float())
 
     def evaluated_model_state(self) -> dict:
         state = self.model.state_dict()
