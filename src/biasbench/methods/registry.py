@@ -12,7 +12,7 @@ def register_method(cls):
 
 
 def _ensure_loaded() -> None:
-    from . import (cvar_dro, dfr, group_dro, irm, jtt, lff, lnl, resample, rubi, sd, stdm,  # noqa: F401
+    from . import (coral, cvar_dro, dfr, group_dro, irm, jtt, lff, lnl, resample, rubi, sd, stdm,  # noqa: F401
                    upweight, vrex)  # (registration)
 
 

@@ -11,7 +11,8 @@ dataset path) and the dataset's recipe hash. Files (each written atomically):
   metrics (see :func:`biasbench.eval.metrics.evaluate_split`); rewritten whole from the checkpointed
   history, so a resumed run never duplicates records;
 - ``predictions/epochNNN_SPLIT.npz``: per-sample predicted class and logits (float16) at evaluation epochs;
-- ``weights/epochNNN.pt``: the main model's weights at evaluation epochs (``{"epoch", "run_id", "model"}``),
+- ``weights/epochNNN.pt``: the main model's weights at evaluation epochs as evaluated
+  (``Method.evaluated_model_state``; ``{"epoch", "run_id", "model"}``),
   kept because ``checkpoint.pt`` moves on and a selection rule (``report --select alpha=A``) may choose an
   earlier evaluated epoch: ``biasbench audit --epoch N`` audits that model. Written before the epoch's
   checkpoint, so a run killed in between writes them again when it resumes;
