@@ -57,7 +57,7 @@ def data(tiny_root):
 
 CASES = [(name, EXPLICIT) for name in list_methods()] + [
     # digit_position has 9 values: 89, 100 and 319 groups present in the tiny data, so q and the weights are zero-padded
-    (name, [("digit_position",), ("texture",), ("digit_position", "texture")]) for name in ("group_dro", "upweight", "vrex", "coral")]
+    (name, [("digit_position",), ("texture",), ("digit_position", "texture")]) for name in ("group_dro", "upweight", "vrex", "coral", "mmd")]
 
 
 @pytest.mark.parametrize("name,explicit_sets", CASES, ids=[n + ("" if x is EXPLICIT else "-padded") for n, x in CASES])

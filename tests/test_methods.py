@@ -21,7 +21,7 @@ from biasbench.train.loop import Trainer, load_splits
 from biasbench.train.optim import optimizer_factory
 
 PAPER = ["stdm", "upweight", "group_dro", "rubi", "lnl", "irm", "lff", "sd"]
-MORE = ["coral", "cvar_dro", "dfr", "jtt", "resample", "vrex"]
+MORE = ["coral", "cvar_dro", "dfr", "jtt", "mmd", "resample", "vrex"]
 ALL = PAPER + MORE
 DS = FACTORS.index("distractor_shape")
 
@@ -650,3 +650,52 @@ def test_coral_penalty_is_domainbeds_pairwise_form():
     pen.backward()
     assert f.grad.abs().sum() > 0 and f.grad[groups == 4].abs().sum() == 0
     assert coral_penalty(f, torch.tensor([0] * 11 + [1]), 5) == 0
+
+
+def test_mmd_penalty_is_domainbeds_pairwise_form():
+    """The mean over pairs of present groups of DomainBed's squared MMD (Gaussian kernel summed over its seven
+    bandwidths, means over all sample pairs, a sample with itself included); an absent id does not count, a
+    singleton does; 0 with one group."""
+    from biasbench.methods.mmd import BANDWIDTHS, mmd_penalty
+
+    torch.manual_seed(0)
+    f = torch.randn(12, 3, dtype=torch.float64) * 0.3
+    groups = torch.tensor([0, 0, 0, 1, 1, 1, 1, 3, 3, 4, 0, 1])  # 2 absent, 4 a singleton
+
+    def k(x, y):
+        d = torch.cdist(x, y) ** 2
+        return sum(torch.exp(-g * d) for g in BANDWIDTHS).mean()
+
+    present = [0, 1, 3, 4]
+    ref = 0
+    for i, a in enumerate(present):
+        for b in present[i + 1:]:
+            x, y = f[groups == a], f[groups == b]
+            ref = ref + k(x, x) + k(y, y) - 2 * k(x, y)
+    torch.testing.assert_close(mmd_penalty(f, groups, 5), ref / 6)
+    assert mmd_penalty(f, torch.zeros(12, dtype=torch.long), 5) == 0
+
+
+def test_coral_and_mmd_align_the_environments_features(two_factor, tmp_path):
+    """Trained 2 epochs with background colour explicit, CORAL's and MMD's networks give test features whose
+    per-colour statistics differ less (by their own penalty) than those of StdM's network at the same seed.
+    (MMD at DomainBed's default weight aligns them by collapsing them: its training loss stays at ln 10,
+    docs/methods.md.)"""
+    from biasbench.methods.coral import coral_penalty
+    from biasbench.methods.mmd import mmd_penalty
+
+    test = load_splits(str(two_factor), torch.device("cpu"))["test"]
+    colour = test.factors[:, FACTORS.index(TWO)]
+    penalties = {}
+    for method in ("stdm", "coral", "mmd"):
+        cfg = TrainConfig(data=str(two_factor), method=method, epochs=2, eval_epochs=(2,), batch_size=64,
+                          explicit=(TWO,))
+        run = Path(Trainer(cfg, tmp_path, tracker="none", progress=False).run()["run_dir"])
+        model = create_model("paper_cnn").eval()
+        model.load_state_dict(torch.load(run / "checkpoint.pt")["method"]["modules"]["model"])
+        with torch.no_grad():
+            feats = model.forward_features(test.images[:500].float(), ("before_logits",))[1]["before_logits"]
+        penalties[method] = {name: float(fn(feats, colour[:500], 10)) for name, fn in
+                             (("coral", coral_penalty), ("mmd", mmd_penalty))}
+    assert penalties["coral"]["coral"] < 0.5 * penalties["stdm"]["coral"], penalties
+    assert penalties["mmd"]["mmd"] < 0.5 * penalties["stdm"]["mmd"], penalties

@@ -62,13 +62,18 @@ class CORAL(Method):
     def __init__(self, model, make_optimizer, info, hparams=None):
         super().__init__(model, make_optimizer, info, hparams)
         if self.hparams["penalty_weight"] < 0:
-            raise BiasbenchError(f"coral: penalty_weight must be at least 0, got {self.hparams['penalty_weight']}")
+            raise BiasbenchError(f"{self.name}: penalty_weight must be at least 0, got {self.hparams['penalty_weight']}")
         # (G,) ones: its length is the static size of the per-step statistics (as VREx's)
         self.envs = torch.ones(self.num_groups, device=self.device)
+
+    @staticmethod
+    def penalty(feats: torch.Tensor, groups: torch.Tensor, num_groups: int) -> torch.Tensor:
+        """The alignment penalty of the batch's environments (a subclass aligns something else: MMD)."""
+        return coral_penalty(feats, groups, num_groups)
 
     def loss(self, nets: Nets, t, batch: Batch) -> LossResult:
         logits, feats = nets["model"].forward_features(batch.x, ("before_logits",))
         ce = F.cross_entropy(logits.float(), batch.y)
-        penalty = coral_penalty(feats["before_logits"].float(), t["groups"][batch.index], t["envs"].shape[0])
+        penalty = self.penalty(feats["before_logits"].float(), t["groups"][batch.index], t["envs"].shape[0])
         loss = ce + self.hparams["penalty_weight"] * penalty
-        return loss, {}, {"loss": loss.detach(), "ce": ce.detach(), "coral": penalty.detach()}
+        return loss, {}, {"loss": loss.detach(), "ce": ce.detach(), self.name: penalty.detach()}
