@@ -62,7 +62,8 @@ class CORAL(Method):
     def __init__(self, model, make_optimizer, info, hparams=None):
         super().__init__(model, make_optimizer, info, hparams)
         if self.hparams["penalty_weight"] < 0:
-            raise BiasbenchError(f"{self.name}: penalty_weight must be at least 0, got {self.hparams['penalty_weight']}")
+            raise BiasbenchError(f"{self.name}: penalty_weight must be at least 0, "
+                                 f"got {self.hparams['penalty_weight']}")
         # (G,) ones: its length is the static size of the per-step statistics (as VREx's)
         self.envs = torch.ones(self.num_groups, device=self.device)
 

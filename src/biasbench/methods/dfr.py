@@ -18,8 +18,8 @@ evaluation its last layer is refit on group-balanced data, and evaluation uses t
 
 The refit layer is W and c with the standardisation folded in, ``logits = (W / s) f + c - W (mu / s)``: a linear
 layer of the classifier's shape, applied in float32 whatever the autocast (in bf16 the two folded terms, each
-about mu / s times the standardised signal, would keep too few digits). Training goes on with the model's own classifier, so an evaluation never
-changes training; the refit layer is a module of the method (checkpointed), and the weights a run keeps for an
+about mu / s times the standardised signal, would keep too few digits). Training goes on with the model's own
+classifier, so an evaluation never changes training; the refit layer is a module of the method (checkpointed), and the weights a run keeps for an
 evaluation epoch (``weights/epochNNN.pt``, which ``biasbench audit`` loads) are the model with its classifier
 replaced by the refit layer, the predictor that was evaluated. A refit draws from a generator seeded by the run's
 seed and the epoch, so resuming gives the same layer.
