@@ -224,14 +224,24 @@ def _history(run_dir):
     return [h.get("metrics") or h["loss"] for h in json.loads(open(f"{run_dir}/metrics.json").read())["history"]]
 
 
+def _resume_cfgs(tiny_root):
+    return [TrainConfig(data=str(tiny_root), method="lff", epochs=2, batch_size=256, seed=s, eval_epochs=(2,))
+            for s in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_fused(tiny_root, tmp_path_factory):
+    """The uninterrupted fused group both interruption cases compare with (trained once)."""
+    return train_fused(_resume_cfgs(tiny_root), tmp_path_factory.mktemp("ref"), tracker="none", progress=False)
+
+
 @pytest.mark.parametrize("stop_after", [2, 1], ids=["both-checkpointed", "one-checkpointed"])
-def test_interrupted_fused_training_resumes(stop_after, tiny_root, tmp_path, monkeypatch):
+def test_interrupted_fused_training_resumes(stop_after, tiny_root, tmp_path, monkeypatch, uninterrupted_fused):
     """Interrupted after epoch 1 of a fused group: a rerun resumes. When both runs have their epoch-1
     checkpoint they resume as one group and end exactly as an uninterrupted fused run; when only one has,
     the two resume as separate groups (epoch 1 vs from scratch) and end within float noise of it."""
-    cfgs = [TrainConfig(data=str(tiny_root), method="lff", epochs=2, batch_size=256, seed=s, eval_epochs=(2,))
-            for s in (0, 1)]
-    ref = train_fused(cfgs, tmp_path / "ref", tracker="none", progress=False)
+    cfgs = _resume_cfgs(tiny_root)
+    ref = uninterrupted_fused
     calls = []
     original = Trainer.end_epoch
 
