@@ -46,12 +46,12 @@ def test_every_method_trains_two_epochs_and_loss_falls(tiny_root, tmp_path, meth
         assert "ignored" in rec["method"]["explicit"] and rec["config"]["explicit"] == []
 
 
-def _method(name, tiny_root, hparams=None, explicit=("distractor_shape",), batch_size=128):
+def _method(name, tiny_root, hparams=None, explicit=("distractor_shape",), batch_size=128, model="paper_cnn"):
     data = load_splits(str(tiny_root), torch.device("cpu"))["train"]
     info = TrainInfo(len(data.labels), 10, data.labels, data.factors, "paper", tuple(explicit), "unique", batch_size)
     cfg = TrainConfig(data=str(tiny_root))
     torch.manual_seed(0)
-    return get_method_class(name)(create_model("paper_cnn"), optimizer_factory(cfg, torch.device("cpu")), info,
+    return get_method_class(name)(create_model(model), optimizer_factory(cfg, torch.device("cpu")), info,
                                   hparams or {}), data
 
 
@@ -608,11 +608,7 @@ def test_dfr_resumes_with_the_same_refits(tiny_root, tmp_path, monkeypatch):
 def test_dfr_kept_weights_are_the_predictor_it_evaluates(model_name, tiny_root):
     """For each model, the state DFR keeps for an evaluation epoch, loaded into a fresh model, gives DFR's
     prediction (its refit layer in place of the classifier)."""
-    data = load_splits(str(tiny_root), torch.device("cpu"))["train"]
-    info = TrainInfo(len(data.labels), 10, data.labels, data.factors, "paper", ("distractor_shape",), "unique", 128)
-    cfg = TrainConfig(data=str(tiny_root))
-    torch.manual_seed(0)
-    m = get_method_class("dfr")(create_model(model_name), optimizer_factory(cfg, torch.device("cpu")), info, {})
+    m, data = _method("dfr", tiny_root, model=model_name)
     with torch.no_grad():
         m.head.weight.normal_()
         m.head.bias.normal_()

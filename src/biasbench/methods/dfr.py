@@ -36,12 +36,11 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..errors import BiasbenchError
-from .base import Batch, LossResult, Method, Nets
-from .groups import group_keys
+from .groups import group_ids
 from .registry import register_method
+from .stdm import StdM
 
 HeldOut = Callable[[str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
@@ -85,10 +84,13 @@ def fit_last_layer(features: np.ndarray, labels: np.ndarray, groups: np.ndarray,
 
 
 @register_method
-class DFR(Method):
+class DFR(StdM):
+    """StdM's loss and training (inherited); its own prediction."""
+
     name = "dfr"
     display_name = "DFR"
     uses_bias_labels = True
+    supports_soft_targets = False
     group_with_label = True
     default_hparams = {"source": "val", "C": 1.0, "subsets": 10}
     hparam_choices = {"source": ("balanced_val", "train", "val")}
@@ -113,22 +115,17 @@ class DFR(Method):
     def modules(self):
         return {"model": self.model, "head": self.head}
 
-    def loss(self, nets: Nets, t, batch: Batch) -> LossResult:
-        loss = F.cross_entropy(nets["model"](batch.x).float(), batch.y)
-        return loss, {}, {"loss": loss.detach()}
-
     def before_evaluation(self, epoch: int, held_out: HeldOut, generator: torch.Generator) -> str | None:
         source, info = self.hparams["source"], self.info
-        features, labels, factors = (a.cpu().numpy() for a in held_out(source))
-        keys = group_keys(labels, factors, info.explicit, info.grouping, info.mode, with_label=True)
-        _, groups = np.unique(keys, return_inverse=True)
-        weight, bias, n = fit_last_layer(features.astype(np.float64), labels, groups.reshape(-1), info.num_classes,
+        features, labels, factors = (a.cpu() for a in held_out(source))
+        ids, num_groups = group_ids(labels, factors, info.explicit, info.grouping, info.mode, with_label=True)
+        weight, bias, n = fit_last_layer(features.double().numpy(), labels.numpy(), ids.numpy(), info.num_classes,
                                          self.hparams["C"], self.hparams["subsets"], generator)
         with torch.no_grad():
             self.head.weight.copy_(torch.from_numpy(weight))
             self.head.bias.copy_(torch.from_numpy(bias))
         return (f"dfr: epoch {epoch}: last layer refit on {self.hparams['subsets']} balanced subsets of the {source} "
-                f"split, {n} samples each ({groups.max() + 1} (bias, class) groups x {n // (groups.max() + 1)})")
+                f"split, {n} samples each ({num_groups} (bias, class) groups x {n // num_groups})")
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:

@@ -26,18 +26,20 @@ import copy
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import BiasbenchError
-from .base import Batch, LossResult, Method, Nets
 from .registry import register_method
+from .stdm import StdM
 
 
 @register_method
-class JTT(Method):
+class JTT(StdM):
+    """StdM's loss (inherited) in both stages; its own samplers and stage switch."""
+
     name = "jtt"
     display_name = "JTT"
     uses_bias_labels = False
+    supports_soft_targets = False
     default_hparams = {"stage1_epochs": 1, "upweight": 20, "sampler": "upsample"}
     hparam_choices = {"sampler": ("draw", "upsample")}
 
@@ -84,10 +86,6 @@ class JTT(Method):
         e = self.errors.nonzero().squeeze(1)
         pool = torch.cat([torch.arange(len(self.errors)), e.repeat(up - 1)])
         return pool[torch.randperm(len(pool), generator=generator)]
-
-    def loss(self, nets: Nets, t, batch: Batch) -> LossResult:
-        loss = F.cross_entropy(nets["model"](batch.x).float(), batch.y)
-        return loss, {}, {"loss": loss.detach()}
 
     def extra_state(self):
         return {"switched": torch.tensor(self.switched), "errors": self.errors}
