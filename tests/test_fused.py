@@ -31,7 +31,7 @@ def _methods(name, data, optimizer="adam", dtype=torch.float64, explicit_sets=EX
         net = create_model(model, num_classes=10, **(model_kwargs or {})).to(dtype)
         info = TrainInfo(num_train=len(train.labels), num_classes=10, labels=train.labels, factors=train.factors,
                          mode="paper", explicit=explicit if get_method_class(name).uses_bias_labels else (),
-                         batch_size=64)
+                         batch_size=64, seed=seed)
         m = get_method_class(name)(net, optimizer_factory(cfg, torch.device("cpu")), info, {})
         for mod in m.modules().values():
             mod.to(dtype)

@@ -67,7 +67,7 @@ def _history(run_dir):
     return [h.get("metrics") or h["loss"] for h in json.loads(open(f"{run_dir}/metrics.json").read())["history"]]
 
 
-@pytest.mark.parametrize("method", ["lff", "group_dro", "lnl", "vrex", "dfr"])
+@pytest.mark.parametrize("method", ["lff", "group_dro", "lnl", "vrex", "dfr", "lisa"])
 def test_captured_steps_give_the_eager_records(method, tiny_root, tmp_path, emulated):
     """LfF (per-sample EMAs), GDRO (q) and LNL (two phases, two optimizers): the state they rebind each step
     is kept in place, the loop captures once and replays every later full batch (the short last batch of
@@ -75,7 +75,7 @@ def test_captured_steps_give_the_eager_records(method, tiny_root, tmp_path, emul
     epochs (an evaluation at epoch 1) and the captured step goes on."""
     cfg = TrainConfig(data=str(tiny_root), method=method, epochs=2, batch_size=256, seed=0,
                       eval_epochs=(1, 2) if method == "dfr" else (2,),
-                      explicit=("texture",) if method in ("group_dro", "lnl", "vrex", "dfr") else ())
+                      explicit=("texture",) if method in ("group_dro", "lnl", "vrex", "dfr", "lisa") else ())
     eager = Trainer(cfg, tmp_path / "eager", tracker="none", progress=False).run()
     assert not any(g.enabled for g in emulated)
     graphed = Trainer(cfg, tmp_path / "graph", tracker="none", progress=False, cuda_graphs=True).run()

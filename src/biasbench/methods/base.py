@@ -53,6 +53,7 @@ class TrainInfo:
     grouping: str = "unique"
     batch_size: int = 128
     epochs: int = 0  # the run's epochs (0: not known, as in a bare method built by hand)
+    seed: int = 0  # the run's seed (keys the counter-based draws of a loss function that needs randomness: LISA)
 
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]

@@ -328,7 +328,7 @@ class Trainer:
         cfg, dev = self.cfg, self.device
         info = TrainInfo(num_train=len(train.labels), num_classes=10, labels=train.labels, factors=train.factors,
                          mode=self.settings["mode"], explicit=cfg.explicit, grouping=cfg.grouping,
-                         batch_size=cfg.batch_size, epochs=cfg.epochs)
+                         batch_size=cfg.batch_size, epochs=cfg.epochs, seed=cfg.seed)
         with GLOBAL_RNG_LOCK, graphs.CAPTURE_GATE.shared():  # initialisations draw from the seeded generator
             torch.manual_seed(cfg.seed)
             model = create_model(cfg.model, num_classes=10, **cfg.model_kwargs).to(dev)
