@@ -333,6 +333,7 @@ def test_group_methods_raise_minority_accuracy_over_stdm(two_factor, tmp_path):
     (["--method", "dfr", "--hparam", "C=0"], "dfr: C must be positive"),
     (["--method", "coral", "--hparam", "penalty_weight=-1"], "coral: penalty_weight must be at least 0"),
     (["--method", "dfr", "--hparam", "source=test"], "source of dfr must be one of balanced_val, train, val"),
+    (["--method", "dfr", "--hparam", "tune_C=yes"], "tune_C of dfr must be true or false"),
     (["--method", "lisa", "--hparam", "p_sel=1.5"], "lisa: p_sel must be in [0, 1]"),
     (["--method", "lisa", "--hparam", "mix_alpha=0.5"], "mix_alpha of lisa must be an integer"),
     (["--method", "lisa", "--hparam", "mix_alpha=0"], "lisa: mix_alpha must be a positive integer"),
@@ -770,3 +771,29 @@ def test_lisa_resumes_with_the_same_draws(tiny_root, tmp_path, monkeypatch):
     cfg = TrainConfig(data=str(tiny_root), method="lisa", epochs=2, eval_epochs=(1, 2), batch_size=128)
     ref, resumed, _ = _resumed_test_records(cfg, tmp_path, monkeypatch, 1)
     assert len(ref) == 2 and ref == resumed
+
+
+def test_dfr_tuning_picks_the_c_with_the_best_held_out_worst_group():
+    """DFR's tuning of C: on 4 classes with one weak feature per class among 400 noise features, the L1 refit at
+    C = 1 fits the noise of its half; the tuned C has the best worst-group accuracy on the other half (first in
+    DFR's grid order on a tie), is smaller than 1, and its refit is better on fresh data too (measured: C 0.07,
+    67.6 % against 60.6 % worst group; 68 % against 57 % accuracy on fresh data)."""
+    from biasbench.methods.dfr import C_GRID, tune_C
+
+    rng = np.random.default_rng(0)
+
+    def draw(n):
+        y = rng.integers(0, 4, n)
+        return np.concatenate([1.5 * np.eye(4)[y] + rng.normal(0, 1, (n, 4)), rng.normal(0, 1, (n, 400))], 1), y
+
+    f, y = draw(600)
+    C, worst = tune_C(f, y, y, 4, torch.Generator().manual_seed(0))
+    assert list(worst) == list(C_GRID) and worst[C] == max(worst.values())
+    assert C == next(c for c in C_GRID if worst[c] == worst[C])
+    assert C < 1 and worst[C] > worst[1.0] + 5, worst
+    test_f, test_y = draw(4000)
+    acc = {}
+    for c in (C, 1.0):
+        w, b, _ = fit_last_layer(f, y, y, 4, c, 1, torch.Generator().manual_seed(1))
+        acc[c] = ((test_f @ w.T + b).argmax(1) == test_y).mean()
+    assert acc[C] > acc[1.0] + 0.05, acc

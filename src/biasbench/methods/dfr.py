@@ -25,9 +25,13 @@ replaced by the refit layer, the predictor that was evaluated. A refit draws fro
 seed and the epoch, so resuming gives the same layer.
 
 ``subsets`` = 10 is this package's default (DFR's code averages more refits; each costs one fit).
-DFR tunes C on half of the validation split (its grid: 1, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01); here C is a
-hyperparameter to sweep, and ``report --select`` picks as it does for every other method. Refitting on the
-validation split and selecting on it uses that split twice, as DFR does.
+
+C: by default the hyperparameter ``C`` (1.0), to sweep and pick with ``report --select`` as for every other
+method. ``tune_C=true`` is DFR's own protocol (``dfr_on_validation_tune``): the split is cut into two random
+halves; per C of DFR's grid (1, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01) one refit on a balanced subset of the first half
+is scored by its worst-group accuracy on the second (groups present there); the best C, the first in grid order
+on a tie (DFR's ``argmax``), is then used for the refit above on the whole split. Refitting on the validation
+split and selecting on it uses that split twice, as DFR does.
 """
 from __future__ import annotations
 
@@ -43,6 +47,8 @@ from .registry import register_method
 from .stdm import StdM
 
 HeldOut = Callable[[str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+C_GRID = (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)
+"""DFR's grid of inverse regularisation strengths, in its order (ties go to the first)."""
 
 
 def balanced_subset(groups: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -83,6 +89,22 @@ def fit_last_layer(features: np.ndarray, labels: np.ndarray, groups: np.ndarray,
     return weight / sd, bias - weight @ (mu / sd), len(idx)
 
 
+def tune_C(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, num_classes: int,
+           generator: torch.Generator, grid: tuple[float, ...] = C_GRID) -> tuple[float, dict[float, float]]:
+    """(the C of ``grid`` with the best worst-group accuracy, {C: worst-group accuracy in %}): DFR's tuning
+    (module docstring) on two random halves of the split; one balanced-subset refit per C on the first half,
+    scored on the groups present in the second."""
+    perm = torch.randperm(len(labels), generator=generator).numpy()
+    held, fit = perm[:len(labels) // 2], perm[len(labels) // 2:]
+    present = np.unique(groups[held])
+    worst = {}
+    for C in grid:
+        w, b, _ = fit_last_layer(features[fit], labels[fit], groups[fit], num_classes, C, 1, generator)
+        right = (features[held] @ w.T + b).argmax(1) == labels[held]
+        worst[C] = 100.0 * min(right[groups[held] == g].mean() for g in present)
+    return max(grid, key=lambda c: (worst[c], -grid.index(c))), worst
+
+
 @register_method
 class DFR(StdM):
     """StdM's loss and training (inherited); its own prediction."""
@@ -92,7 +114,7 @@ class DFR(StdM):
     uses_bias_labels = True
     supports_soft_targets = False
     group_with_label = True
-    default_hparams = {"source": "val", "C": 1.0, "subsets": 10}
+    default_hparams = {"source": "val", "C": 1.0, "subsets": 10, "tune_C": False}
     hparam_choices = {"source": ("balanced_val", "train", "val")}
 
     def __init__(self, *args, **kwargs):
@@ -119,13 +141,17 @@ class DFR(StdM):
         source, info = self.hparams["source"], self.info
         features, labels, factors = (a.cpu() for a in held_out(source))
         ids, num_groups = group_ids(labels, factors, info.explicit, info.grouping, info.mode, with_label=True)
-        weight, bias, n = fit_last_layer(features.double().numpy(), labels.numpy(), ids.numpy(), info.num_classes,
-                                         self.hparams["C"], self.hparams["subsets"], generator)
+        f, y, g = features.double().numpy(), labels.numpy(), ids.numpy()
+        C, tuned = self.hparams["C"], ""
+        if self.hparams["tune_C"]:
+            C, worst = tune_C(f, y, g, info.num_classes, generator)
+            tuned = f"; C {C:g} tuned on half of it (worst-group accuracy {worst[C]:.1f} %)"
+        weight, bias, n = fit_last_layer(f, y, g, info.num_classes, C, self.hparams["subsets"], generator)
         with torch.no_grad():
             self.head.weight.copy_(torch.from_numpy(weight))
             self.head.bias.copy_(torch.from_numpy(bias))
         return (f"dfr: epoch {epoch}: last layer refit on {self.hparams['subsets']} balanced subsets of the {source} "
-                f"split, {n} samples each ({num_groups} (bias, class) groups x {n // num_groups})")
+                f"split, {n} samples each ({num_groups} (bias, class) groups x {n // num_groups}){tuned}")
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
