@@ -62,7 +62,7 @@ def test_finished_run_is_skipped_and_other_config_refused(tiny_root, tmp_path):
 
 def _train_cmd(data, out):
     return [sys.executable, "-m", "biasbench.cli", "train", "--data", str(data), "--out", str(out),
-            "--epochs", "4", "--eval-epochs", "2,4", "--batch-size", "32", "--tracker", "none", "--no-progress",
+            "--epochs", "3", "--eval-epochs", "2,3", "--batch-size", "32", "--tracker", "none", "--no-progress",
             "--json"]
 
 
@@ -88,7 +88,7 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_metrics(tiny_root, tmp_pa
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     status = json.loads((run_dir / "status.json").read_text())
-    assert status["state"] == "running" and 1 <= status["epoch"] < 4
+    assert status["state"] == "running" and 1 <= status["epoch"] < 3
 
     resumed = subprocess.run(_train_cmd(tiny_root, out), capture_output=True, text=True, env=env)
     assert resumed.returncode == 0, resumed.stderr

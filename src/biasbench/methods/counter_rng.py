@@ -8,7 +8,7 @@ device, fused or not, captured or eager, and a resumed run continues from its sa
 
 The hash is Wellons' ``lowbias32`` (``x ^= x >> 16; x *= 0x7feb352d; x ^= x >> 15; x *= 0x846ca68b; x ^= x >> 16``,
 mod 2^32), chained over the keys; int64 arithmetic with every product kept under 2^63 (no overflow on any
-backend). Uniforms take the hash's top 24 bits: ``(h >> 8 + 0.5) / 2^24``, in (0, 1), exact in float32.
+backend). Uniforms take the hash's top 24 bits: ``((h >> 8) + 0.5) / 2^24``, in (0, 1), exact in float32.
 """
 from __future__ import annotations
 
