@@ -55,7 +55,7 @@ def _info(n=64, batch=16):
     return TrainInfo(n, 10, y, f, "paper", ("distractor_shape",), "unique", batch)
 
 
-@pytest.mark.parametrize("model_name", ["paper_cnn", "resnet18", "effnetv2_s_w025"])
+@pytest.mark.parametrize("model_name", ["paper_cnn", "resnet18", "effnetv2_s_w025", "simple_cnn"])
 def test_every_model_works_with_every_method(model_name):
     info = _info()
     cfg = TrainConfig(data="unused")

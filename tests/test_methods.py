@@ -21,7 +21,7 @@ from biasbench.train.loop import Trainer, load_splits
 from biasbench.train.optim import optimizer_factory
 
 PAPER = ["stdm", "upweight", "group_dro", "rubi", "lnl", "irm", "lff", "sd"]
-MORE = ["coral", "cvar_dro", "dfr", "jtt", "lisa", "mmd", "resample", "vrex"]
+MORE = ["coral", "cvar_dro", "dfr", "jtt", "lisa", "mmd", "rebias", "resample", "vrex"]
 ALL = PAPER + MORE
 DS = FACTORS.index("distractor_shape")
 
@@ -334,6 +334,8 @@ def test_group_methods_raise_minority_accuracy_over_stdm(two_factor, tmp_path):
     (["--method", "coral", "--hparam", "penalty_weight=-1"], "coral: penalty_weight must be at least 0"),
     (["--method", "dfr", "--hparam", "source=test"], "source of dfr must be one of balanced_val, train, val"),
     (["--method", "dfr", "--hparam", "tune_C=yes"], "tune_C of dfr must be true or false"),
+    (["--method", "rebias", "--hparam", "sigma=-1"], "rebias: sigma must be positive (or 0"),
+    (["--method", "rebias", "--hparam", "g_kernel_size=2"], "simple_cnn: kernel_size must be a positive odd"),
     (["--method", "lisa", "--hparam", "p_sel=1.5"], "lisa: p_sel must be in [0, 1]"),
     (["--method", "lisa", "--hparam", "mix_alpha=0.5"], "mix_alpha of lisa must be an integer"),
     (["--method", "lisa", "--hparam", "mix_alpha=0"], "lisa: mix_alpha must be a positive integer"),
@@ -797,3 +799,60 @@ def test_dfr_tuning_picks_the_c_with_the_best_held_out_worst_group():
         w, b, _ = fit_last_layer(f, y, y, 4, c, 1, torch.Generator().manual_seed(1))
         acc[c] = ((test_f @ w.T + b).argmax(1) == test_y).mean()
     assert acc[C] > acc[1.0] + 0.05, acc
+
+
+def test_rebias_hsic_is_the_unbiased_estimator():
+    """HSIC_1 with zero-diagonal kernels equals the reference's formula (which subtracts diag(K) as a vector,
+    shifting the off-diagonal entries too); it is near 0 for independent rows and clearly positive for dependent
+    ones; batches under 4 rows give 0, not a division by zero."""
+    from biasbench.methods.rebias import rbf_kernel, unbiased_hsic
+
+    torch.manual_seed(0)
+    a = torch.randn(256, 5, dtype=torch.float64)
+    dep, ind = a[:, :3] + 0.5 * torch.randn(256, 3, dtype=torch.float64), torch.randn(256, 3, dtype=torch.float64)
+
+    def reference(x, y):
+        k, l_ = rbf_kernel(x, 1.0), rbf_kernel(y, 1.0)
+        tk, tl = k - torch.diag(k), l_ - torch.diag(l_)
+        n = len(x)
+        return (torch.trace(tk @ tl) + tk.sum() * tl.sum() / (n - 1) / (n - 2)
+                - 2 * tk.sum(0).dot(tl.sum(0)) / (n - 2)) / (n * (n - 3))
+
+    for b in (dep, ind):
+        torch.testing.assert_close(unbiased_hsic(a, b, 1.0), reference(a, b))
+    assert unbiased_hsic(a, dep, 1.0) > 10 * abs(unbiased_hsic(a, ind, 1.0))
+    assert unbiased_hsic(a[:3], dep[:3], 1.0) == 0
+
+
+def test_rebias_biased_network_sees_colour_not_shape():
+    """ReBias's g (simple_cnn, 1x1 kernels, then a global average pool) gives the same output for any
+    permutation of an image's pixels: it can read colours, never a shape; the 7x7 target network cannot be
+    fooled that way."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 24, 24) * 255
+    perm = torch.randperm(24 * 24)
+    shuffled = x.flatten(2)[:, :, perm].view_as(x)
+    for k, same in ((1, True), (7, False)):
+        net = create_model("simple_cnn", kernel_size=k).eval()
+        with torch.no_grad():
+            assert torch.allclose(net(x), net(shuffled), atol=1e-5) is same, k
+
+
+def test_rebias_penalty_makes_the_target_independent_of_the_biased_network(tiny_root):
+    """The same batches from the same start, f_lambda 10 against 0: with the penalty, f's features end with a
+    lower HSIC to g's (and g maximises it in its own step)."""
+    from biasbench.methods.rebias import unbiased_hsic
+
+    hsic = {}
+    for lam in (0.0, 10.0):
+        m, data = _method("rebias", tiny_root, {"f_lambda": lam, "sigma": 0.0})
+        order = torch.randperm(2000, generator=torch.Generator().manual_seed(0))
+        for s in range(15):
+            m.update(_batch(data, order[s * 128:(s + 1) * 128]))
+        m.train(False)
+        x = data.images[:256].float()
+        with torch.no_grad():
+            f = m.model.forward_features(x, ("before_logits",))[1]["before_logits"]
+            g = m.biased.forward_features(x, ("before_logits",))[1]["before_logits"]
+        hsic[lam] = float(unbiased_hsic(f, g, 0.0))
+    assert hsic[10.0] < 0.5 * hsic[0.0], hsic

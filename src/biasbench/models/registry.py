@@ -40,7 +40,7 @@ def list_models() -> list[str]:
 
 
 def _ensure_loaded() -> None:
-    from . import paper_cnn, resnet  # noqa: F401  (registration side effects)
+    from . import paper_cnn, resnet, simple_cnn  # noqa: F401  (registration side effects)
 
     try:
         from . import efficientnet  # noqa: F401  (needs timm)
