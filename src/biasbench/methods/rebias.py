@@ -80,6 +80,9 @@ class ReBias(Method):
         dtype = next(self.model.parameters()).dtype
         self.biased = create_model("simple_cnn", num_classes=self.info.num_classes,
                                    kernel_size=h["g_kernel_size"]).to(self.device, dtype)
+        conv = next((p for p in self.model.parameters() if p.dim() == 4), None)
+        if conv is not None and not conv.is_contiguous() and conv.is_contiguous(memory_format=torch.channels_last):
+            self.biased = self.biased.to(memory_format=torch.channels_last)  # the layout the trainer gave f
         self.biased_optimizer = self.make_optimizer(self.biased.parameters())
 
     def modules(self):
