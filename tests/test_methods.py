@@ -308,7 +308,7 @@ def test_group_methods_raise_minority_accuracy_over_stdm(two_factor, tmp_path):
     (colour, class) groups (UpWt 18 %, ReSample 57 %), VREx equalises their risks (29 %), CVaR-DRO trains on
     the worst tenth of each batch, mostly minority samples (20 %), CORAL aligns the features of the colours
     (46 % at penalty_weight 100; 0 % at DomainBed's 1, 9 % at 10), and LISA's mixes alone, without its
-    group-balanced anchors, reach 24 % (58 % with them)."""
+    group-balanced anchors, reach 29 % (56 % with them)."""
     fac, root = TWO, two_factor
     minority = {}
     hparams = {"vrex": {"anneal_steps": 0}, "coral": {"penalty_weight": 100}, "lisa": {"anchors": "shuffle"}}
@@ -745,6 +745,22 @@ def test_lisa_partner_is_the_anchor_when_no_group_qualifies():
     # class 1 has attributes 1 and 2: sample 2's intra-label partner is 4, sample 4's is 2 or 3
     got = draw_partners(torch.tensor([2, 4, 4, 4]), attr, labels, torch.ones(4, dtype=torch.bool), gen).tolist()
     assert got[0] == 4 and set(got[1:]) <= {2, 3}
+    # a rare group is as likely a partner's group as a common one: (a0, y0)'s intra-label partners are in (a1, y0)
+    # (30 samples) and (a2, y0) (20) equally often; the absent (a2, y1) is never drawn
+    attr, labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 20 + [0] * 5 + [1] * 5), torch.tensor([0] * 100 + [1] * 10)
+    got = draw_partners(torch.zeros(20_000, dtype=torch.long), attr, labels, torch.ones(20_000, dtype=torch.bool), gen)
+    n1, n2 = (attr[got] == 1).sum().item(), (attr[got] == 2).sum().item()
+    assert n1 + n2 == 20_000 and abs(n1 - n2) < 600 and bool((labels[got] == 0).all())
+    got = draw_partners(torch.full((100,), 100), attr, labels, torch.ones(100, dtype=torch.bool), gen)
+    assert bool((attr[got] == 1).all())
+    # thousands of attribute values (every factor explicit): no (anchors, groups) matrix is built
+    attr, labels = torch.randint(0, 20_000, (40_000,), generator=gen), torch.randint(0, 10, (40_000,), generator=gen)
+    anchors = torch.arange(20_000)
+    got = draw_partners(anchors, attr, labels, torch.arange(20_000) % 2 == 0, gen)
+    moved = got != anchors
+    same_y, same_a = labels[got] == labels[anchors], attr[got] == attr[anchors]
+    assert bool((moved[0::2] <= (same_y & ~same_a)[0::2]).all()) and bool((moved[1::2] <= (same_a & ~same_y)[1::2]).all())
+    assert moved[0::2].float().mean() > 0.9  # a class has many other attributes
 
 
 def test_lisa_loss_mixes_each_pair_both_ways_with_counter_draws(tiny_root):

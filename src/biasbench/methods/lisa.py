@@ -36,28 +36,45 @@ from .groups import balanced_sample_weights
 from .registry import register_method
 
 
+def _other_in_row(row: torch.Tensor, col: torch.Tensor, present_row: torch.Tensor, present_col: torch.Tensor,
+                  num_rows: int, num_col: int, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each (row, col) (a present group), a column drawn uniformly among the *other* present groups of its
+    row, from uniforms ``u``: (column, whether the row has another). ``present_row``/``present_col`` list the
+    present groups sorted by (row, col). O(n log G) time and O(n + G) memory (no (n, G) matrix)."""
+    key = present_row * num_col + present_col
+    counts = torch.bincount(present_row, minlength=num_rows)
+    start = torch.cumsum(counts, 0) - counts
+    own = torch.searchsorted(key, row * num_col + col)  # the group's own place in its row
+    others = counts[row] - 1
+    r = torch.minimum((u * others).long(), (others - 1).clamp_min(0))
+    idx = start[row] + r
+    idx = (idx + (idx >= own).long()).clamp_max(len(key) - 1)  # skip the own group
+    return present_col[idx], others > 0
+
+
 def draw_partners(anchors: torch.Tensor, attr: torch.Tensor, labels: torch.Tensor, intra_label: torch.Tensor,
                   generator: torch.Generator) -> torch.Tensor:
     """LISA partners of ``anchors`` (indices into the split whose attribute ids and labels are ``attr`` and
     ``labels``, all on the CPU): per anchor a group drawn uniformly among the present (a', y) with a' != a where
     ``intra_label`` (bool per anchor), else among the present (a, y') with y' != y; then a sample uniformly
-    within it; the anchor itself where no group qualifies. No loop over samples."""
+    within it; the anchor itself where no group qualifies. No loop over samples, and no (anchors, groups) matrix
+    (with every factor explicit there are thousands of attribute values)."""
     num_a, num_y = int(attr.max()) + 1, int(labels.max()) + 1
     gid = attr * num_y + labels
     counts = torch.bincount(gid, minlength=num_a * num_y)
-    present = (counts > 0).view(num_a, num_y)
+    present = torch.nonzero(counts).squeeze(1)  # sorted by (a, y)
+    pa, py = present // num_y, present % num_y
+    by_label = torch.argsort(py * num_a + pa)  # the same groups sorted by (y, a)
     a, y = attr[anchors], labels[anchors]
-    other_a = present[:, y].t() & (torch.arange(num_a)[None, :] != a[:, None])  # (n, A): groups (a', y), a' != a
-    other_y = present[a, :] & (torch.arange(num_y)[None, :] != y[:, None])  # (n, Y): groups (a, y'), y' != y
     n = len(anchors)
-    pick_a = torch.where(other_a, torch.rand(n, num_a, generator=generator), -1.0).argmax(1)
-    pick_y = torch.where(other_y, torch.rand(n, num_y, generator=generator), -1.0).argmax(1)
-    group = torch.where(intra_label, pick_a * num_y + y, a * num_y + pick_y)
-    has = torch.where(intra_label, other_a.any(1), other_y.any(1))
+    new_a, has_a = _other_in_row(y, a, py[by_label], pa[by_label], num_y, num_a, torch.rand(n, generator=generator))
+    new_y, has_y = _other_in_row(a, y, pa, py, num_a, num_y, torch.rand(n, generator=generator))
+    group = torch.where(intra_label, new_a * num_y + y, a * num_y + new_y)
+    has = torch.where(intra_label, has_a, has_y)
     order = torch.argsort(gid, stable=True)  # the split's samples grouped by group id
     start = torch.cumsum(counts, 0) - counts
-    within = (torch.rand(n, generator=generator) * counts[group]).long().clamp_max(counts[group] - 1).clamp_min(0)
-    partner = order[(start[group] + within).clamp_max(len(order) - 1)]
+    within = torch.minimum((torch.rand(n, generator=generator) * counts[group]).long(), counts[group] - 1)
+    partner = order[(start[group] + within.clamp_min(0)).clamp_max(len(order) - 1)]
     return torch.where(has, partner, anchors)
 
 
