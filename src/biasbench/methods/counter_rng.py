@@ -34,27 +34,38 @@ def hash32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
+def _extend(h: torch.Tensor | None, k: torch.Tensor | int) -> torch.Tensor:
+    """The hash of the keys hashed into ``h`` (None: none yet) followed by ``k``."""
+    k = (torch.as_tensor(k, dtype=torch.int64) if not isinstance(k, torch.Tensor) else k.long()) & MASK32
+    return hash32(k ^ _GOLDEN) if h is None else hash32(h ^ hash32(k))
+
+
 def hash_keys(*keys: torch.Tensor | int) -> torch.Tensor:
     """One 32-bit hash (int64 tensor) of the keys, broadcast together; each key's low 32 bits count, in order."""
+    if not keys:
+        raise ValueError("hash_keys needs at least one key")
     h = None
     for k in keys:
-        k = torch.as_tensor(k, dtype=torch.int64) if not isinstance(k, torch.Tensor) else k.long()
-        h = hash32((k & MASK32) ^ _GOLDEN) if h is None else hash32(h ^ hash32(k & MASK32))
-    if h is None:
-        raise ValueError("hash_keys needs at least one key")
+        h = _extend(h, k)
     return h
+
+
+def _to_uniform(h: torch.Tensor) -> torch.Tensor:
+    return ((h >> 8).float() + 0.5) * (1.0 / (1 << 24))
 
 
 def uniform(*keys: torch.Tensor | int) -> torch.Tensor:
     """Float32 uniforms in (0, 1), one per element of the broadcast keys (see the module docstring)."""
-    return ((hash_keys(*keys) >> 8).float() + 0.5) * (1.0 / (1 << 24))
+    return _to_uniform(hash_keys(*keys))
 
 
 def symmetric_beta(a: int, *keys: torch.Tensor | int) -> torch.Tensor:
     """Beta(a, a) draws for a positive integer ``a``, one per element of the broadcast keys: the a-th smallest
     of 2a - 1 independent uniforms (an order statistic: the k-th smallest of n uniforms is Beta(k, n + 1 - k)),
-    exact without a Gamma sampler. a = 1 is the uniform, a = 2 (LISA's and mixup's usual alpha) the median of 3."""
+    exact without a Gamma sampler. a = 1 is the uniform, a = 2 (LISA's and mixup's usual alpha) the median of 3.
+    The j-th uniform is ``uniform(*keys, j)``; the keys' hash is computed once and extended by each j."""
     if not isinstance(a, int) or a < 1:
         raise ValueError(f"symmetric_beta needs a positive integer a, got {a!r}")
-    draws = torch.stack([uniform(*keys, j) for j in range(2 * a - 1)], dim=-1)
+    prefix = hash_keys(*keys)
+    draws = torch.stack([_to_uniform(_extend(prefix, j)) for j in range(2 * a - 1)], dim=-1)
     return draws.sort(dim=-1).values[..., a - 1]
