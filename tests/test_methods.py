@@ -21,7 +21,7 @@ from biasbench.train.loop import Trainer, load_splits
 from biasbench.train.optim import optimizer_factory
 
 PAPER = ["stdm", "upweight", "group_dro", "rubi", "lnl", "irm", "lff", "sd"]
-MORE = ["coral", "cvar_dro", "dfr", "jtt", "lisa", "mmd", "rebias", "resample", "vrex"]
+MORE = ["coral", "cvar_dro", "dfr", "focal", "jtt", "lisa", "mixup", "mmd", "rebias", "resample", "vrex"]
 ALL = PAPER + MORE
 DS = FACTORS.index("distractor_shape")
 
@@ -340,6 +340,9 @@ def test_group_methods_raise_minority_accuracy_over_stdm(two_factor, tmp_path):
     (["--method", "lisa", "--hparam", "mix_alpha=0.5"], "mix_alpha of lisa must be an integer"),
     (["--method", "lisa", "--hparam", "mix_alpha=0"], "lisa: mix_alpha must be a positive integer"),
     (["--method", "lisa", "--batch-size", "63"], "lisa: the batch size must be even"),
+    (["--method", "mixup", "--hparam", "mix_alpha=0"], "mixup: mix_alpha must be positive"),
+    (["--method", "mixup", "--hparam", "lam=pixel"], "lam of mixup must be one of batch, sample"),
+    (["--method", "focal", "--hparam", "gamma=-1"], "focal: gamma must be >= 0"),
 ])
 def test_method_bad_input(tiny_root, tmp_path, capsys, extra, message):
     code = main(["train", "--data", str(tiny_root), "--out", str(tmp_path / "runs"), "--epochs", "1",
@@ -781,6 +784,48 @@ def test_lisa_loss_mixes_each_pair_both_ways_with_counter_draws(tiny_root):
     torch.testing.assert_close(stats["loss"], expected)
     assert stats["mixed"] == 1 and m.rng_step.item() == 1
     assert 0 < stats["same_class"] < 1 and stats["same_class"] + stats["same_attribute"] == 1
+
+
+@pytest.mark.parametrize("lam", ["batch", "sample"])
+def test_mixup_loss_mixes_the_batch_with_a_counter_drawn_permutation(tiny_root, lam):
+    """The loss is the soft CE of the batch mixed with its permutation, both the counter-based draws of (seed,
+    step): one Beta(0.2, 0.2) weight for the batch, or one per sample; the next step draws anew."""
+    from biasbench.methods.counter_rng import beta, permutation
+    from biasbench.methods.mixup import LAMBDA_STREAM, PERMUTATION_STREAM
+
+    m, data = _method("mixup", tiny_root, {"lam": lam})
+    batch = _batch(data, np.arange(64))
+    perm = permutation(64, 0, 0, PERMUTATION_STREAM)
+    lam_t = beta(0.2, 0.2, 0, 0, LAMBDA_STREAM, *(() if lam == "batch" else (torch.arange(64),))).expand(64)
+    assert sorted(perm.tolist()) == list(range(64)) and not torch.equal(perm, torch.arange(64))
+    x = lam_t[:, None, None, None] * batch.x + (1 - lam_t[:, None, None, None]) * batch.x[perm]
+    with torch.no_grad():
+        logits = m.model(x)
+        expected = (lam_t * F.cross_entropy(logits, batch.y, reduction="none")
+                    + (1 - lam_t) * F.cross_entropy(logits, batch.y[perm], reduction="none")).mean()
+    stats = m.update(batch)
+    torch.testing.assert_close(stats["loss"], expected)
+    assert m.rng_step.item() == 1 and (len(torch.unique(lam_t)) == 1) == (lam == "batch")
+    assert not torch.equal(m.mixing(m.rng_seed, m.rng_step, 64)[0], perm)
+
+
+def test_focal_loss_shrinks_the_loss_of_confident_right_samples():
+    """(1 - p)^gamma CE: gamma = 0 is CE; a sample predicted right with p = 0.9 keeps 10 % of its CE (gamma 1)
+    and 1 % (gamma 2), a wrong one (p = 0.05) 95 % and 90 %; the gradient is that of the formula."""
+    from biasbench.methods.focal import focal_loss
+
+    logits = torch.log(torch.tensor([[0.9, 0.05, 0.05], [0.05, 0.9, 0.05]])).requires_grad_()
+    y = torch.tensor([0, 0])
+    ce = F.cross_entropy(logits, y, reduction="none")
+    torch.testing.assert_close(focal_loss(logits, y, 0.0), ce)
+    for gamma in (1.0, 2.0):
+        ratio = focal_loss(logits, y, gamma) / ce
+        torch.testing.assert_close(ratio, torch.tensor([0.1, 0.95]) ** gamma)
+    g, = torch.autograd.grad(focal_loss(logits, y, 2.0).sum(), logits)
+    p = torch.softmax(logits, 1)[:, 0].detach()
+    dl_dp = 2 * (1 - p) * torch.log(p) - (1 - p) ** 2 / p  # d/dp of -(1 - p)^2 log p
+    expected = dl_dp[:, None] * p[:, None] * (F.one_hot(y, 3) - torch.softmax(logits, 1)).detach()
+    torch.testing.assert_close(g, expected)
 
 
 def test_lisa_resumes_with_the_same_draws(tiny_root, tmp_path, monkeypatch):

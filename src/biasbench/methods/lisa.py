@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from ..errors import BiasbenchError
 from .base import Batch, LossResult, Method, Nets, one_hot
-from .counter_rng import symmetric_beta
+from .counter_rng import CounterDraws, symmetric_beta
 from .groups import balanced_sample_weights
 from .registry import register_method
 
@@ -79,14 +79,13 @@ def draw_partners(anchors: torch.Tensor, attr: torch.Tensor, labels: torch.Tenso
 
 
 @register_method
-class LISA(Method):
+class LISA(CounterDraws, Method):
     name = "lisa"
     display_name = "LISA"
     uses_bias_labels = True
     group_with_label = False  # self.groups: the attribute id a; the trainer's groups are (a, y)
     default_hparams = {"p_sel": 0.5, "mix_alpha": 2, "anchors": "balanced"}
     hparam_choices = {"anchors": ("balanced", "shuffle")}
-    tensor_names = ("rng_seed", "rng_step")
 
     def __init__(self, model, make_optimizer, info, hparams=None):
         super().__init__(model, make_optimizer, info, hparams)
@@ -100,8 +99,7 @@ class LISA(Method):
         self.labels_cpu = info.labels.cpu().long()
         pairs = self.attr * int(self.labels_cpu.max() + 1) + self.labels_cpu
         self.anchor_weights = balanced_sample_weights(pairs, int(pairs.max()) + 1)
-        self.rng_seed = torch.tensor(info.seed, dtype=torch.int64, device=self.device)
-        self.rng_step = torch.zeros((), dtype=torch.int64, device=self.device)  # steps taken: the draws' counter
+        self.init_counter()
 
     def epoch_indices(self, epoch: int, generator: torch.Generator) -> torch.Tensor:
         """N/2 (anchor, partner) pairs, interleaved: [a_0, p_0, a_1, p_1, ...] (module docstring)."""
@@ -129,10 +127,3 @@ class LISA(Method):
             "mixed": (batch.index.view(-1, 2)[:, 0] != batch.index.view(-1, 2)[:, 1]).float().mean(),
             "same_class": (pair_y[:, 0] == pair_y[:, 1]).float().mean(),
             "same_attribute": (pair_a[:, 0] == pair_a[:, 1]).float().mean()}
-
-    def extra_state(self):
-        return {"rng_step": self.rng_step}
-
-    def load_extra_state(self, state):
-        if "rng_step" in state:
-            self.rng_step = state["rng_step"].to(self.device)

@@ -12,8 +12,8 @@ def register_method(cls):
 
 
 def _ensure_loaded() -> None:
-    from . import (coral, cvar_dro, dfr, group_dro, irm, jtt, lff, lisa, lnl, mmd, rebias, resample,  # noqa: F401
-                   rubi, sd, stdm, upweight, vrex)  # (registration)
+    from . import (coral, cvar_dro, dfr, focal, group_dro, irm, jtt, lff, lisa, lnl, mixup, mmd, rebias,  # noqa: F401
+                   resample, rubi, sd, stdm, upweight, vrex)  # (registration)
 
 
 def list_methods() -> list[str]:
