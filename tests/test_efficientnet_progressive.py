@@ -62,8 +62,9 @@ def test_every_model_works_with_every_method(model_name):
     for method in list_methods():
         torch.manual_seed(0)
         kwargs = {"small_stem": True} if model_name == "resnet18" else {}
+        hparams = {"samples_per_env": 8} if method == "fish" else {}  # (a batch of 16 holds two environments)
         m = get_method_class(method)(create_model(model_name, **kwargs), optimizer_factory(cfg, torch.device("cpu")),
-                                     info, {})
+                                     info, hparams)
         idx = torch.arange(16)
         batch = Batch(torch.rand(16, 3, 24, 24) * 255, info.labels[idx], info.factors[idx], idx)
         stats = m.update(batch)

@@ -55,7 +55,7 @@ def data(tiny_root):
     return load_splits(str(tiny_root), torch.device("cpu"))
 
 
-CASES = [(name, EXPLICIT) for name in list_methods()] + [
+CASES = [(name, EXPLICIT) for name in list_methods() if get_method_class(name).phases] + [
     # digit_position has 9 values: 89, 100 and 319 groups present in the tiny data, so q and the weights are zero-padded
     (name, [("digit_position",), ("texture",), ("digit_position", "texture")]) for name in ("group_dro", "upweight", "vrex", "coral", "mmd")]
 
@@ -218,6 +218,7 @@ def test_fuse_rules():
     assert "fold_input_bn" in fusable(TrainConfig(data="d", model_kwargs={"fold_input_bn": True}))
     assert "pool_kernel=triton" in fusable(TrainConfig(data="d", model_kwargs={"pool_kernel": "triton"}))
     assert "changes its networks between epochs" in fusable(TrainConfig(data="d", method="jtt"))  # JTT's switch
+    assert "has its own update" in fusable(TrainConfig(data="d", method="fish"))  # sequential inner steps
 
 
 def _history(run_dir):

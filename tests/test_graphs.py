@@ -67,21 +67,22 @@ def _history(run_dir):
     return [h.get("metrics") or h["loss"] for h in json.loads(open(f"{run_dir}/metrics.json").read())["history"]]
 
 
-@pytest.mark.parametrize("method", ["lff", "group_dro", "lnl", "vrex", "dfr", "lisa"])
+@pytest.mark.parametrize("method", ["lff", "group_dro", "lnl", "vrex", "dfr", "lisa", "fish"])
 def test_captured_steps_give_the_eager_records(method, tiny_root, tmp_path, emulated):
     """LfF (per-sample EMAs), GDRO (q) and LNL (two phases, two optimizers): the state they rebind each step
     is kept in place, the loop captures once and replays every later full batch (the short last batch of
     2,000 / 256 runs eagerly), and the records equal the eager run's. DFR refits its last layer between the
-    epochs (an evaluation at epoch 1) and the captured step goes on."""
+    epochs (an evaluation at epoch 1) and the captured step goes on. Fish's own update (inner steps on a copy,
+    then the meta step) works in place too."""
     cfg = TrainConfig(data=str(tiny_root), method=method, epochs=2, batch_size=256, seed=0,
                       eval_epochs=(1, 2) if method == "dfr" else (2,),
-                      explicit=("texture",) if method in ("group_dro", "lnl", "vrex", "dfr", "lisa") else ())
+                      explicit=("texture",) if method in ("group_dro", "lnl", "vrex", "dfr", "lisa", "fish") else ())
     eager = Trainer(cfg, tmp_path / "eager", tracker="none", progress=False).run()
     assert not any(g.enabled for g in emulated)
     graphed = Trainer(cfg, tmp_path / "graph", tracker="none", progress=False, cuda_graphs=True).run()
     runners = [g for g in emulated if g.enabled]
     assert len(runners) == 1 and runners[0].captured
-    steps_full = 2 * (2000 // 256)
+    steps_full = 2 * (2000 // 256 + (method == "fish"))  # Fish (IRMv1's sampler): floor(N / B) + 1 full batches
     assert runners[0].replays == steps_full - graphs.GRAPH_WARMUP - 1
     assert _history(eager["run_dir"]) == _history(graphed["run_dir"])
 

@@ -21,7 +21,7 @@ from biasbench.train.loop import Trainer, load_splits
 from biasbench.train.optim import optimizer_factory
 
 PAPER = ["stdm", "upweight", "group_dro", "rubi", "lnl", "irm", "lff", "sd"]
-MORE = ["coral", "cvar_dro", "dfr", "focal", "jtt", "lisa", "mixup", "mmd", "rebias", "resample", "vrex"]
+MORE = ["coral", "cvar_dro", "dfr", "fish", "focal", "jtt", "lisa", "mixup", "mmd", "rebias", "resample", "vrex"]
 ALL = PAPER + MORE
 DS = FACTORS.index("distractor_shape")
 
@@ -343,6 +343,8 @@ def test_group_methods_raise_minority_accuracy_over_stdm(two_factor, tmp_path):
     (["--method", "mixup", "--hparam", "mix_alpha=0"], "mixup: mix_alpha must be positive"),
     (["--method", "mixup", "--hparam", "lam=pixel"], "lam of mixup must be one of batch, sample"),
     (["--method", "focal", "--hparam", "gamma=-1"], "focal: gamma must be >= 0"),
+    (["--method", "fish", "--batch-size", "100"], "fish: batch size 100 must be a multiple of samples_per_env 32"),
+    (["--method", "fish", "--hparam", "meta_lr=0"], "fish: meta_lr must be in (0, 1]"),
 ])
 def test_method_bad_input(tiny_root, tmp_path, capsys, extra, message):
     code = main(["train", "--data", str(tiny_root), "--out", str(tmp_path / "runs"), "--epochs", "1",
@@ -826,6 +828,37 @@ def test_focal_loss_shrinks_the_loss_of_confident_right_samples():
     dl_dp = 2 * (1 - p) * torch.log(p) - (1 - p) ** 2 / p  # d/dp of -(1 - p)^2 log p
     expected = dl_dp[:, None] * p[:, None] * (F.one_hot(y, 3) - torch.softmax(logits, 1)).detach()
     torch.testing.assert_close(g, expected)
+
+
+def test_fish_step_is_inner_steps_per_environment_then_the_meta_step(tiny_root):
+    """One Fish step: a copy of the model takes one optimizer step per environment chunk of the batch (chunks of
+    one bias value each, from IRMv1's sampler), then the model moves meta_lr of the way to the copy; the inner
+    optimizer's state carries over to the next step; meta_lr = 1 leaves the model at the copy."""
+    import copy
+
+    for meta_lr in (0.5, 1.0):
+        m, data = _method("fish", tiny_root, {"meta_lr": meta_lr})
+        order = m.epoch_indices(1, torch.Generator().manual_seed(0))
+        batch = _batch(data, order[:128])
+        chunks = m.groups[batch.index].view(4, 32)
+        assert bool((chunks == chunks[:, :1]).all())  # each chunk is one environment
+        start = copy.deepcopy(m.model.state_dict())
+        inner = copy.deepcopy(m.model)
+        opt = optimizer_factory(TrainConfig(data="unused"), torch.device("cpu"))(inner.parameters())
+        for k in range(4):
+            opt.zero_grad()
+            F.cross_entropy(inner(batch.x[32 * k:32 * k + 32]), batch.y[32 * k:32 * k + 32]).backward()
+            opt.step()
+        m.update(batch)
+        for name, v in m.model.state_dict().items():
+            if v.is_floating_point():
+                expected = start[name] + meta_lr * (inner.state_dict()[name] - start[name])
+                torch.testing.assert_close(v, expected, rtol=1e-5, atol=1e-6, msg=name)
+        assert not torch.equal(m.model.conv1.weight, start["conv1.weight"])
+        gap = (m.model.conv1.weight - m.inner.conv1.weight).abs().max().item()
+        assert gap < 1e-7 if meta_lr == 1.0 else gap > 1e-5
+    m.update(_batch(data, order[128:256]))
+    assert int(m.optimizer.state[m.inner.conv1.weight]["step"]) == 8  # Adam's state went on: 4 + 4 inner steps
 
 
 def test_lisa_resumes_with_the_same_draws(tiny_root, tmp_path, monkeypatch):

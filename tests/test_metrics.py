@@ -18,6 +18,31 @@ def test_group_accuracy_with_empty_groups():
     assert acc[0] == 50 and acc[2] == 100 and np.isnan(acc[1]) and np.isnan(acc[3])
 
 
+def test_expected_calibration_error():
+    """15 equal-width confidence bins, sum_b n_b / N |acc_b - conf_b| in percent: 0 for a bin whose accuracy is
+    its confidence; the confidence itself for confidently wrong predictions; equal to a per-bin loop on random
+    logits; an empty split gives NaN."""
+    p = np.full((10, 2), 0.2)
+    p[:, 0] = 0.8
+    logits = np.log(p)
+    y = np.array([0] * 8 + [1] * 2)  # 80 % right at confidence 0.8
+    assert M.expected_calibration_error(logits, y) == pytest.approx(0.0, abs=1e-9)
+    assert M.expected_calibration_error(logits, np.ones(10, dtype=int)) == pytest.approx(80.0)
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 3, (5000, 10))
+    y = rng.integers(0, 10, 5000)
+    prob = np.exp(z - z.max(1, keepdims=True))
+    prob /= prob.sum(1, keepdims=True)
+    conf, right = prob.max(1), prob.argmax(1) == y
+    expected = 0.0
+    for b in range(15):
+        inside = (conf > b / 15) & (conf <= (b + 1) / 15)
+        if inside.any():
+            expected += inside.mean() * abs(right[inside].mean() - conf[inside].mean())
+    assert M.expected_calibration_error(z, y) == pytest.approx(100 * expected, rel=1e-9)
+    assert np.isnan(M.expected_calibration_error(np.zeros((0, 10)), np.zeros(0, dtype=int)))
+
+
 def _case():
     """8 samples, class 0 or 1; digit_color majority for the first 4 (value = label), minority after."""
     y = np.array([0, 0, 1, 1, 0, 0, 1, 1])

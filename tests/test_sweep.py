@@ -43,8 +43,8 @@ def test_presets_expand_to_the_papers_protocols():
     sizes = sorted(len(t.config["explicit"]) for t in f5 if t.config["method"] == "rubi")
     assert sizes == [1, 2, 3, 4, 5, 6, 7]
     more = [t.config["method"] for t in expand(presets()["more-methods"], "tiny")]
-    assert len(more) == 41 and all(more.count(m) == 1 for m in ("cvar_dro", "focal", "jtt", "mixup", "rebias"))
-    assert all(more.count(m) == 7 for m in ("coral", "dfr", "lisa", "resample", "vrex"))
+    assert len(more) == 48 and all(more.count(m) == 1 for m in ("cvar_dro", "focal", "jtt", "mixup", "rebias"))
+    assert all(more.count(m) == 7 for m in ("coral", "dfr", "fish", "lisa", "resample", "vrex"))
     pb = expand(presets()["p-bias"], "tiny")
     assert sorted({next(iter(set(t.dataset.p_bias.values()))) for t in pb}) == [0.1, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
     full = expand(presets()["paper-table1"], "full", seeds=[0, 1, 2])

@@ -6,13 +6,16 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from biasbench.cli import main
 from biasbench.config import DatasetSettings, TrainConfig
 from biasbench.data.biased_mnist import generate
 from biasbench.errors import BiasbenchError
-from biasbench.train.loop import Trainer
+from biasbench.eval.metrics import expected_calibration_error
+from biasbench.train.loop import Trainer, load_splits
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +46,12 @@ def test_stdm_learns_the_bias(biased_root, tmp_path):
     # predictions saved for every split at every evaluation epoch
     preds = sorted(p.name for p in (Path(res["run_dir"]) / "predictions").iterdir())
     assert len(preds) == 8 and "epoch006_test.npz" in preds
+    # calibration: confident on the unbiased test set where the bias misleads it, so worse calibrated there than
+    # on the biased validation split; the record's ECE is that of the saved logits (float16 there)
+    assert test["ece"] > res["final"]["val"]["ece"] + 5, (test["ece"], res["final"]["val"]["ece"])
+    saved = np.load(Path(res["run_dir"]) / "predictions" / "epoch006_test.npz")
+    labels = load_splits(str(biased_root), torch.device("cpu"))["test"].labels_np
+    assert expected_calibration_error(saved["logits"], labels) == pytest.approx(test["ece"], abs=0.2)
 
 
 def test_finished_run_is_skipped_and_other_config_refused(tiny_root, tmp_path):
@@ -120,7 +129,7 @@ def test_cli_train_and_runs(tiny_root, tmp_path, capsys):
     code = main(["train", "--data", str(tiny_root), "--out", str(tmp_path), "--epochs", "1",
                  "--batch-size", "256", "--tracker", "none", "--no-progress"])
     out = capsys.readouterr().out
-    assert code == 0 and "test (unbiased)" in out and "texture_color" in out and "MMD" in out
+    assert code == 0 and "test (unbiased)" in out and "texture_color" in out and "MMD" in out and "ECE" in out
     code = main(["runs", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 0 and "stdm" in out and "finished" in out

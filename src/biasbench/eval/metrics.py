@@ -69,6 +69,29 @@ def cell_mean_and_worst(correct: np.ndarray, y: np.ndarray, factors: np.ndarray)
     return out
 
 
+ECE_BINS = 15
+"""Confidence bins of :func:`expected_calibration_error` (Guo et al., 2017's 15)."""
+
+
+def expected_calibration_error(logits: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> float:
+    """ECE in percent: ``sum_b (n_b / N) |acc_b - conf_b|`` over ``bins`` equal-width bins of the confidence
+    ``conf_i = max_k softmax(z_i)_k`` ((0, 1/bins], ..., ((bins-1)/bins, 1]), ``acc_b`` and ``conf_b`` the
+    accuracy and mean confidence of bin b (Guo et al., ICML 2017). 0 is calibrated; a model that follows a
+    shortcut onto the unbiased test set is confidently wrong, so its ECE is high."""
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(y)
+    if not len(y):
+        return float("nan")
+    z = z - z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    conf = 1.0 / p.sum(axis=1)  # the top class's probability: exp(0) / sum
+    correct = (z.argmax(axis=1) == y).astype(np.float64)
+    b = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
+    n = np.bincount(b, minlength=bins)
+    gap = np.bincount(b, weights=correct, minlength=bins) - np.bincount(b, weights=conf, minlength=bins)
+    return float(100.0 * np.abs(gap).sum() / len(y))  # sum_b n_b/N |acc_b - conf_b| = sum_b |hits_b - conf_sum_b| / N
+
+
 def bias_patterns(maj: np.ndarray) -> np.ndarray:
     """Integer 0..127 per sample: bit f set iff factor f is majority (the reference's 7-way group key)."""
     return (np.asarray(maj, dtype=np.int64) << np.arange(len(FACTORS))).sum(axis=1)
@@ -99,12 +122,13 @@ def alpha_weighted_accuracy(correct: np.ndarray, maj: np.ndarray, p_train: np.nd
 
 
 def evaluate_split(pred: np.ndarray, y: np.ndarray, factors: np.ndarray, mode: str = "paper",
-                   p_train: np.ndarray | None = None, alphas=ALPHAS) -> dict:
+                   p_train: np.ndarray | None = None, alphas=ALPHAS, logits: np.ndarray | None = None) -> dict:
     """All metrics of one split, as a JSON-ready dict::
 
         accuracy, mpa, cell_mean (mean over factors of per-factor cell means), worst_group (min over
         factors), factors: {name: {majority, minority, mmd, cell_mean, worst_group, n_majority, n_minority}},
-        alpha: {"-1.0": ..., "0.0": ..., ...} when p_train is given.
+        alpha: {"-1.0": ..., "0.0": ..., ...} when p_train is given,
+        ece (:func:`expected_calibration_error`) when the logits are given.
     """
     pred, y, factors = np.asarray(pred), np.asarray(y), np.asarray(factors)
     correct = pred == y
@@ -121,6 +145,8 @@ def evaluate_split(pred: np.ndarray, y: np.ndarray, factors: np.ndarray, mode: s
         "worst_group": float(np.min([cells[n]["worst_group"] for n in FACTORS])),
         "factors": per,
     }
+    if logits is not None:
+        out["ece"] = expected_calibration_error(logits, y)
     if p_train is not None:
         out["alpha"] = {str(float(a)): alpha_weighted_accuracy(correct, maj, p_train, a) for a in alphas}
     return out

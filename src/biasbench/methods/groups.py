@@ -68,3 +68,22 @@ def group_mean_losses(ce: torch.Tensor, groups: torch.Tensor, num_groups: int) -
     member = one_hot(groups, num_groups).to(ce.dtype)  # (B, G)
     counts = member.sum(0)
     return (ce @ member) / counts.clamp_min(1), counts
+
+
+class EnvironmentChunks:
+    """The reference IRMv1 trainer's sampler (IRMv1 and Fish use it): each batch of ``batch_size`` picks
+    ``batch_size / per_env`` environments uniformly *with replacement* and ``per_env`` samples of each, *with
+    replacement*, laid out as consecutive per-environment chunks; an epoch has floor(N / batch) + 1 batches."""
+
+    def __init__(self, groups: torch.Tensor, num_groups: int):
+        groups = groups.cpu()
+        self.num_groups = num_groups
+        self.order = torch.argsort(groups, stable=True)
+        self.count = torch.bincount(groups, minlength=num_groups)
+        self.start = torch.cumsum(self.count, 0) - self.count
+
+    def epoch_indices(self, num_train: int, batch_size: int, per_env: int, generator: torch.Generator) -> torch.Tensor:
+        n_batches = num_train // batch_size + 1
+        envs = torch.randint(0, self.num_groups, (n_batches, batch_size // per_env, 1), generator=generator)
+        offs = (torch.rand((n_batches, batch_size // per_env, per_env), generator=generator) * self.count[envs]).long()
+        return self.order[(self.start[envs] + offs).reshape(-1)]

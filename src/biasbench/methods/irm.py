@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..errors import BiasbenchError
 from .base import Batch, LossResult, Method, Nets
+from .groups import EnvironmentChunks
 from .registry import register_method
 
 
@@ -55,19 +56,11 @@ class IRMv1(Method):
         if self.info.batch_size % spe:
             raise BiasbenchError(f"irm: batch size {self.info.batch_size} must be a multiple of "
                                  f"samples_per_env {spe}")
-        groups = self.groups.cpu()
-        self._order = torch.argsort(groups, stable=True)
-        counts = torch.bincount(groups, minlength=self.num_groups)
-        self._start = torch.cumsum(counts, 0) - counts
-        self._count = counts
+        self.sampler = EnvironmentChunks(self.groups, self.num_groups)
 
     def epoch_indices(self, epoch: int, generator: torch.Generator) -> torch.Tensor:
-        bs = self.info.batch_size
-        spe = self.hparams["samples_per_env"]
-        n_batches = self.info.num_train // bs + 1
-        envs = torch.randint(0, self.num_groups, (n_batches, bs // spe, 1), generator=generator)
-        offs = (torch.rand((n_batches, bs // spe, spe), generator=generator) * self._count[envs]).long()
-        return self._order[(self._start[envs] + offs).reshape(-1)]
+        return self.sampler.epoch_indices(self.info.num_train, self.info.batch_size, self.hparams["samples_per_env"],
+                                          generator)
 
     def loss(self, nets: Nets, t, batch: Batch) -> LossResult:
         logits = nets["model"](batch.x).float()

@@ -12,7 +12,7 @@ def register_method(cls):
 
 
 def _ensure_loaded() -> None:
-    from . import (coral, cvar_dro, dfr, focal, group_dro, irm, jtt, lff, lisa, lnl, mixup, mmd, rebias,  # noqa: F401
+    from . import (coral, cvar_dro, dfr, fish, focal, group_dro, irm, jtt, lff, lisa, lnl, mixup, mmd, rebias,  # noqa: F401
                    resample, rubi, sd, stdm, upweight, vrex)  # (registration)
 
 

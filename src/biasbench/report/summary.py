@@ -17,12 +17,13 @@ def format_run_summary(result: dict) -> str:
     final = result["final"]
     lines = [f"run {result['run_id']} ({result['status']})  {cfg.get('method')} / {cfg.get('model')}  "
              f"seed {cfg.get('seed')}  epoch {result['epoch']}  -> {result['run_dir']}", ""]
-    lines.append(f"{'split':16s}{'accuracy':>10s}{'MPA':>8s}{'worst group':>13s}")
+    lines.append(f"{'split':16s}{'accuracy':>10s}{'MPA':>8s}{'worst group':>13s}{'ECE':>8s}")
     for split in ("train", "val", "balanced_val", "test"):
         if split in final:
             m = final[split]
             label = "test (unbiased)" if split == "test" else split
-            lines.append(f"{label:16s}{m['accuracy']:10.2f}{m['mpa']:8.2f}{m['worst_group']:13.2f}")
+            ece = f"{m['ece']:8.2f}" if "ece" in m else f"{'-':>8s}"  # (records made before ECE was added)
+            lines.append(f"{label:16s}{m['accuracy']:10.2f}{m['mpa']:8.2f}{m['worst_group']:13.2f}{ece}")
     if "tuning" in final:
         a = final["tuning"]["alpha"]
         lines.append("tuning-distribution accuracy (val + balanced_val): "

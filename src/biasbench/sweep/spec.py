@@ -56,9 +56,9 @@ PAPER_ORDER = ("distractor_shape", "texture", "digit_color", "background_color",
 EXPLICIT_METHODS = ("upweight", "group_dro", "rubi", "lnl", "irm")
 IMPLICIT_METHODS = ("stdm", "lff", "sd")
 """The paper's methods with and without bias labels (its presets' grids)."""
-MORE_METHODS = ("coral", "cvar_dro", "dfr", "focal", "jtt", "lisa", "mixup", "rebias", "resample", "vrex")
+MORE_METHODS = ("coral", "cvar_dro", "dfr", "fish", "focal", "jtt", "lisa", "mixup", "rebias", "resample", "vrex")
 """Methods beyond the paper (``more-methods``): CVaR-DRO, Focal, JTT, Mixup and ReBias without bias labels, ReSample,
-VREx, CORAL, DFR and LISA with them."""
+VREx, CORAL, DFR, Fish and LISA with them."""
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ def presets() -> dict[str, dict]:
         "more-methods": {
             "name": "more-methods",
             "description": "Methods beyond the paper beside StdM on Table 1's protocol: CVaR-DRO, Focal, JTT, "
-                           "Mixup and ReBias once per seed; CORAL, DFR, LISA, ReSample and VREx once per single "
+                           "Mixup and ReBias once per seed; CORAL, DFR, Fish, LISA, ReSample and VREx once per single "
                            "explicit factor (7 runs, averaged as Table 1 does).",
             "grid": {"method": ["stdm", *MORE_METHODS], "explicit": single, "seed": [0]},
         },

@@ -76,6 +76,8 @@ def fusable(cfg: TrainConfig) -> str | None:
         return f"pool_kernel={cfg.model_kwargs['pool_kernel']} is not fused"
     from ..methods import get_method_class
 
+    if get_method_class(cfg.method).update is not Method.update:  # not loss functions: nothing to vmap
+        return f"method {cfg.method} has its own update"
     if get_method_class(cfg.method).predict is not Method.predict:
         return f"method {cfg.method} has its own predict"
     if get_method_class(cfg.method).begin_epoch is not Method.begin_epoch:

@@ -536,7 +536,7 @@ class Trainer:
             atomic_write(pred_dir / f"epoch{epoch:03d}_{split}.npz",
                          lambda tmp, p=pred, lg=logits: _save_npz(tmp, pred=p.astype(np.uint8),
                                                                   logits=lg.numpy().astype(np.float16)))
-            m = evaluate_split(pred, d.labels_np, d.factors_np, mode, p_train)
+            m = evaluate_split(pred, d.labels_np, d.factors_np, mode, p_train, logits=logits.numpy())
             recs.append({"epoch": epoch, "split": split, "metrics": m})
         # the tuning distribution: val and balanced_val together (held-out, biased and unbiased draws)
         tun_pred = np.concatenate([preds["val"], preds["balanced_val"]])
@@ -589,8 +589,9 @@ def _tracker_metrics(history: list[dict], epoch: int) -> dict[str, float]:
             for a, v in m["alpha"].items():
                 out[f"{s}/alpha_{a}"] = v
             continue
-        for k in ("accuracy", "mpa", "cell_mean", "worst_group"):
-            out[f"{s}/{k}"] = m[k]
+        for k in ("accuracy", "mpa", "cell_mean", "worst_group", "ece"):
+            if k in m:  # (ece: not in the records of runs made before it was added)
+                out[f"{s}/{k}"] = m[k]
         if s == "test":  # the paper's headline number, under its own name
             out["test/unbiased_accuracy"] = m["accuracy"]
         for f, fm in m["factors"].items():
