@@ -21,6 +21,18 @@ def tiny_root(tmp_path_factory):
     return root
 
 
+MINI = dict(cell_size=8, n_train=1000, n_val=200, n_test=200, seed=0)
+
+
+@pytest.fixture(scope="session")
+def mini_root(tmp_path_factory):
+    """Half of ``tiny_root``'s training split, for tests that train twice to compare (captured against eager
+    steps): at batch 128, 7 full batches and a short one per epoch, at half the convolutions of tiny's 256."""
+    root = tmp_path_factory.mktemp("mini") / "ds"
+    generate(root, DatasetSettings(**MINI))
+    return root
+
+
 @pytest.fixture
 def interpreted(monkeypatch):
     """Triton's interpreter on: the kernels' module is imported afresh, as Triton reads the setting when a

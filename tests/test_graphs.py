@@ -68,13 +68,13 @@ def _history(run_dir):
 
 
 @pytest.mark.parametrize("method", ["lff", "group_dro", "lnl", "vrex", "dfr", "lisa", "fish"])
-def test_captured_steps_give_the_eager_records(method, tiny_root, tmp_path, emulated):
+def test_captured_steps_give_the_eager_records(method, mini_root, tmp_path, emulated):
     """LfF (per-sample EMAs), GDRO (q) and LNL (two phases, two optimizers): the state they rebind each step
     is kept in place, the loop captures once and replays every later full batch (the short last batch of
-    2,000 / 256 runs eagerly), and the records equal the eager run's. DFR refits its last layer between the
+    1,000 / 128 runs eagerly), and the records equal the eager run's. DFR refits its last layer between the
     epochs (an evaluation at epoch 1) and the captured step goes on. Fish's own update (inner steps on a copy,
     then the meta step) works in place too."""
-    cfg = TrainConfig(data=str(tiny_root), method=method, epochs=2, batch_size=256, seed=0,
+    cfg = TrainConfig(data=str(mini_root), method=method, epochs=2, batch_size=128, seed=0,
                       eval_epochs=(1, 2) if method == "dfr" else (2,),
                       explicit=("texture",) if method in ("group_dro", "lnl", "vrex", "dfr", "lisa", "fish") else ())
     eager = Trainer(cfg, tmp_path / "eager", tracker="none", progress=False).run()
@@ -82,15 +82,15 @@ def test_captured_steps_give_the_eager_records(method, tiny_root, tmp_path, emul
     graphed = Trainer(cfg, tmp_path / "graph", tracker="none", progress=False, cuda_graphs=True).run()
     runners = [g for g in emulated if g.enabled]
     assert len(runners) == 1 and runners[0].captured
-    steps_full = 2 * (2000 // 256 + (method == "fish"))  # Fish (IRMv1's sampler): floor(N / B) + 1 full batches
+    steps_full = 2 * (1000 // 128 + (method == "fish"))  # Fish (IRMv1's sampler): floor(N / B) + 1 full batches
     assert runners[0].replays == steps_full - graphs.GRAPH_WARMUP - 1
     assert _history(eager["run_dir"]) == _history(graphed["run_dir"])
 
 
-def test_a_method_that_changes_its_optimizer_between_epochs_is_captured_again(tiny_root, tmp_path, emulated):
+def test_a_method_that_changes_its_optimizer_between_epochs_is_captured_again(mini_root, tmp_path, emulated):
     """JTT's switch to stage 2 replaces its optimizer: the step captured in stage 1 (stage 1's Adam) is dropped
     and stage 2's is captured afresh, and the records equal the eager run's."""
-    cfg = TrainConfig(data=str(tiny_root), method="jtt", epochs=2, batch_size=256, seed=0, eval_epochs=(2,),
+    cfg = TrainConfig(data=str(mini_root), method="jtt", epochs=2, batch_size=128, seed=0, eval_epochs=(2,),
                       method_hparams={"stage1_epochs": 1, "sampler": "draw"})
     eager = Trainer(cfg, tmp_path / "eager", tracker="none", progress=False).run()
     graphed = Trainer(cfg, tmp_path / "graph", tracker="none", progress=False, cuda_graphs=True).run()
@@ -99,21 +99,21 @@ def test_a_method_that_changes_its_optimizer_between_epochs_is_captured_again(ti
     assert _history(eager["run_dir"]) == _history(graphed["run_dir"])
 
 
-def test_captured_fused_steps_give_the_fused_records(tiny_root, tmp_path, emulated):
-    cfgs = [TrainConfig(data=str(tiny_root), method="lff", epochs=1, batch_size=256, seed=s, eval_epochs=(1,))
+def test_captured_fused_steps_give_the_fused_records(mini_root, tmp_path, emulated):
+    cfgs = [TrainConfig(data=str(mini_root), method="lff", epochs=1, batch_size=128, seed=s, eval_epochs=(1,))
             for s in (0, 1)]
     eager = train_fused(cfgs, tmp_path / "eager", tracker="none", progress=False)
     graphed = train_fused(cfgs, tmp_path / "graph", tracker="none", progress=False, cuda_graphs=True)
     runners = [g for g in emulated if g.enabled]
-    assert len(runners) == 1 and runners[0].replays == 2000 // 256 - graphs.GRAPH_WARMUP - 1
+    assert len(runners) == 1 and runners[0].replays == 1000 // 128 - graphs.GRAPH_WARMUP - 1
     for a, b in zip(eager, graphed):
         assert _history(a["run_dir"]) == _history(b["run_dir"])
 
 
-def test_a_step_that_moves_its_state_is_not_replayed(tiny_root, tmp_path, emulated, monkeypatch):
+def test_a_step_that_moves_its_state_is_not_replayed(mini_root, tmp_path, emulated, monkeypatch):
     """Without keep_in_place, LfF's EMAs would be new tensors after every step, which replays would not see:
     the graph runs its one step, is dropped with a log line, and the run ends eagerly with the eager records."""
-    cfg = TrainConfig(data=str(tiny_root), method="lff", epochs=1, batch_size=256, eval_epochs=(1,))
+    cfg = TrainConfig(data=str(mini_root), method="lff", epochs=1, batch_size=128, eval_epochs=(1,))
     eager = Trainer(cfg, tmp_path / "eager", tracker="none", progress=False).run()
     monkeypatch.setattr(graphs, "keep_in_place", lambda holder, names, step: step())
     logs = []
@@ -124,10 +124,10 @@ def test_a_step_that_moves_its_state_is_not_replayed(tiny_root, tmp_path, emulat
     assert _history(eager["run_dir"]) == _history(res["run_dir"])
 
 
-def test_a_failed_capture_runs_the_step_eagerly(tiny_root, tmp_path, emulated, monkeypatch):
+def test_a_failed_capture_runs_the_step_eagerly(mini_root, tmp_path, emulated, monkeypatch):
     """A capture that raises (on a GPU: an operation a graph cannot hold) runs nothing; that step then runs
     eagerly and so does the rest of the run: the eager records, and one log line."""
-    cfg = TrainConfig(data=str(tiny_root), method="group_dro", epochs=1, batch_size=256, eval_epochs=(1,),
+    cfg = TrainConfig(data=str(mini_root), method="group_dro", epochs=1, batch_size=128, eval_epochs=(1,),
                       explicit=("texture",))
     eager = Trainer(cfg, tmp_path / "eager", tracker="none", progress=False).run()
 
@@ -391,13 +391,13 @@ def test_cli_refuses_cuda_graphs_without_a_gpu(tiny_root, tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
-def test_compiled_modules_inside_a_captured_step(tiny_root, tmp_path, emulated):
+def test_compiled_modules_inside_a_captured_step(mini_root, tmp_path, emulated):
     """``--compile`` (default mode) with CUDA graphs: the compiled model runs inside the captured step, and the
     records equal the compiled eager run's."""
-    cfg = TrainConfig(data=str(tiny_root), method="group_dro", epochs=1, batch_size=256, eval_epochs=(1,),
+    cfg = TrainConfig(data=str(mini_root), method="group_dro", epochs=1, batch_size=128, eval_epochs=(1,),
                       explicit=("texture",))
     eager = Trainer(cfg, tmp_path / "eager", tracker="none", progress=False, compile_model="default").run()
     graphed = Trainer(cfg, tmp_path / "graph", tracker="none", progress=False, compile_model="default",
                       cuda_graphs=True).run()
-    assert [g.replays for g in emulated if g.enabled] == [2000 // 256 - graphs.GRAPH_WARMUP - 1]
+    assert [g.replays for g in emulated if g.enabled] == [1000 // 128 - graphs.GRAPH_WARMUP - 1]
     assert _history(eager["run_dir"]) == _history(graphed["run_dir"])
