@@ -131,17 +131,17 @@ def test_fused_predict_is_each_runs_prediction(data):
         torch.testing.assert_close(out[r], m.predict(x), rtol=1e-9, atol=1e-9)
 
 
-def test_train_fused_matches_separate_trainers_and_resumes_alone(tiny_root, tmp_path):
+def test_train_fused_matches_separate_trainers_and_resumes_alone(mini_root, tmp_path):
     """End to end in float32: same run ids, same record files, losses and accuracies within float noise;
     a fused run's checkpoint resumes in a plain Trainer."""
-    cfgs = [TrainConfig(data=str(tiny_root), method="group_dro", epochs=2, batch_size=256, seed=s, explicit=e,
+    cfgs = [TrainConfig(data=str(mini_root), method="group_dro", epochs=2, batch_size=128, seed=s, explicit=e,
                         eval_epochs=(1, 2)) for s, e in zip((0, 1), EXPLICIT)]
     sep = [Trainer(c, tmp_path / "sep", tracker="none", progress=False).run() for c in cfgs]
     fus = train_fused(cfgs, tmp_path / "fus", tracker="none", progress=False)
     for a, b in zip(sep, fus):
         assert a["run_id"] == b["run_id"] and b["status"] == "finished"
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-3)
-        assert abs(b["final"]["test"]["accuracy"] - a["final"]["test"]["accuracy"]) <= 1.0
+        assert abs(b["final"]["test"]["accuracy"] - a["final"]["test"]["accuracy"]) <= 1.5  # 3 of 200 images
         la = np.load(f"{a['run_dir']}/predictions/epoch002_test.npz")["logits"].astype(np.float64)
         lb = np.load(f"{b['run_dir']}/predictions/epoch002_test.npz")["logits"].astype(np.float64)
         assert np.abs(la - lb).max() < 0.05 * np.abs(la).max()
@@ -173,10 +173,10 @@ def test_train_fused_matches_separate_trainers_and_resumes_alone(tiny_root, tmp_
     assert res["epoch"] == 3
 
 
-def test_a_group_of_one_trains_in_the_plain_loop(tiny_root, tmp_path):
+def test_a_group_of_one_trains_in_the_plain_loop(mini_root, tmp_path):
     """RUBi with digit_position (9 groups) cannot fuse with the others (10): it trains alone, in the plain
     Trainer loop, and its records equal a plain run's exactly; the other two still fuse."""
-    cfgs = [TrainConfig(data=str(tiny_root), method="rubi", epochs=1, batch_size=256, seed=0, explicit=(f,),
+    cfgs = [TrainConfig(data=str(mini_root), method="rubi", epochs=1, batch_size=128, seed=0, explicit=(f,),
                         eval_epochs=(1,)) for f in ("digit_position", "texture", "digit_color")]
     logs = []
     fus = train_fused(cfgs, tmp_path / "fus", tracker="none", progress=False, log=logs.append)
@@ -186,9 +186,9 @@ def test_a_group_of_one_trains_in_the_plain_loop(tiny_root, tmp_path):
     assert "fused_runs" not in json.loads(open(f"{fus[0]['run_dir']}/metrics.json").read())["history"][0]
 
 
-def test_channels_last_layout_gives_the_same_runs(tiny_root, tmp_path):
+def test_channels_last_layout_gives_the_same_runs(mini_root, tmp_path):
     """The CUDA default layout (channels-last through the fused convolutions), here on the CPU."""
-    cfgs = [TrainConfig(data=str(tiny_root), method="sd", epochs=1, batch_size=256, seed=s, channels_last="on",
+    cfgs = [TrainConfig(data=str(mini_root), method="sd", epochs=1, batch_size=128, seed=s, channels_last="on",
                         eval_epochs=(1,)) for s in (0, 1)]
     sep = [Trainer(c, tmp_path / "sep", tracker="none", progress=False).run() for c in cfgs]
     fus = train_fused(cfgs, tmp_path / "fus", tracker="none", progress=False)
@@ -225,23 +225,23 @@ def _history(run_dir):
     return [h.get("metrics") or h["loss"] for h in json.loads(open(f"{run_dir}/metrics.json").read())["history"]]
 
 
-def _resume_cfgs(tiny_root):
-    return [TrainConfig(data=str(tiny_root), method="lff", epochs=2, batch_size=256, seed=s, eval_epochs=(2,))
+def _resume_cfgs(root):
+    return [TrainConfig(data=str(root), method="lff", epochs=2, batch_size=128, seed=s, eval_epochs=(2,))
             for s in (0, 1)]
 
 
 @pytest.fixture(scope="module")
-def uninterrupted_fused(tiny_root, tmp_path_factory):
+def uninterrupted_fused(mini_root, tmp_path_factory):
     """The uninterrupted fused group both interruption cases compare with (trained once)."""
-    return train_fused(_resume_cfgs(tiny_root), tmp_path_factory.mktemp("ref"), tracker="none", progress=False)
+    return train_fused(_resume_cfgs(mini_root), tmp_path_factory.mktemp("ref"), tracker="none", progress=False)
 
 
 @pytest.mark.parametrize("stop_after", [2, 1], ids=["both-checkpointed", "one-checkpointed"])
-def test_interrupted_fused_training_resumes(stop_after, tiny_root, tmp_path, monkeypatch, uninterrupted_fused):
+def test_interrupted_fused_training_resumes(stop_after, mini_root, tmp_path, monkeypatch, uninterrupted_fused):
     """Interrupted after epoch 1 of a fused group: a rerun resumes. When both runs have their epoch-1
     checkpoint they resume as one group and end exactly as an uninterrupted fused run; when only one has,
     the two resume as separate groups (epoch 1 vs from scratch) and end within float noise of it."""
-    cfgs = _resume_cfgs(tiny_root)
+    cfgs = _resume_cfgs(mini_root)
     ref = uninterrupted_fused
     calls = []
     original = Trainer.end_epoch
@@ -267,7 +267,7 @@ def test_interrupted_fused_training_resumes(stop_after, tiny_root, tmp_path, mon
             assert ha == hb
         else:
             assert hb[0] == pytest.approx(ha[0], rel=1e-3)  # epoch 1's training loss
-            assert abs(b["final"]["test"]["accuracy"] - a["final"]["test"]["accuracy"]) <= 1.0
+            assert abs(b["final"]["test"]["accuracy"] - a["final"]["test"]["accuracy"]) <= 1.5  # 3 of 200 images
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])

@@ -33,8 +33,8 @@ def test_registry_has_the_eight_trainers_and_the_others():
 
 
 @pytest.mark.parametrize("method", ALL)
-def test_every_method_trains_two_epochs_and_loss_falls(tiny_root, tmp_path, method):
-    cfg = TrainConfig(data=str(tiny_root), method=method, epochs=2, eval_epochs=(2,), batch_size=64)
+def test_every_method_trains_two_epochs_and_loss_falls(mini_root, tmp_path, method):
+    cfg = TrainConfig(data=str(mini_root), method=method, epochs=2, eval_epochs=(2,), batch_size=64)
     res = Trainer(cfg, tmp_path, tracker="none", progress=False).run()
     hist = json.loads((Path(res["run_dir"]) / "metrics.json").read_text())["history"]
     losses = [h["loss"] for h in hist if h["split"] == "train_loss"]
