@@ -26,8 +26,9 @@ install: $(VENV)/.installed
 demo: install
 	bash scripts/demo.sh $(DEMO)
 
+# the tests in one worker process per core (pytest-xdist; tests/conftest.py gives each its share of torch's threads)
 test: install
-	MLFLOW_DISABLE_TELEMETRY=true $(PY) -m pytest tests
+	MLFLOW_DISABLE_TELEMETRY=true $(PY) -m pytest -n auto --dist worksteal tests
 
 clean:
 	rm -rf $(VENV) $(DEMO)

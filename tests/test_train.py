@@ -75,14 +75,14 @@ def _train_cmd(data, out):
             "--json"]
 
 
-def test_sigkill_mid_epoch_then_resume_gives_identical_metrics(tiny_root, tmp_path):
+def test_sigkill_mid_epoch_then_resume_gives_identical_metrics(mini_root, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ref = subprocess.run(_train_cmd(tiny_root, tmp_path / "ref"), capture_output=True, text=True, env=env)
+    ref = subprocess.run(_train_cmd(mini_root, tmp_path / "ref"), capture_output=True, text=True, env=env)
     assert ref.returncode == 0, ref.stderr
     ref_res = json.loads(ref.stdout)
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(tiny_root, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen(_train_cmd(mini_root, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=env)
     run_dir = out / ref_res["run_id"]
     deadline = time.time() + 120
@@ -99,7 +99,7 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_metrics(tiny_root, tmp_pa
     status = json.loads((run_dir / "status.json").read_text())
     assert status["state"] == "running" and 1 <= status["epoch"] < 3
 
-    resumed = subprocess.run(_train_cmd(tiny_root, out), capture_output=True, text=True, env=env)
+    resumed = subprocess.run(_train_cmd(mini_root, out), capture_output=True, text=True, env=env)
     assert resumed.returncode == 0, resumed.stderr
     a = json.loads((tmp_path / "ref" / ref_res["run_id"] / "metrics.json").read_text())["history"]
     b = json.loads((run_dir / "metrics.json").read_text())["history"]
