@@ -40,7 +40,7 @@ class Fish(Method):
     group_label_hparam = "env_with_label"
     default_hparams = {"meta_lr": 0.5, "samples_per_env": 32, "env_with_label": False}
     phases = ()  # no loss functions: :meth:`update` is Fish's own
-    step_cost = 2.0  # an estimate (batch_size / samples_per_env small inner steps per batch), not measured
+    step_cost = 2.0  # a GPU estimate (batch_size / samples_per_env small, latency-bound inner steps), not measured
 
     def __init__(self, model, make_optimizer, info, hparams=None):
         super().__init__(model, make_optimizer, info, hparams)
