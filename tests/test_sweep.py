@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from biasbench.cli import main
 from biasbench.errors import BiasbenchError
@@ -426,6 +427,10 @@ def test_parallel_local_workers_match_sequential(tmp_path):
                     log=lines.append)
     assert sorted(r["status"] for r in res) == ["finished", "finished"]
     assert any("[2/2 done, 0 left, units running: 0" in line for line in lines)
+    # each worker process ran with its share of this process's torch threads (not every core each)
+    share = max(1, torch.get_num_threads() // 2)
+    assert {json.loads(p.read_text())["torch_threads"] for p in (tmp_path / "par" / "runs").glob("*/config.json")} \
+        == {share}
     for cfg in (tmp_path / "seq" / "runs").glob("*/config.json"):
         run = cfg.parent.name
         a = json.loads((tmp_path / "seq" / "runs" / run / "metrics.json").read_text())["history"]

@@ -63,11 +63,25 @@ def write_sweep_record(out: Path, name: str, scale: str, trials: list[Trial], re
     })
 
 
+def worker_threads(threads: int, workers: int) -> int:
+    """Torch threads of each of ``workers`` worker processes: this process's ``threads`` shared out, at least 1.
+    Each spawned process would otherwise take torch's default, every core, and N workers would run N times as
+    many threads as cores: on 2 cores `more-methods --scale tiny --workers 2` took 302 s so, 130-156 s with one
+    thread each, and 150 s one trial at a time (``docs/benchmarks.md``)."""
+    return max(1, threads // max(1, workers))
+
+
+def _set_torch_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def run_local(units: list[list[Trial]], data_root: str, out: str, tracker: str, device: str, workers: int,
               log: Callable[[str], None], compile_model: bool | str = False,
               cuda_graphs: bool | str = False) -> list[dict]:
     """Units (lists of trials, see :func:`plan_units`) one after another, or ``workers`` at a time in
-    spawned processes."""
+    spawned processes, each with its share of this process's torch threads (:func:`worker_threads`)."""
     progress = Progress([len(u) for u in units], log, workers)
     payload = [[t.to_dict() for t in unit] for unit in units]
     results = []
@@ -80,8 +94,12 @@ def run_local(units: list[list[Trial]], data_root: str, out: str, tracker: str, 
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
+    import torch
+
     ctx = mp.get_context("spawn")  # torch and threads: never fork a process that has run torch
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    threads = worker_threads(torch.get_num_threads(), workers)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_set_torch_threads,
+                             initargs=(threads,)) as pool:
         futures = [pool.submit(run_unit, unit, data_root, out, tracker, device, compile_model, cuda_graphs) for unit in payload]
         for fut in as_completed(futures):
             rs = fut.result()

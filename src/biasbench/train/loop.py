@@ -259,6 +259,7 @@ class Trainer:
             "method": method_desc,
             "model_parameters": n_params,
             "biasbench_version": __version__,
+            "torch_threads": torch.get_num_threads(),  # CPU float sums (and so the logits' last bits) depend on it
         }
 
     def _check_existing(self) -> str:
