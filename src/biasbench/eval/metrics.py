@@ -87,7 +87,6 @@ def expected_calibration_error(logits: np.ndarray, y: np.ndarray, bins: int = EC
     conf = 1.0 / p.sum(axis=1)  # the top class's probability: exp(0) / sum
     correct = (z.argmax(axis=1) == y).astype(np.float64)
     b = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
-    n = np.bincount(b, minlength=bins)
     gap = np.bincount(b, weights=correct, minlength=bins) - np.bincount(b, weights=conf, minlength=bins)
     return float(100.0 * np.abs(gap).sum() / len(y))  # sum_b n_b/N |acc_b - conf_b| = sum_b |hits_b - conf_sum_b| / N
 
