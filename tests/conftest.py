@@ -9,11 +9,13 @@ import pytest
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
-    # under pytest-xdist (``make test`` runs ``-n auto``) the cores are shared out among the workers: N workers
-    # with torch's default of N threads each would oversubscribe the machine
+    # under pytest-xdist (``make test`` runs ``-n auto``) the threads are shared out among the workers as the
+    # sweep's local workers share them: N workers with torch's default of every core each would oversubscribe
     import torch
 
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    from biasbench.sweep.runners import worker_threads
+
+    torch.set_num_threads(worker_threads(torch.get_num_threads(), int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 from biasbench.config import DatasetSettings  # noqa: E402
 from biasbench.data.biased_mnist import generate  # noqa: E402
