@@ -1,3 +1,4 @@
+import html
 import json
 import os
 import signal
@@ -233,6 +234,23 @@ def test_report_table_values_are_exact(tmp_path):
     assert rep["figures"]["fig5"] == "fig5_scalability.png"
 
 
+def test_report_selection_rule_from_the_command_line(tmp_path, capsys):
+    """Two learning rates of StdM: the paper's rule takes the better validation accuracy, the oracle the better
+    test accuracy, and the report says which rule chose."""
+    _fake_sweep(tmp_path / "sw", [{"method": "stdm", "seed": 0, "acc": 40.0, "val": 90.0, "config": {"lr": 1e-3}},
+                                  {"method": "stdm", "seed": 0, "acc": 50.0, "val": 80.0, "config": {"lr": 1e-4}}])
+    for rule, acc, says in (("final", "40.0", "hyperparameters by validation accuracy there (the paper's)"),
+                            ("oracle", "50.0", "an oracle that looks at the test set")):
+        assert main(["report", str(tmp_path / "sw"), "--out", str(tmp_path / rule), "--select", rule]) == 0
+        out = capsys.readouterr().out
+        assert f"| StdM | {acc} | 1 | 1 | 42.0 |" in out and f"Selection ({rule}): " in out and says in out
+        assert says in html.unescape((tmp_path / rule / "index.html").read_text())
+        assert json.loads((tmp_path / rule / "report.json").read_text())["rule"] == rule
+    assert main(["report", str(tmp_path / "sw"), "--out", str(tmp_path / "bad"), "--select", "best"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown selection rule 'best'" in err and not (tmp_path / "bad").exists()
+
+
 def test_report_lists_methods_beyond_the_paper(tmp_path):
     """Methods beyond the paper get rows after the paper's eight, with their display names and no paper value;
     an explicit one averages its single-factor runs and draws a Fig. 5 line, one without bias labels is a flat
@@ -395,16 +413,33 @@ def test_report_of_several_sweeps(tmp_path, capsys):
 def test_selection_rules(tmp_path):
     from biasbench.report.records import RunRecord, select
 
-    evals = {15: {"val": {"accuracy": 80.0}, "tuning": {"alpha": {"0.0": 50.0}}, "test": {"accuracy": 1}},
-             30: {"val": {"accuracy": 70.0}, "tuning": {"alpha": {"0.0": 40.0}}, "test": {"accuracy": 2}}}
+    evals = {15: {"val": {"accuracy": 80.0, "worst_group": 20.0}, "tuning": {"alpha": {"0.0": 50.0}},
+                  "test": {"accuracy": 31.0}},
+             30: {"val": {"accuracy": 70.0, "worst_group": 35.0}, "tuning": {"alpha": {"0.0": 40.0}},
+                  "test": {"accuracy": 30.0}}}
     a = RunRecord("a", "t", "group_dro", ("texture",), 0, {"step_size": 0.01}, {}, evals)
     b = RunRecord("b", "t", "group_dro", ("texture",), 0, {"step_size": 0.1},
-                  {}, {15: {"val": {"accuracy": 60.0}, "tuning": {"alpha": {"0.0": 55.0}}},
-                       30: {"val": {"accuracy": 75.0}, "tuning": {"alpha": {"0.0": 30.0}}}})
+                  {}, {15: {"val": {"accuracy": 60.0, "worst_group": 30.0}, "tuning": {"alpha": {"0.0": 55.0}},
+                            "test": {"accuracy": 40.0}},
+                       30: {"val": {"accuracy": 75.0, "worst_group": 10.0}, "tuning": {"alpha": {"0.0": 30.0}},
+                            "test": {"accuracy": 29.0}}})
     assert select([a, b], "final") == [(b, 30)]  # last epoch; variant by val accuracy there (75 > 70)
     assert select([a, b], "alpha=0") == [(b, 15)]  # best alpha-0 score over all epochs and variants
-    with pytest.raises(BiasbenchError, match="unknown selection rule"):
+    assert select([a, b], "worst_group") == [(a, 30)]  # best val worst group: a@30 35 > b@15 30
+    assert select([a, b], "oracle") == [(b, 15)]  # best test accuracy: b@15 40
+    assert select([b, a], "oracle") == [(b, 15)]  # the records' order does not matter
+    # a record without the rule's score (older records, a split not evaluated) ranks below every scored one,
+    # and a tie goes to the later epoch
+    old = RunRecord("c", "t", "group_dro", ("texture",), 0, {"step_size": 1.0}, {},
+                    {15: {"val": {"accuracy": 99.0}}, 30: {"val": {"accuracy": 99.0, "worst_group": float("nan")}}})
+    assert select([old, a], "worst_group") == [(a, 30)]
+    assert select([old], "worst_group") == [(old, 30)]
+    with pytest.raises(BiasbenchError, match="unknown selection rule 'best'; expected one of: final, alpha=A, "
+                                             "worst_group, oracle"):
         select([a], "best")
+    for bad in ("alpha=", "alpha=x", "alpha=nan", "alpha=inf"):
+        with pytest.raises(BiasbenchError, match="unknown selection rule"):
+            select([a], bad)
 
 
 def _assert_same_records(a: list[dict], b: list[dict]) -> None:

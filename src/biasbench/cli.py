@@ -370,8 +370,10 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
                     help="a sweep folder; several are reported as one (a run found in two counts once)")
     rp.add_argument("--out", required=True, help="report folder")
     rp.add_argument("--select", default="final", metavar="RULE",
-                    help="final (the paper's: last epoch; default) or alpha=A (epoch and hyperparameters by "
-                         "accuracy under tuning distribution A, e.g. alpha=0)")
+                    help="final (the paper's: last epoch, hyperparameters by validation accuracy; default), "
+                         "alpha=A (epoch and hyperparameters by accuracy under tuning distribution A, e.g. alpha=0), "
+                         "worst_group (by validation worst-group accuracy: needs validation bias labels) or oracle "
+                         "(by unbiased test accuracy: an upper bound, not a fair protocol)")
     rp.add_argument("--pool", default="", metavar="SETTING[,SETTING]",
                     help="settings whose variants are pooled rather than kept apart, for example model_kwargs "
                          "(the paper CNN's speed options); among a seed's runs that differ only in them the "
@@ -434,6 +436,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     pool = tuple(k.strip() for k in args.pool.split(",") if k.strip())
     summary = build_report(args.sweep, args.out, args.select, pool)
     print(table1_markdown(summary["table1"]))
+    print(f"Selection ({summary['rule']}): {summary['selection']}.")
     if summary.get("scale_note"):
         print(summary["scale_note"])
     print(f"\n{summary['runs_with_records']} of {summary['trials']} trials have records; wrote "

@@ -46,7 +46,7 @@ def build_report(sweep_dirs, out: str | os.PathLike, rule: str = "final", pool=(
     """Write the report of one sweep folder or several (a path or a list of paths) to ``out``; ``pool`` names
     compared settings whose variants are pooled (:mod:`biasbench.report.records`). Returns ``report.json``'s
     content plus ``files`` and ``scale_note``."""
-    parse_rule(rule)
+    rule_ = parse_rule(rule)
     sweep, records = load_sweeps(sweep_dirs, pool)
     dirs = sweep["sweeps"]
     if not records:
@@ -84,7 +84,7 @@ def build_report(sweep_dirs, out: str | os.PathLike, rule: str = "final", pool=(
     audits = audit_table(chosen)
     if audits:
         atomic_write_text(out / "audit.md", audits + "\n")
-    summary = {"sweep": sweep["name"], "scale": sweep["scale"], "rule": rule, "pooled": list(pool),
+    summary = {"sweep": sweep["name"], "scale": sweep["scale"], "rule": rule, "selection": rule_.note, "pooled": list(pool),
                "sweeps": dirs, "dataset": dataset_summary(chosen),
                "trials": sweep["trials"], "runs_with_records": len(records),
                "table1": t1, "iosm": io_rows,
@@ -100,7 +100,7 @@ def build_report(sweep_dirs, out: str | os.PathLike, rule: str = "final", pool=(
     summary["scale_note"] = scale_note.strip()
     sections = [
         ("Table 1: unbiased accuracy", table1_markdown(t1), None),
-        ("", NOTES["table1"] + scale_note, None),
+        ("", NOTES["table1"] + f" Selection ({rule}): {rule_.note}." + scale_note, None),
         *figure_sections(sections_of["fig3a"]),
         *figure_sections(sections_of["fig3b"]),
         *figure_sections(sections_of["fig5"]),

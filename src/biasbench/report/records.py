@@ -1,12 +1,20 @@
 """Sweep records and post-hoc selection, computed from run folders without retraining.
 
-Selection rules (``--select``):
+Selection rules (``--select``; :func:`parse_rule`):
 
 - ``final`` (default, the paper's): the last evaluated epoch; when a sweep varies hyperparameters, the
   variant with the best validation accuracy (``val``, the training distribution) at that epoch;
 - ``alpha=A``: the evaluated epoch, and the hyperparameter variant, with the best accuracy under tuning
   distribution alpha = A (``tuning/alpha`` in the records: val and balanced_val weighted by
-  p_train(g)^A, see :func:`biasbench.eval.metrics.alpha_weighted_accuracy`).
+  p_train(g)^A, see :func:`biasbench.eval.metrics.alpha_weighted_accuracy`);
+- ``worst_group``: the evaluated epoch and variant with the best worst-group accuracy on ``val`` (the minimum,
+  over factors, of the accuracy per (class, factor value) cell: SubpopBench's selection with validation
+  attributes, which needs the bias labels of the validation set, of every factor);
+- ``oracle``: the evaluated epoch and variant with the best unbiased test accuracy (DomainBed's test-domain
+  oracle). It looks at the test set, so its numbers are an upper bound on what selection can reach, not a
+  result of a fair protocol.
+
+Ties go to the later epoch, then to the larger run id, so a choice never depends on the order of the records.
 
 What is chosen among and what is compared: a run's settings are its dataset settings and training
 configuration. The selection rule chooses among runs that differ only in :data:`TUNED` settings (method
@@ -20,6 +28,7 @@ with the paper CNN's speed options with plain ones.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -176,41 +185,75 @@ def find_run(runs_dir: Path, trial: dict) -> str | None:
     return None
 
 
-def parse_rule(rule: str) -> float | None:
-    """``final`` -> None; ``alpha=A`` -> A."""
-    if rule == "final":
-        return None
+RULES = ("final", "alpha=A", "worst_group", "oracle")
+"""The selection rules' spellings, for messages and ``--help``."""
+
+
+@dataclass(frozen=True)
+class SelectionRule:
+    """A parsed selection rule: ``path`` leads from one epoch's records (split -> metrics) to the score that
+    ranks (run, epoch) pairs; ``last_epoch`` keeps each run's last evaluated epoch and ranks only variants."""
+    name: str
+    path: tuple[str, ...]
+    last_epoch: bool = False
+    note: str = ""  # how the report states the rule
+
+    def score(self, evals: dict, epoch: int) -> float:
+        """The rule's score of ``epoch`` in a run's ``evals``; -inf where the record lacks it (older records,
+        a split not evaluated), so such an epoch is chosen only when nothing else is there."""
+        v = evals[epoch]
+        for k in self.path:
+            if not isinstance(v, dict) or k not in v:
+                return float("-inf")
+            v = v[k]
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            return float("-inf")
+        return v if v == v else float("-inf")  # NaN (a cell-less split) ranks last
+
+
+def parse_rule(rule: str) -> SelectionRule:
+    """``final``, ``alpha=A``, ``worst_group`` or ``oracle`` (module docstring) as a :class:`SelectionRule`."""
+    fixed = {"final": SelectionRule("final", ("val", "accuracy"), last_epoch=True,
+                                    note="the last evaluated epoch; hyperparameters by validation accuracy there "
+                                         "(the paper's)"),
+             "worst_group": SelectionRule("worst_group", ("val", "worst_group"),
+                                          note="epoch and hyperparameters by worst-group validation accuracy (uses "
+                                               "the validation set's bias labels)"),
+             "oracle": SelectionRule("oracle", ("test", "accuracy"),
+                                     note="epoch and hyperparameters by unbiased test accuracy: an oracle that looks "
+                                          "at the test set, an upper bound rather than a fair result")}
+    if rule in fixed:
+        return fixed[rule]
     if rule.startswith("alpha="):
         try:
-            return float(rule.split("=", 1)[1])
+            a = float(rule.split("=", 1)[1])
         except ValueError:
-            pass
-    raise BiasbenchError(f"unknown selection rule {rule!r}; expected final or alpha=A (e.g. alpha=0)")
+            a = None
+        if a is not None and math.isfinite(a):
+            return SelectionRule(rule, ("tuning", "alpha", str(a)),
+                                 note=f"epoch and hyperparameters by accuracy under tuning distribution alpha = {a:g}")
+    raise BiasbenchError(f"unknown selection rule {rule!r}; expected one of: {', '.join(RULES)} (e.g. alpha=0)")
 
 
-def _score(evals: dict, epoch: int, alpha: float | None) -> float:
-    e = evals[epoch]
-    if alpha is None:
-        return e.get("val", {}).get("accuracy", float("-inf"))
-    return e.get("tuning", {}).get("alpha", {}).get(str(float(alpha)), float("-inf"))
-
-
-def select_epoch(run: RunRecord, alpha: float | None) -> int:
+def select_epoch(run: RunRecord, rule: SelectionRule) -> int:
+    """The epoch of ``run`` that ``rule`` chooses: the last, or the best-scoring (the later one on a tie)."""
     epochs = sorted(run.evals)
-    if alpha is None:
+    if rule.last_epoch:
         return epochs[-1]
-    return max(epochs, key=lambda e: (_score(run.evals, e, alpha), e))
+    return max(epochs, key=lambda e: (rule.score(run.evals, e), e))
 
 
 def select(records: list[RunRecord], rule: str = "final") -> list[tuple[RunRecord, int]]:
-    """One (run, epoch) per group of hyperparameter variants, chosen by the rule."""
-    alpha = parse_rule(rule)
+    """One (run, epoch) per group of hyperparameter variants (:attr:`RunRecord.group_key`), chosen by ``rule``."""
+    rule_ = parse_rule(rule)
     groups: dict = {}
     for r in records:
         groups.setdefault(r.group_key, []).append(r)
     chosen = []
     for runs in groups.values():
-        best = max(((r, select_epoch(r, alpha)) for r in runs),
-                   key=lambda re: (_score(re[0].evals, re[1], alpha), re[0].run_id))
+        best = max(((r, select_epoch(r, rule_)) for r in runs),
+                   key=lambda re: (rule_.score(re[0].evals, re[1]), re[1], re[0].run_id))
         chosen.append(best)
     return chosen
