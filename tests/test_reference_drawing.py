@@ -158,8 +158,8 @@ def test_settings_ids_and_folder_checks(tmp_path):
     generate(b, reference)
     ma, mb = read_manifest(a), read_manifest(b)
     assert ma["recipe_sha256"] == mb["recipe_sha256"]  # same recipe, other pixels: the identities tell them apart
-    assert dataset_identity(ma) == ma["recipe_sha256"]
-    assert dataset_identity(mb) == mb["recipe_sha256"] + "+reference-drawing"
+    assert dataset_identity(ma) == ma["recipe_sha256"] + "+cell8"
+    assert dataset_identity(mb) == mb["recipe_sha256"] + "+reference-drawing+cell8"
     cfg = TrainConfig(data=str(a))
     assert run_identity(cfg, ma) != run_identity(cfg, mb)
     with pytest.raises(BiasbenchError, match="drawing biasbench vs reference"):

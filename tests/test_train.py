@@ -69,6 +69,21 @@ def test_finished_run_is_skipped_and_other_config_refused(tiny_root, tmp_path):
         Trainer(cfg, tmp_path, tracker="none", progress=False).run()
 
 
+def test_a_run_at_another_image_size_is_another_run(tmp_path):
+    """The same recipe rendered with 8- and 16-px cells: before, the run ids ignored the size, so a run at 48 px
+    was skipped as the finished run at 24 px and reported its numbers."""
+    small = dict(n_train=256, n_val=64, n_test=64, seed=0)
+    runs = {}
+    for cell in (8, 16):
+        generate(tmp_path / f"cell{cell}", DatasetSettings(cell_size=cell, **small))
+        cfg = TrainConfig(data=str(tmp_path / f"cell{cell}"), epochs=1, batch_size=128)
+        runs[cell] = Trainer(cfg, tmp_path / "runs", tracker="none", progress=False).run()
+    assert runs[8]["status"] == runs[16]["status"] == "finished"
+    assert runs[8]["run_id"] != runs[16]["run_id"]
+    rec = json.loads((Path(runs[16]["run_dir"]) / "config.json").read_text())
+    assert rec["dataset"]["settings"]["cell_size"] == 16
+
+
 def _train_cmd(data, out):
     return [sys.executable, "-m", "biasbench.cli", "train", "--data", str(data), "--out", str(out),
             "--epochs", "3", "--eval-epochs", "2,3", "--batch-size", "32", "--tracker", "none", "--no-progress",

@@ -13,6 +13,8 @@ from .errors import BiasbenchError
 
 DEFAULT_P_BIAS = 0.7
 """The paper's main setting (Table 1)."""
+DEFAULT_CELL_SIZE = 32
+"""The paper's cell: 3 x 32 = 96 px images."""
 UNBIASED_P = 0.1
 """p for ``balanced_val`` and ``test``: with 10 values every value has probability 1/10."""
 MNIST_TRAIN_SIZE = 60_000
@@ -114,7 +116,7 @@ class DatasetSettings:
 
     p_bias: dict[str, float] = field(default_factory=lambda: {f: DEFAULT_P_BIAS for f in FACTORS})
     seed: int = 0
-    cell_size: int = 32
+    cell_size: int = DEFAULT_CELL_SIZE
     mode: str = "paper"
     n_train: int = 50_000
     n_val: int = 10_000

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..config import UNBIASED_P, DatasetSettings
+from ..config import DEFAULT_CELL_SIZE, UNBIASED_P, DatasetSettings
 from ..errors import BiasbenchError
 from ..utils import atomic_write, atomic_write_json
 from .factors import FACTORS, sample_factors
@@ -94,17 +94,21 @@ def recipe_hash(recipe: dict[str, SplitRecipe]) -> str:
 
 
 def dataset_identity(manifest: dict) -> str:
-    """What a run's images are a function of: the recipe's SHA-256, plus ``+jpegQ`` for a dataset whose
-    images get the JPEG round trip and ``+reference-drawing`` for one drawn as the reference drew (the
-    recipe alone does not tell these from the default images).
+    """What a run's images are a function of: the recipe's SHA-256 (MNIST indices, labels, factor values),
+    plus what the recipe does not tell apart: ``+jpegQ`` for a dataset whose images get the JPEG round trip,
+    ``+reference-drawing`` for one drawn as the reference drew, and ``+cellN`` for a cell size other than the
+    paper's 32 px (the same draws rendered at 24 and 48 px are other images; before the 17th session the
+    identity left the size out, so a run at one size was taken for a finished run at another).
 
     Takes a manifest or a run record's ``dataset`` entry (both hold ``recipe_sha256`` and ``settings``).
-    For datasets with both at their defaults it is the recipe hash itself, so run ids from before the
-    options are unchanged."""
+    For datasets with every option at the paper's default it is the recipe hash itself, so the run ids of
+    full-size runs (``docs/reproduction``) are unchanged."""
     settings = manifest.get("settings", {})
     quality, drawing = settings.get("jpeg_quality", 0), settings.get("drawing", DRAWINGS[0])
+    cell = settings.get("cell_size", DEFAULT_CELL_SIZE)
     return (manifest["recipe_sha256"] + (f"+jpeg{quality}" if quality else "")
-            + (f"+{drawing}-drawing" if drawing != DRAWINGS[0] else ""))
+            + (f"+{drawing}-drawing" if drawing != DRAWINGS[0] else "")
+            + (f"+cell{cell}" if cell != DEFAULT_CELL_SIZE else ""))
 
 
 def make_manifest(settings: DatasetSettings, recipe: dict[str, SplitRecipe]) -> dict:
