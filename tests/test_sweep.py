@@ -49,6 +49,13 @@ def test_presets_expand_to_the_papers_protocols():
     assert all(more.count(m) == 7 for m in ("coral", "dfr", "fish", "lisa", "resample", "vrex"))
     pb = expand(presets()["p-bias"], "tiny")
     assert sorted({next(iter(set(t.dataset.p_bias.values()))) for t in pb}) == [0.1, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
+    sb = expand(presets()["single-bias"], "full")
+    assert len(sb) == 4 * 9  # four rho; StdM, LfF, SD, ReBias and the five explicit methods once each
+    assert {(t.dataset.p_bias["background_color"], t.config["method"]) for t in sb} == {
+        (rho, m) for rho in (0.99, 0.995, 0.997, 0.999) for m in
+        ("stdm", "lff", "sd", "rebias", "upweight", "group_dro", "rubi", "lnl", "irm")}
+    assert all(set(t.dataset.p_bias.values()) == {0.1, t.dataset.p_bias["background_color"]} for t in sb)
+    assert {tuple(t.config["explicit"]) for t in sb} == {(), ("background_color",)}
     full = expand(presets()["paper-table1"], "full", seeds=[0, 1, 2])
     assert len(full) == 3 * 38 and full[0].dataset.cell_size == 32 and full[0].config["epochs"] == 30
     ref, plain = (expand(presets()[p], "full", seeds=[0]) for p in ("paper-table1-reference", "paper-table1"))
@@ -194,7 +201,7 @@ def _fake_sweep(root: Path, runs: list[dict], name: str = "fake") -> None:
                 {"epoch": ep, "split": "val", "metrics": {"accuracy": r.get("val", 90.0)}},
                 {"epoch": ep, "split": "tuning",
                  "metrics": {"alpha": {"-1.0": 1.0, "0.0": 2.0, "1.0": 3.0, "2.0": 4.0}}}]
-        (root / "runs" / run_id).mkdir(parents=True)
+        (root / "runs" / run_id).mkdir(parents=True, exist_ok=True)  # trials may share a run (one recipe)
         (root / "runs" / run_id / "metrics.json").write_text(json.dumps({"history": hist}))
     (root / "sweep.json").write_text(json.dumps({"name": name, "scale": "full", "trials": trials}))
 
@@ -335,6 +342,42 @@ def test_report_keeps_dataset_variants_apart(tmp_path, monkeypatch):
     assert rep["figures"]["p_bias[model=resnet18]"] == "p_bias_model_resnet18.png" and "p_bias" not in rep["figures"]
     assert rep["figures"]["tuning[p_bias=0.5 model=paper_cnn]"] == "tuning_distribution_p_bias_0.5_model_paper_cnn.png"
     assert set(rep["tuning"]) == {f"p_bias={p} model={m}" for p in (0.5, 0.95) for m in ("paper_cnn", "resnet18")}
+
+
+
+def test_report_of_a_single_factor_p_bias_grid(tmp_path):
+    """The single-bias preset's grid (one factor's p varies, the others stay at 0.1): Table 1 blocks labelled by
+    that factor's p alone, in numeric order, and the p_bias curve and table against it."""
+    from biasbench.data.factors import FACTORS
+
+    def p_bias(rho):
+        return {**{f: 0.1 for f in FACTORS}, "background_color": rho}
+
+    runs = [{"method": m, "seed": 0, "acc": a, "dataset": {"p_bias": p_bias(rho)},
+             "explicit": ["background_color"] if m == "rubi" else []}
+            for m, accs in (("stdm", (89.0, 72.0)), ("rubi", (93.5, 90.0, 43.0)))
+            for rho, a in zip((0.99, 0.995, 0.997), accs)]
+    # two rho that drew one recipe (no image's draw between them) share StdM's run: both trials count
+    shared = [{"method": "stdm", "seed": 0, "acc": 33.0, "dataset": {"p_bias": p_bias(rho)}, "run_id": "shared"}
+              for rho in (0.997, 0.999)]
+    _fake_sweep(tmp_path / "sb", runs[::-1] + shared)  # the records' order does not set the blocks' order
+    rep = build_report(tmp_path / "sb", tmp_path / "rep")
+    assert rep["runs_with_records"] == rep["trials"] == 7
+    assert [(r["variant"], r["mean"]) for r in rep["table1"] if r["method"] == "stdm"] == [
+        ("p_bias=background_color=0.99 (others 0.1)", 89.0), ("p_bias=background_color=0.995 (others 0.1)", 72.0),
+        ("p_bias=background_color=0.997 (others 0.1)", 33.0), ("p_bias=background_color=0.999 (others 0.1)", 33.0)]
+    assert rep["figures"]["p_bias"] == "p_bias.png" and (tmp_path / "rep" / "p_bias.png").stat().st_size > 10_000
+    table = (tmp_path / "rep" / "p_bias.md").read_text().splitlines()
+    assert table[0] == ("| method | p_bias of background_color 0.99 | p_bias of background_color 0.995 "
+                        "| p_bias of background_color 0.997 | p_bias of background_color 0.999 |")
+    assert table[2:] == ["| StdM | 89.0 | 72.0 | 33.0 | 33.0 |", "| RUBi | 93.5 | 90.0 | 43.0 | – |"]
+    assert "p_bias of background_color 0.995" in (tmp_path / "rep" / "index.html").read_text()
+    # two factors varying at once: no curve (nothing to put on one axis), Table 1 blocks as ever
+    runs.append({"method": "stdm", "seed": 0, "acc": 50.0, "dataset": {"p_bias": {**p_bias(0.99), "texture": 0.9}}})
+    _fake_sweep(tmp_path / "two", runs)
+    rep = build_report(tmp_path / "two", tmp_path / "rep2")
+    assert rep["figures"]["p_bias"] is None and not (tmp_path / "rep2" / "p_bias.md").exists()
+    assert "p_bias=background_color=0.99,texture=0.9 (others 0.1)" in {r["variant"] for r in rep["table1"]}
 
 
 def test_report_keeps_training_variants_apart_and_pools_on_request(tmp_path, capsys):

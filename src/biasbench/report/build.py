@@ -16,7 +16,8 @@ from ..utils import atomic_write_json, atomic_write_text
 from . import figures as F
 from .html import write_index
 from .records import compared_settings, load_sweeps, parse_rule, select
-from .tables import (dataset_summary, fig5_data, iosm, iosm_markdown, mmd_points, p_bias_data, setting_variants,
+from .tables import (dataset_summary, fig5_data, iosm, iosm_markdown, mmd_points, p_bias_data, p_bias_markdown,
+                     setting_variants,
                      table1, table1_csv, table1_latex, table1_markdown, tuning_sensitivity)
 
 NOTES = {
@@ -64,6 +65,11 @@ def build_report(sweep_dirs, out: str | os.PathLike, rule: str = "final", pool=(
     record_variants = [(label, [r for r, _ in runs]) for label, runs in setting_variants([(r, 0) for r in records])]
     tuning = {label: tuning_sensitivity(runs) for label, runs in record_variants}
     but_p_bias = [k for k in compared_settings() if k != "p_bias"]  # the p_bias curve needs every p_bias at once
+    p_variants = setting_variants(chosen, but_p_bias)
+    p_tables = [(label, d) for label, d in ((label, p_bias_data(runs)) for label, runs in p_variants) if d]
+    if p_tables:
+        atomic_write_text(out / "p_bias.md", "\n\n".join((f"{label}\n\n" if label else "") + p_bias_markdown(d)
+                                                          for label, d in p_tables) + "\n")
     no_data, no_fig5 = "no data", "no runs with cumulative explicit sets (run the paper-fig5 preset)"
     sections_of = {  # key: (title, what to say when no variant has data, {key[variant]: (title, path)})
         "fig3a": per_variant(variants, out, "fig3a", "Fig. 3a: MMD per factor", "fig3a_mmd_per_factor", no_data,
@@ -76,7 +82,7 @@ def build_report(sweep_dirs, out: str | os.PathLike, rule: str = "final", pool=(
         "tuning": per_variant(record_variants, out, "tuning", "Tuning-distribution sensitivity",
                               "tuning_distribution", no_data,
                               lambda runs, path, label: F.tuning_figure(tuning[label], path, label)),
-        "p_bias": per_variant(setting_variants(chosen, but_p_bias), out, "p_bias",
+        "p_bias": per_variant(p_variants, out, "p_bias",
                               "Unbiased accuracy against p_bias", "p_bias", None,
                               lambda runs, path, label: F.p_bias_figure(p_bias_data(runs), path, label)),
     }
@@ -108,6 +114,8 @@ def build_report(sweep_dirs, out: str | os.PathLike, rule: str = "final", pool=(
         ("IOSM: improvement over the standard model", iosm_markdown(io_rows), None),
         ("", NOTES["iosm"], None),
         *figure_sections(sections_of["p_bias"]),
+        *[("Unbiased accuracy against p_bias, the table" + (f" ({label})" if label else ""), p_bias_markdown(d), None)
+          for label, d in p_tables],
     ]
     if audits:
         sections.append(("Counterfactual audit: prediction flip rate per factor", audits, None))
@@ -137,8 +145,8 @@ def per_variant(variants, out: Path, key: str, title: str, stem: str, missing: s
 
     figs = {}
     for label, runs in variants:
-        k, slug, t = (f"{key}[{label}]", "_" + re.sub(r"[^A-Za-z0-9.-]+", "_", label), f"{title} ({label})") \
-            if label else (key, "", title)
+        slug = "_" + re.sub(r"[^A-Za-z0-9.-]+", "_", label).strip("_")
+        k, slug, t = (f"{key}[{label}]", slug, f"{title} ({label})") if label else (key, "", title)
         figs[k] = (t, draw(runs, out / f"{stem}{slug}.png", label))
     return title, missing, figs
 

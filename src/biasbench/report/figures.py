@@ -127,14 +127,20 @@ def tuning_figure(data: dict, path: Path, variant: str = "") -> Path | None:
 
 
 def p_bias_figure(data: dict, path: Path, variant: str = "") -> Path | None:
+    """Unbiased accuracy per method against the p_bias the runs vary (:func:`.tables.p_bias_data`)."""
     if not data:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for m in method_order(data):
-        ps = sorted(data[m])
-        ax.plot(ps, [data[m][p] for p in ps], marker="o", label=method_name(m))
-    ax.set_xlabel("p_bias (probability of the class-aligned value, every factor)")
+    methods = data["methods"]
+    for m in method_order(methods):
+        ps = sorted(methods[m])
+        ax.plot(ps, [methods[m][p] for p in ps], marker="o", label=method_name(m))
+    if data["axis"] == "all":
+        ax.set_xlabel("p_bias (probability of the class-aligned value, every factor)")
+    else:
+        others = f" (the other factors at {data['others']:g})" if data.get("others") is not None else ""
+        ax.set_xlabel(f"p_bias of {data['axis']}{others}")
     ax.set_ylabel("unbiased test accuracy (%)")
     ax.set_title("Unbiased accuracy against bias strength" + (f"\n{variant}" if variant else ""), fontsize=10)
     ax.legend(fontsize=8)

@@ -160,8 +160,9 @@ def load_sweeps(sweep_dirs, pool=()) -> tuple[dict, list[RunRecord]]:
         sweeps.append(sweep)
         trial_ids |= {t.get("trial_id") for t in sweep["trials"]}
         for r in records:
-            if r.run_id not in by_run or max(r.evals) > max(by_run[r.run_id].evals):
-                by_run[r.run_id] = r
+            key = (r.run_id, r.trial_id)  # two trials of one run (their settings drew one recipe) count apart
+            if key not in by_run or max(r.evals) > max(by_run[key].evals):
+                by_run[key] = r
     names = list(dict.fromkeys(str(s.get("name")) for s in sweeps))
     scales = list(dict.fromkeys(str(s.get("scale")) for s in sweeps))
     info = {"name": " + ".join(names), "scale": scales[0] if len(scales) == 1 else f"mixed ({', '.join(scales)})",

@@ -48,6 +48,11 @@ def _setting(key: str, value):
 
 def _variant_value(key: str, value) -> str:
     value = _setting(key, value)
+    if key == "p_bias" and isinstance(value, dict):  # the factors off the most common p, then "others P"
+        ps = list(value.values())
+        common = max(ps, key=ps.count)
+        if ps.count(common) > 1:
+            return ",".join(f"{k}={v}" for k, v in value.items() if v != common) + f" (others {common})"
     if isinstance(value, dict):
         return "{" + ",".join(f"{k}={v}" for k, v in value.items()) + "}"
     return str(value)
@@ -77,6 +82,8 @@ def setting_variants(selected: list[tuple[RunRecord, int]], keys=None) -> list[t
             first_seen.setdefault((k, canon(d.get(k))), len(first_seen))
 
     def order(key: str, value) -> tuple:  # numbers by value (jpeg_quality 0 < 50 < 100), the rest as first seen
+        if key == "p_bias" and isinstance(value, dict):  # by the factors' p in the factors' order
+            return (0, tuple(value.get(f, math.inf) for f in FACTORS))
         if isinstance(_setting(key, value), (int, float)) and not isinstance(value, bool):
             return (0, _setting(key, value))
         return (1, first_seen[key, canon(value)])
@@ -306,15 +313,59 @@ def fig5_data(selected: list[tuple[RunRecord, int]]) -> dict:
     return {m: {k: mean(v) for k, v in d.items()} for m, d in acc.items()}
 
 
+def _p_vector(run: RunRecord) -> tuple[float, ...]:
+    from ..config import parse_p_bias
+
+    try:
+        p = parse_p_bias(run.dataset.get("p_bias", 0.7))
+    except BiasbenchError:
+        return ()
+    return tuple(p[f] for f in FACTORS)
+
+
+def p_bias_axis(runs: list[RunRecord]) -> str | None:
+    """What the runs' p_bias varies in: ``"all"`` when each run has one p for every factor (the ``p-bias``
+    preset), a factor's name when only that factor's p differs between the runs (``single-bias``: the others
+    constant), None when neither (or nothing varies)."""
+    vectors = {_p_vector(r) for r in runs} - {()}
+    if len(vectors) < 2:
+        return None
+    if all(len(set(v)) == 1 for v in vectors):
+        return "all"
+    varying = [f for i, f in enumerate(FACTORS) if len({v[i] for v in vectors}) > 1]
+    return varying[0] if len(varying) == 1 else None
+
+
 def p_bias_data(selected: list[tuple[RunRecord, int]]) -> dict:
-    """method -> {p_bias: mean unbiased accuracy} when the sweep varies a single shared p_bias."""
+    """``{"axis": AXIS, "others": P or None, "methods": {method: {p: mean unbiased accuracy}}}`` when the runs
+    vary one p_bias (:func:`p_bias_axis`: a p shared by every factor, or one factor's p with the others
+    constant, ``others`` then their p when they share one), else ``{}``; mean over the runs of a method at one p
+    (seeds, explicit sets)."""
+    axis = p_bias_axis([r for r, _ in selected])
+    if axis is None:
+        return {}
+    col = 0 if axis == "all" else FACTORS.index(axis)
     out: dict = {}
+    rest: set = set()
     for run, ep in selected:
-        ps = set((run.dataset.get("p_bias") or {}).values())
-        if len(ps) != 1:
-            continue
+        v = _p_vector(run)
         a = test_metrics(run, ep).get("accuracy")
-        if a is not None:
-            out.setdefault(run.method, {}).setdefault(ps.pop(), []).append(a)
-    data = {m: {p: mean(v) for p, v in d.items()} for m, d in out.items()}
-    return data if any(len(d) > 1 for d in data.values()) else {}
+        if v and a is not None:
+            out.setdefault(run.method, {}).setdefault(v[col], []).append(a)
+            rest |= {p for i, p in enumerate(v) if i != col}
+    data = {m: {p: mean(v) for p, v in sorted(d.items())} for m, d in out.items()}
+    if not any(len(d) > 1 for d in data.values()):
+        return {}
+    others = rest.pop() if axis != "all" and len(rest) == 1 else None
+    return {"axis": axis, "others": others, "methods": data}
+
+
+def p_bias_markdown(data: dict) -> str:
+    """:func:`p_bias_data` as a table: one row per method, one column per p (ReBias's Table 1 layout)."""
+    ps = sorted({p for d in data["methods"].values() for p in d})
+    what = "p_bias" if data["axis"] == "all" else f"p_bias of {data['axis']}"
+    lines = ["| method | " + " | ".join(f"{what} {p:g}" for p in ps) + " |", "|---" * (len(ps) + 1) + "|"]
+    for m in method_order(data["methods"]):
+        d = data["methods"][m]
+        lines.append(f"| {method_name(m)} | " + " | ".join(_fmt(d.get(p, math.nan)) for p in ps) + " |")
+    return "\n".join(lines)

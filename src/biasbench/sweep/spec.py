@@ -60,6 +60,10 @@ MORE_METHODS = ("coral", "cvar_dro", "dfr", "fish", "focal", "jtt", "lisa", "mix
 """Methods beyond the paper (``more-methods``): CVaR-DRO, Focal, JTT, Mixup and ReBias without bias labels, ReSample,
 VREx, CORAL, DFR, Fish and LISA with them."""
 
+SINGLE_BIAS_FACTOR = "background_color"
+SINGLE_BIAS_RHOS = (0.99, 0.995, 0.997, 0.999)
+"""``single-bias``: the factor and its p_bias (rho) grid, as in ReBias's Biased MNIST (Bahng et al., 2020)."""
+
 
 @dataclass(frozen=True)
 class Trial:
@@ -109,6 +113,17 @@ def presets() -> dict[str, dict]:
                            "Mixup and ReBias once per seed; CORAL, DFR, Fish, LISA, ReSample and VREx once per single "
                            "explicit factor (7 runs, averaged as Table 1 does).",
             "grid": {"method": ["stdm", *MORE_METHODS], "explicit": single, "seed": [0]},
+        },
+        "single-bias": {
+            "name": "single-bias",
+            "description": "The single-bias regime of earlier benchmarks (ReBias's Biased MNIST: background colour "
+                           "aligned with the class at rho 0.99, 0.995, 0.997, 0.999) on this generator's images: "
+                           "background colour at rho, the six other factors uniform (p 0.1); the paper's methods "
+                           "and ReBias, the explicit ones with background colour explicit.",
+            "grid": {"method": list(IMPLICIT_METHODS) + ["rebias"] + list(EXPLICIT_METHODS),
+                     "explicit": [[SINGLE_BIAS_FACTOR]], "seed": [0],
+                     "dataset.p_bias": [{**{f: 0.1 for f in FACTORS}, SINGLE_BIAS_FACTOR: rho}
+                                        for rho in SINGLE_BIAS_RHOS]},
         },
         "p-bias": {
             "name": "p-bias",
