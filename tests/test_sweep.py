@@ -516,6 +516,35 @@ def test_parallel_local_workers_match_sequential(tmp_path):
         _assert_same_records(a, b)
 
 
+def test_local_workers_spread_over_the_gpus(monkeypatch):
+    """On a machine with several GPUs each local worker sees one (CUDA_VISIBLE_DEVICES, round-robin): before,
+    every worker trained on the first GPU. Checked with a faked GPU count; no multi-GPU machine ran it."""
+    import multiprocessing as mp
+
+    from biasbench.sweep import runners
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert runners.worker_gpus("auto", 4) == runners.worker_gpus("cuda", 2) == ["0", "1", "2"]
+    assert runners.worker_gpus("auto", 1) is None  # one worker: the machine as it is
+    assert runners.worker_gpus("cuda:1", 4) is None and runners.worker_gpus("cpu", 4) is None  # the user's choice
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4, 6,7")  # the ids the machine exposes, not 0..n-1
+    assert runners.worker_gpus("auto", 2) == ["4", "6", "7"]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert runners.worker_gpus("auto", 4) is None
+    counter, seen = mp.get_context("spawn").Value("i", 0), []
+    threads = torch.get_num_threads()
+    try:
+        for _ in range(4):  # what four workers' initializers do as they start
+            runners._init_worker(1, ["4", "6", "7"], counter)
+            seen.append(os.environ["CUDA_VISIBLE_DEVICES"])
+        assert seen == ["4", "6", "7", "4"] and torch.get_num_threads() == 1
+        runners._init_worker(1, None, counter)  # no GPUs to spread: the variable is left alone
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "4"
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _histories(sweep: Path) -> dict[str, list]:
     """Per run: every record of its history but the timings (losses and evaluation metrics)."""
     out = {}

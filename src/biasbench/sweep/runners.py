@@ -71,9 +71,37 @@ def worker_threads(threads: int, workers: int) -> int:
     return max(1, threads // max(1, workers))
 
 
-def _set_torch_threads(threads: int) -> None:
+def worker_gpus(device: str, workers: int) -> list[str] | None:
+    """The GPUs local workers are spread over, one each round-robin (:func:`_init_worker` sets the worker's
+    ``CUDA_VISIBLE_DEVICES`` to one of them before it touches CUDA): this machine's visible GPUs (the ids in
+    ``CUDA_VISIBLE_DEVICES`` when it is set), when the device is ``auto`` or ``cuda``, there are several GPUs and
+    several workers; None otherwise (one GPU or none: nothing to spread; an explicit ``cuda:N``: the user's
+    choice)."""
+    if device not in ("auto", "cuda") or workers <= 1:
+        return None
+    import os
+
     import torch
 
+    n = torch.cuda.device_count()
+    if n < 2:
+        return None
+    visible = [g.strip() for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+    return (visible or [str(i) for i in range(n)])[:n]
+
+
+def _init_worker(threads: int, gpus: list[str] | None, counter) -> None:
+    """A spawned local worker's set-up: its share of the torch threads (:func:`worker_threads`) and, with
+    ``gpus``, the next GPU round-robin (``counter`` numbers the workers as they start)."""
+    import os
+
+    import torch
+
+    with counter.get_lock():
+        index = counter.value
+        counter.value += 1
+    if gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
     torch.set_num_threads(threads)
 
 
@@ -81,7 +109,8 @@ def run_local(units: list[list[Trial]], data_root: str, out: str, tracker: str, 
               log: Callable[[str], None], compile_model: bool | str = False,
               cuda_graphs: bool | str = False) -> list[dict]:
     """Units (lists of trials, see :func:`plan_units`) one after another, or ``workers`` at a time in
-    spawned processes, each with its share of this process's torch threads (:func:`worker_threads`)."""
+    spawned processes, each with its share of this process's torch threads (:func:`worker_threads`) and, on a
+    machine with several GPUs, a GPU of its own round-robin (:func:`worker_gpus`)."""
     progress = Progress([len(u) for u in units], log, workers)
     payload = [[t.to_dict() for t in unit] for unit in units]
     results = []
@@ -98,8 +127,11 @@ def run_local(units: list[list[Trial]], data_root: str, out: str, tracker: str, 
 
     ctx = mp.get_context("spawn")  # torch and threads: never fork a process that has run torch
     threads = worker_threads(torch.get_num_threads(), workers)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_set_torch_threads,
-                             initargs=(threads,)) as pool:
+    gpus = worker_gpus(device, workers)
+    if gpus:
+        log(f"{workers} workers over GPUs {', '.join(gpus)} (CUDA_VISIBLE_DEVICES, round-robin)")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=(threads, gpus, ctx.Value("i", 0))) as pool:
         futures = [pool.submit(run_unit, unit, data_root, out, tracker, device, compile_model, cuda_graphs) for unit in payload]
         for fut in as_completed(futures):
             rs = fut.result()
