@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch/torchvision first, pinned to the builds this kind of machine carries on disk
 	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1" || $(PY) -m pip install -q torch torchvision
-	$(PY) -m pip install -q -e ".[test,tensorboard,aim,ray]"
+	$(PY) -m pip install -q -e ".[test,tensorboard,aim,ray,slurm]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -649,6 +649,65 @@ def test_ray_runner_matches_local(tmp_path):
         _assert_same_records(a, b)
 
 
+def test_slurm_runner_matches_local(tmp_path, capsys):
+    """--runner slurm through submitit, its jobs run as subprocesses of this machine (--slurm-cluster local):
+    the records of the local runner, submitit's files under SWEEP/slurm/, a rerun skips, a failed job is one
+    error naming it. No Slurm cluster ran it (none here): submission with sbatch, job arrays on a cluster and
+    requeueing are not tested."""
+    pytest.importorskip("submitit", reason="the [slurm] extra is not installed")
+    path = _write(tmp_path, MICRO.replace("method: [stdm, upweight]", "method: [stdm]"))
+    trials = expand(load_spec(path))
+    run_sweep(trials, "micro", "tiny", str(tmp_path / "data"), str(tmp_path / "local"), log=lambda s: None)
+    lines = []
+    res = run_sweep(trials, "micro", "tiny", str(tmp_path / "data"), str(tmp_path / "sl"), runner="slurm",
+                    workers=2, log=lines.append, slurm={"cluster": "local", "timeout_min": 10})
+    assert sorted(r["status"] for r in res) == ["finished", "finished"]
+    assert any("[2/2 done, 0 left" in line for line in lines)
+    assert len(list((tmp_path / "sl" / "slurm").glob("*_result.pkl"))) == 2  # one job per unit
+    for cfg in (tmp_path / "local" / "runs").glob("*/config.json"):
+        run = cfg.parent.name
+        a = json.loads((tmp_path / "local" / "runs" / run / "metrics.json").read_text())["history"]
+        b = json.loads((tmp_path / "sl" / "runs" / run / "metrics.json").read_text())["history"]
+        _assert_same_records(a, b)
+    sweep = json.loads((tmp_path / "sl" / "sweep.json").read_text())
+    assert all(t["run_id"] for t in sweep["trials"])
+    # from the command line, a rerun: every trial skipped in its job
+    assert main(["sweep", path, "--data", str(tmp_path / "data"), "--out", str(tmp_path / "sl"), "--runner", "slurm",
+                 "--slurm-cluster", "local", "--slurm-param", "partition=gpu", "--slurm-timeout", "5"]) == 0
+    assert "2 trials: 0 trained, 2 already finished" in capsys.readouterr().out
+    # a job that fails (its datasets root is a file) fails the sweep with one error, after the others ended
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(BiasbenchError, match=r"2 of 2 Slurm jobs failed \(first: job .*log .*slurm"):
+        run_sweep(trials, "micro", "tiny", str(tmp_path / "file"), str(tmp_path / "bad"), runner="slurm",
+                  log=lambda s: None, slurm={"cluster": "local"})
+
+
+def test_slurm_runner_options_fail_before_anything_is_written(tmp_path, capsys):
+    pytest.importorskip("submitit", reason="the [slurm] extra is not installed")
+    from biasbench.sweep.slurm import UnitJob, parse_params
+
+    path = _write(tmp_path, MICRO)
+    out = tmp_path / "o"
+    base = ["sweep", path, "--data", str(tmp_path / "data"), "--out", str(out)]
+    for extra, message in ((["--runner", "slurm"], "no Slurm cluster here"),
+                           (["--runner", "slurm", "--slurm-cluster", "local", "--slurm-param", "colour=red"],
+                            "bad Slurm parameter: Unknown argument 'colour'"),
+                           (["--runner", "slurm", "--slurm-cluster", "local", "--slurm-param", "partition"],
+                            "bad --slurm-param 'partition'; expected KEY=VALUE"),
+                           (["--runner", "slurm", "--slurm-cluster", "local", "--slurm-timeout", "0"],
+                            "--slurm-timeout must be at least 1 minute"),
+                           (["--slurm-param", "partition=gpu"], "are for --runner slurm")):
+        assert main(base + extra) == 2
+        assert message in capsys.readouterr().err
+        assert not out.exists()
+    assert parse_params(["partition=gpu", "cpus_per_task=8", "mem_gb=31.5"]) == {
+        "slurm_partition": "gpu", "slurm_cpus_per_task": 8, "slurm_mem_gb": 31.5}
+    # preempted or out of time, a job is resubmitted as the same call (its runs resume from their checkpoints)
+    again = UnitJob().checkpoint([{"trial_id": "t"}], "data", "out", "none", "cpu", False, False)
+    assert isinstance(again.function, UnitJob) and again.args == ([{"trial_id": "t"}], "data", "out", "none", "cpu",
+                                                                  False, False)
+
+
 def test_fused_sweep_gives_the_unfused_runs(tmp_path):
     """--fuse 2: stdm seeds 0+1 and upweight seeds 0+1 train as two fused units; the same runs come out."""
     from biasbench.sweep.trial import plan_units

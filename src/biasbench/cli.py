@@ -315,7 +315,7 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     from .sweep.spec import SCALES, presets
 
     sw = sub.add_parser(
-        "sweep", help="run a grid of trials (a preset or a YAML sweep file) locally or on Ray",
+        "sweep", help="run a grid of trials (a preset or a YAML sweep file) locally, on Ray or on Slurm",
         description="Expand a sweep (preset or YAML file) into trials and run them. Finished trials are skipped, "
                     "interrupted ones resume from their checkpoints. Records: SWEEP/runs/<run_id>/, SWEEP/sweep.json.",
         epilog="Presets: " + "; ".join(f"{k}: {v['description']}" for k, v in presets().items()),
@@ -329,7 +329,10 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
                     help="tiny (24 px, 1000 images, 2 epochs: seconds on a CPU), small (48 px, 10000, 10 epochs), "
                          "full (the paper's: 96 px, 50000, 30 epochs; default)")
     sw.add_argument("--seeds", default=None, metavar="S,S", help="the seeds of every trial (the seed axis, and each included trial), e.g. 0,1,2")
-    sw.add_argument("--runner", default="local", choices=("local", "ray"))
+    sw.add_argument("--runner", default="local", choices=("local", "ray", "slurm"),
+                    help="local (this machine; default), ray (a Ray cluster or this machine, biasbench[ray]) or slurm "
+                         "(one Slurm job array through submitit, biasbench[slurm]; --out and --data on a filesystem "
+                         "the nodes share)")
     sw.add_argument("--workers", type=int, default=1,
                     help="units of work (a trial, or a fused group of trials) at a time: processes or Ray slots; "
                          "default 1")
@@ -339,7 +342,17 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
                          "(same records as one at a time; not with --workers, --compile or dropout); default 1")
     sw.add_argument("--ray-address", default=None, metavar="ADDR", help="join a Ray cluster (e.g. auto)")
     sw.add_argument("--gpus-per-trial", type=float, default=0.0,
-                    help="Ray: GPU share per unit of work (a trial, or a fused group of trials), e.g. 0.25")
+                    help="Ray: GPU share per unit of work (a trial, or a fused group of trials), e.g. 0.25; Slurm: "
+                         "GPUs per job, rounded up")
+    sw.add_argument("--slurm-timeout", type=int, default=None, metavar="MIN",
+                    help="Slurm: a job's time limit in minutes (default 240); a job that reaches it, or is "
+                         "preempted, is requeued and resumes from its runs' checkpoints")
+    sw.add_argument("--slurm-param", action="append", default=[], metavar="KEY=VALUE",
+                    help="Slurm: an sbatch setting through submitit, repeatable: partition=gpu, account=lab, "
+                         "qos=high, constraint=a100, cpus_per_task=8, mem_gb=32")
+    sw.add_argument("--slurm-cluster", default="slurm", choices=("slurm", "local"),
+                    help="Slurm: slurm (default) or local (the same jobs as subprocesses of this machine, "
+                         "--workers at a time: a check of the set-up without a cluster)")
     sw.add_argument("--fuse", default="auto", metavar="N|auto",
                     help="train up to N trials that differ only in seed and explicit set as one fused network "
                          "(same results as separate runs, one GPU pass for all); auto (default): 8 on a CUDA "
@@ -422,11 +435,23 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     tracker = args.tracker or spec.get("tracker") or "none"
     results = run_sweep(trials, spec.get("name", "sweep"), scale, args.data, args.out, args.runner, tracker,
                         args.device, args.workers, args.ray_address, args.gpus_per_trial, fuse=args.fuse,
-                        compile_model=args.compile or False, cuda_graphs=args.cuda_graphs, streams=args.streams)
+                        compile_model=args.compile or False, cuda_graphs=args.cuda_graphs, streams=args.streams,
+                        slurm=_slurm_options(args))
     done = sum(r["status"] == "finished" for r in results)
     print(f"{len(results)} trials: {done} trained, {len(results) - done} already finished; "
           f"report with: biasbench report {args.out} --out {args.out}/report")
     return 0
+
+
+def _slurm_options(args: argparse.Namespace) -> dict | None:
+    """The Slurm runner's options; given with another runner, an error (they would be ignored)."""
+    given = args.slurm_timeout is not None or args.slurm_param or args.slurm_cluster != "slurm"
+    if args.runner != "slurm":
+        if given:
+            raise BiasbenchError("--slurm-timeout, --slurm-param and --slurm-cluster are for --runner slurm")
+        return None
+    options = {"cluster": args.slurm_cluster, "params": list(args.slurm_param)}
+    return options if args.slurm_timeout is None else {**options, "timeout_min": args.slurm_timeout}
 
 
 def cmd_report(args: argparse.Namespace) -> int:

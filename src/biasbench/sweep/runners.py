@@ -20,7 +20,7 @@ from ..utils import atomic_write_json
 from .spec import Trial
 from .trial import ensure_dataset, plan_units, run_unit
 
-RUNNERS = ("local", "ray")
+RUNNERS = ("local", "ray", "slurm")
 MAX_STREAMS = 16
 """``--streams`` at most. Torch's stream pool has 32 streams per device and priority, handed out in turn, so
 the threads' streams, taken one after another, are distinct; the cap keeps well inside the pool."""
@@ -309,11 +309,13 @@ def run_ray(units: list[list[Trial]], data_root: str, out: str, tracker: str, de
 def run_sweep(trials: list[Trial], name: str, scale: str, data_root: str, out: str, runner: str = "local",
               tracker: str = "none", device: str = "auto", workers: int = 1, address: str | None = None,
               gpus_per_trial: float = 0.0, log: Callable[[str], None] | None = None, fuse: int | str = 1,
-              compile_model: bool | str = False, cuda_graphs: bool | str = False, streams: int = 1) -> list[dict]:
+              compile_model: bool | str = False, cuda_graphs: bool | str = False, streams: int = 1,
+              slurm: dict | None = None) -> list[dict]:
     """Run ``trials``; ``fuse``: at most this many fusable trials trained as one fused network
     (:mod:`biasbench.train.fused`); ``auto`` = 8 on a CUDA device with ``compile_model``, else 1 (off);
     ``cuda_graphs``: captured training steps (:func:`biasbench.train.loop.check_cuda_graphs`); ``streams``:
-    local runner, this many units at a time in threads of this process (:func:`run_threads`)."""
+    local runner, this many units at a time in threads of this process (:func:`run_threads`); ``slurm``: the
+    Slurm runner's ``cluster``, ``timeout_min`` and ``params`` (:func:`biasbench.sweep.slurm.run_slurm`)."""
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     if runner not in RUNNERS:
         raise BiasbenchError(f"unknown runner {runner!r}; expected one of: {', '.join(RUNNERS)}")
@@ -333,10 +335,17 @@ def run_sweep(trials: list[Trial], name: str, scale: str, data_root: str, out: s
     if dropout:
         raise BiasbenchError(f"--streams: {len(dropout)} trial(s) use dropout (e.g. {dropout[0]}), whose draws come "
                              f"from the process's shared generator and would depend on thread timing; use --workers")
+    if runner == "slurm":
+        try:
+            from . import slurm as slurm_runner
+        except ImportError as exc:
+            raise BiasbenchError(f"the Slurm runner needs submitit: pip install 'biasbench[slurm]' ({exc})") from None
+        slurm_runner.check_options(workers, gpus_per_trial, **(slurm or {}))  # before anything is written
     from ..track import make_tracker
     from ..train.loop import check_cuda_graphs, resolve_device
 
-    check_cuda_graphs(cuda_graphs, resolve_device(device), compile_model)  # bad combinations fail before training
+    if runner != "slurm":  # bad combinations fail before training (Slurm's device is the compute nodes')
+        check_cuda_graphs(cuda_graphs, resolve_device(device), compile_model)
     check_models(trials)
     units = plan_units(trials, resolve_fuse(fuse, device, compile_model))
     make_tracker(tracker, str(Path(out) / "runs")).prepare()  # bad tracker: fail before training
@@ -350,9 +359,14 @@ def run_sweep(trials: list[Trial], name: str, scale: str, data_root: str, out: s
         results = run_threads(units, data_root, out, tracker, device, streams, log, compile_model, cuda_graphs)
     elif runner == "local":
         results = run_local(units, data_root, out, tracker, device, workers, log, compile_model, cuda_graphs)
-    else:
+    elif runner == "ray":
         results = run_ray(units, data_root, out, tracker, device, workers, address, gpus_per_trial, log,
                           compile_model, cuda_graphs)
+    else:
+        progress = Progress([len(u) for u in units], log, workers)
+        results = slurm_runner.run_slurm([[t.to_dict() for t in unit] for unit in units], data_root, out, tracker,
+                                         device, workers, gpus_per_trial, log, progress.finished, compile_model,
+                                         cuda_graphs, **(slurm or {}))
     order = {t.trial_id: i for i, t in enumerate(trials)}
     results.sort(key=lambda r: order[r["trial_id"]])
     write_sweep_record(outp, name, scale, trials, results)
