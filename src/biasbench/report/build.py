@@ -17,8 +17,7 @@ from . import figures as F
 from .html import write_index
 from .records import compared_settings, load_sweeps, parse_rule, select
 from .tables import (dataset_summary, fig5_data, iosm, iosm_markdown, mmd_points, p_bias_data, p_bias_markdown,
-                     setting_variants,
-                     table1, table1_csv, table1_latex, table1_markdown, tuning_sensitivity)
+                     setting_variants, table1, table1_csv, table1_latex, table1_markdown, tuning_sensitivity)
 
 NOTES = {
     "table1": "Unbiased accuracy = accuracy on the p_bias = 0.1 test set (%). Explicit methods: mean over their "
@@ -90,8 +89,8 @@ def build_report(sweep_dirs, out: str | os.PathLike, rule: str = "final", pool=(
     audits = audit_table(chosen)
     if audits:
         atomic_write_text(out / "audit.md", audits + "\n")
-    summary = {"sweep": sweep["name"], "scale": sweep["scale"], "rule": rule, "selection": rule_.note, "pooled": list(pool),
-               "sweeps": dirs, "dataset": dataset_summary(chosen),
+    summary = {"sweep": sweep["name"], "scale": sweep["scale"], "rule": rule, "selection": rule_.note,
+               "pooled": list(pool), "sweeps": dirs, "dataset": dataset_summary(chosen),
                "trials": sweep["trials"], "runs_with_records": len(records),
                "table1": t1, "iosm": io_rows,
                "tuning": {label: {m: {str(a): v for a, v in d.items()} for m, d in t.items()}
