@@ -45,15 +45,15 @@ def test_presets_expand_to_the_papers_protocols():
     sizes = sorted(len(t.config["explicit"]) for t in f5 if t.config["method"] == "rubi")
     assert sizes == [1, 2, 3, 4, 5, 6, 7]
     more = [t.config["method"] for t in expand(presets()["more-methods"], "tiny")]
-    assert len(more) == 48 and all(more.count(m) == 1 for m in ("cvar_dro", "focal", "jtt", "mixup", "rebias"))
-    assert all(more.count(m) == 7 for m in ("coral", "dfr", "fish", "lisa", "resample", "vrex"))
+    assert len(more) == 55 and all(more.count(m) == 1 for m in ("cvar_dro", "focal", "jtt", "mixup", "rebias"))
+    assert all(more.count(m) == 7 for m in ("coral", "dfr", "fish", "learned_mixin", "lisa", "resample", "vrex"))
     pb = expand(presets()["p-bias"], "tiny")
     assert sorted({next(iter(set(t.dataset.p_bias.values()))) for t in pb}) == [0.1, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
     sb = expand(presets()["single-bias"], "full")
-    assert len(sb) == 4 * 9  # four rho; StdM, LfF, SD, ReBias and the five explicit methods once each
+    assert len(sb) == 4 * 10  # four rho; StdM, LfF, SD, ReBias and the six explicit methods once each
     assert {(t.dataset.p_bias["background_color"], t.config["method"]) for t in sb} == {
         (rho, m) for rho in (0.99, 0.995, 0.997, 0.999) for m in
-        ("stdm", "lff", "sd", "rebias", "upweight", "group_dro", "rubi", "lnl", "irm")}
+        ("stdm", "lff", "sd", "rebias", "upweight", "group_dro", "rubi", "lnl", "irm", "learned_mixin")}
     assert all(set(t.dataset.p_bias.values()) == {0.1, t.dataset.p_bias["background_color"]} for t in sb)
     assert {tuple(t.config["explicit"]) for t in sb} == {(), ("background_color",)}
     full = expand(presets()["paper-table1"], "full", seeds=[0, 1, 2])

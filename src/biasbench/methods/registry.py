@@ -12,8 +12,8 @@ def register_method(cls):
 
 
 def _ensure_loaded() -> None:
-    from . import (coral, cvar_dro, dfr, fish, focal, group_dro, irm, jtt, lff, lisa, lnl, mixup, mmd, rebias,  # noqa: F401
-                   resample, rubi, sd, stdm, upweight, vrex)  # (registration)
+    from . import (coral, cvar_dro, dfr, fish, focal, group_dro, irm, jtt, learned_mixin, lff, lisa, lnl,  # noqa: F401
+                   mixup, mmd, rebias, resample, rubi, sd, stdm, upweight, vrex)  # (registration)
 
 
 def list_methods() -> list[str]:

@@ -56,9 +56,10 @@ PAPER_ORDER = ("distractor_shape", "texture", "digit_color", "background_color",
 EXPLICIT_METHODS = ("upweight", "group_dro", "rubi", "lnl", "irm")
 IMPLICIT_METHODS = ("stdm", "lff", "sd")
 """The paper's methods with and without bias labels (its presets' grids)."""
-MORE_METHODS = ("coral", "cvar_dro", "dfr", "fish", "focal", "jtt", "lisa", "mixup", "rebias", "resample", "vrex")
+MORE_METHODS = ("coral", "cvar_dro", "dfr", "fish", "focal", "jtt", "learned_mixin", "lisa", "mixup", "rebias",
+                "resample", "vrex")
 """Methods beyond the paper (``more-methods``): CVaR-DRO, Focal, JTT, Mixup and ReBias without bias labels, ReSample,
-VREx, CORAL, DFR, Fish and LISA with them."""
+VREx, CORAL, DFR, Fish, LearnedMixin and LISA with them."""
 
 SINGLE_BIAS_FACTOR = "background_color"
 SINGLE_BIAS_RHOS = (0.99, 0.995, 0.997, 0.999)
@@ -110,17 +111,18 @@ def presets() -> dict[str, dict]:
         "more-methods": {
             "name": "more-methods",
             "description": "Methods beyond the paper beside StdM on Table 1's protocol: CVaR-DRO, Focal, JTT, "
-                           "Mixup and ReBias once per seed; CORAL, DFR, Fish, LISA, ReSample and VREx once per single "
-                           "explicit factor (7 runs, averaged as Table 1 does).",
+                           "Mixup and ReBias once per seed; CORAL, DFR, Fish, LearnedMixin, LISA, ReSample and VREx "
+                           "once per single explicit factor (7 runs, averaged as Table 1 does).",
             "grid": {"method": ["stdm", *MORE_METHODS], "explicit": single, "seed": [0]},
         },
         "single-bias": {
             "name": "single-bias",
             "description": "The single-bias regime of earlier benchmarks (ReBias's Biased MNIST: background colour "
                            "aligned with the class at rho 0.99, 0.995, 0.997, 0.999) on this generator's images: "
-                           "background colour at rho, the six other factors uniform (p 0.1); the paper's methods "
-                           "and ReBias, the explicit ones with background colour explicit.",
-            "grid": {"method": list(IMPLICIT_METHODS) + ["rebias"] + list(EXPLICIT_METHODS),
+                           "background colour at rho, the six other factors uniform (p 0.1); the paper's methods, "
+                           "ReBias and LearnedMixin (ReBias's baselines), the explicit ones with background colour "
+                           "explicit.",
+            "grid": {"method": list(IMPLICIT_METHODS) + ["rebias"] + list(EXPLICIT_METHODS) + ["learned_mixin"],
                      "explicit": [[SINGLE_BIAS_FACTOR]], "seed": [0],
                      "dataset.p_bias": [{**{f: 0.1 for f in FACTORS}, SINGLE_BIAS_FACTOR: rho}
                                         for rho in SINGLE_BIAS_RHOS]},
