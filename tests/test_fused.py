@@ -165,7 +165,8 @@ def test_train_fused_matches_separate_trainers_and_resumes_alone(mini_root, tmp_
     for f in ("checkpoint.pt",):
         (tmp_path / "fus" / tr.run_id / f).write_bytes((tmp_path / "fus" / fus[1]["run_id"] / f).read_bytes())
     (tmp_path / "fus" / tr.run_id / "config.json").write_text(json.dumps(
-        {"config": longer.to_dict(), "dataset": {"recipe_sha256": tr.manifest["recipe_sha256"]}}))
+        {"config": longer.to_dict(), "dataset": {"recipe_sha256": tr.manifest["recipe_sha256"],
+                                                 "settings": tr.settings}}))
     logs = []
     tr.log = logs.append
     res = tr.run()
