@@ -28,14 +28,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import BiasbenchError
-from .base import Batch, LossResult, Method, Nets, one_hot
+from .base import Batch, LossResult, Method, Nets
 from .registry import register_method
 
 
 def bias_log_prior(groups: torch.Tensor, labels: torch.Tensor, num_groups: int, num_classes: int,
                    smoothing: float) -> torch.Tensor:
     """(G, C) log p_b(y | g) from the training split's groups and labels (module docstring)."""
-    counts = one_hot(groups, num_groups).t() @ one_hot(labels, num_classes)  # (G, C) n(g, y)
+    counts = torch.bincount(groups * num_classes + labels, minlength=num_groups * num_classes)
+    counts = counts.view(num_groups, num_classes).float()  # n(g, y)
     p = (counts + smoothing) / (counts.sum(1, keepdim=True) + num_classes * smoothing)
     return p.log()
 
@@ -57,7 +58,7 @@ class LearnedMixin(Method):
         if self.hparams["smoothing"] <= 0:
             raise BiasbenchError(f"{self.name}: smoothing must be positive (a class never seen in a group would "
                                  f"have log p_b = -inf), got {self.hparams['smoothing']}")
-        self.log_prior = bias_log_prior(self.groups, info.labels.to(self.device), self.num_groups, info.num_classes,
+        self.log_prior = bias_log_prior(self.groups, info.labels, self.num_groups, info.num_classes,
                                         self.hparams["smoothing"])
         dim = getattr(model, "feature_dims", {}).get("before_logits")
         if dim is None:

@@ -65,7 +65,8 @@ def build_report(sweep_dirs, out: str | os.PathLike, rule: str = "final", pool=(
     tuning = {label: tuning_sensitivity(runs) for label, runs in record_variants}
     but_p_bias = [k for k in compared_settings() if k != "p_bias"]  # the p_bias curve needs every p_bias at once
     p_variants = setting_variants(chosen, but_p_bias)
-    p_tables = [(label, d) for label, d in ((label, p_bias_data(runs)) for label, runs in p_variants) if d]
+    p_data = {label: p_bias_data(runs) for label, runs in p_variants}
+    p_tables = [(label, d) for label, d in p_data.items() if d]
     if p_tables:
         atomic_write_text(out / "p_bias.md", "\n\n".join((f"{label}\n\n" if label else "") + p_bias_markdown(d)
                                                           for label, d in p_tables) + "\n")
@@ -83,7 +84,7 @@ def build_report(sweep_dirs, out: str | os.PathLike, rule: str = "final", pool=(
                               lambda runs, path, label: F.tuning_figure(tuning[label], path, label)),
         "p_bias": per_variant(p_variants, out, "p_bias",
                               "Unbiased accuracy against p_bias", "p_bias", None,
-                              lambda runs, path, label: F.p_bias_figure(p_bias_data(runs), path, label)),
+                              lambda runs, path, label: F.p_bias_figure(p_data[label], path, label)),
     }
     figs = {k: path for _, _, fig in sections_of.values() for k, (_, path) in fig.items()}
     audits = audit_table(chosen)
