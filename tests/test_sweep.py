@@ -14,7 +14,7 @@ from biasbench.cli import main
 from biasbench.errors import BiasbenchError
 from biasbench.report.build import build_report
 from biasbench.sweep.runners import run_sweep
-from biasbench.sweep.spec import expand, load_spec, presets
+from biasbench.sweep.spec import expand, load_spec, presets, select_trials
 
 MICRO = """
 name: micro
@@ -74,6 +74,66 @@ def test_seeds_override_included_trials_without_adding_a_point():
     got = expand(spec, "tiny", seeds=[0])
     assert [t.trial_id for t in got] == [t.trial_id for t in picked]
     assert [t.config["seed"] for t in expand(spec, "tiny", seeds=[3, 4])] == [3, 4] * len(picked)
+
+
+def test_only_selects_trials_by_axis_values():
+    """--only KEY=VALUE[,VALUE]: values within a filter are alternatives, filters all apply; explicit sets are
+    matched whole, hyperparameters against the method's defaults, p_bias against any factor's."""
+    table1 = expand(presets()["paper-table1"], "tiny", seeds=[0, 1])
+
+    def methods(only):
+        return sorted(t.config["method"] for t in select_trials(table1, only))
+    assert select_trials(table1, []) == table1
+    assert methods(["method=lff,stdm"]) == ["lff", "lff", "stdm", "stdm"]
+    assert methods(["explicit=texture", "seed=1"]) == ["group_dro", "irm", "lnl", "rubi", "upweight"]
+    assert methods(["explicit=none", "seed=0"]) == ["lff", "sd", "stdm"]
+    picked = select_trials(table1, ["method=group_dro", "hparams.step_size=0.001", "explicit=digit_color"])
+    assert [t.config["explicit"] for t in picked] == [["digit_color"]] * 2  # the default step size, 1e-3
+    with pytest.raises(BiasbenchError, match="values of hparams.step_size here: 0.001"):
+        select_trials(table1, ["method=group_dro", "hparams.step_size=1e-2"])
+    tid = table1[5].trial_id
+    assert select_trials(table1, [f"trial={tid[:6]}"]) == [table1[5]]
+    fig5 = expand(presets()["paper-fig5"], "tiny")
+    two = select_trials(fig5, ["method=rubi", "explicit=texture+distractor_shape"])
+    assert [sorted(t.config["explicit"]) for t in two] == [["distractor_shape", "texture"]]
+    single = expand(presets()["single-bias"], "tiny")
+    rho = select_trials(single, ["dataset.p_bias=0.997"])
+    assert len(rho) == 10 and {t.dataset.p_bias["background_color"] for t in rho} == {0.997}
+
+
+@pytest.mark.parametrize("only, message", [
+    ("method", "--only takes KEY=VALUE[,VALUE], got 'method'"),
+    ("method=lff,", "--only takes KEY=VALUE[,VALUE]"),
+    ("colour=red", "--only colour=red: unknown sweep axis 'colour'"),
+    ("method=lf", "--only method=lf matches none of the 38 trials left (values of method here: group_dro, irm,"),
+    ("seed=3", "(values of seed here: 0)"),
+])
+def test_only_rejects_bad_filters(only, message):
+    table1 = expand(presets()["paper-table1"], "tiny")
+    with pytest.raises(BiasbenchError) as info:
+        select_trials(table1, [only])
+    assert message in str(info.value)
+
+
+def test_only_runs_a_subset_and_the_sweep_lists_every_trial(tmp_path, capsys):
+    """A sweep with --only trains the selected trials alone; sweep.json still lists the whole sweep, so a later
+    run of the rest skips them and the report finds every run."""
+    path = _write(tmp_path, MICRO)
+    common = ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "s")]
+    assert main(["sweep", path, *common, "--only", "method=upweight", "--only", "seed=1", "--dry-run"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 2 and "upweight" in out[0] and "seed=1" in out[0]
+    assert out[-1] == "1 trials (--only: 1 of 4) in 1 units of work"
+    assert main(["sweep", path, *common, "--only", "method=upweight", "--only", "seed=1"]) == 0
+    assert "1 trials: 1 trained, 0 already finished" in capsys.readouterr().out
+    listed = json.loads((tmp_path / "s" / "sweep.json").read_text())["trials"]
+    assert len(listed) == 4 and sum(t["run_id"] is not None for t in listed) == 1
+    assert len(list((tmp_path / "s" / "runs").glob("*/metrics.json"))) == 1
+    assert main(["sweep", path, *common]) == 0
+    assert "4 trials: 3 trained, 1 already finished" in capsys.readouterr().out
+    assert main(["sweep", path, *common, "--only", "method=stdm,upweight", "--only", "seed=9"]) == 2
+    assert "--only seed=9 matches none of the 4 trials left (values of seed here: 0, 1)" in capsys.readouterr().err
+    assert len(json.loads((tmp_path / "s" / "sweep.json").read_text())["trials"]) == 4  # untouched by the error
 
 
 def test_trial_ids_are_stable(tmp_path):

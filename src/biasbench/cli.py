@@ -312,7 +312,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 def _add_sweep(sub: argparse._SubParsersAction) -> None:
     from .config import COMPILE_MODES, PRECISIONS
-    from .sweep.spec import SCALES, presets
+    from .sweep.spec import ONLY_HELP, SCALES, presets
 
     sw = sub.add_parser(
         "sweep", help="run a grid of trials (a preset or a YAML sweep file) locally, on Ray or on Slurm",
@@ -368,6 +368,7 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
                     help="tracker(s) for every trial, e.g. mlflow or mlflow,tensorboard (default: the sweep file's "
                          "'tracker', else none)")
     sw.add_argument("--device", default="auto")
+    sw.add_argument("--only", action="append", default=[], metavar="KEY=VALUE[,VALUE]", help=ONLY_HELP)
     sw.add_argument("--dry-run", action="store_true", help="list the trials and stop")
     sw.set_defaults(func=cmd_sweep)
 
@@ -396,7 +397,7 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep.runners import run_sweep
-    from .sweep.spec import expand, load_spec
+    from .sweep.spec import expand, load_spec, select_trials
 
     spec = load_spec(args.sweep)
     seeds = None
@@ -408,7 +409,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     scale = args.scale or spec.get("scale") or "full"
     if args.precision:
         spec = {**spec, "base": {**(spec.get("base") or {}), "precision": args.precision}}
-    trials = expand(spec, scale, seeds)
+    every = expand(spec, scale, seeds)
+    trials = select_trials(every, args.only)
     if args.dry_run:
         from .data.stamps import DRAWINGS
         from .methods import get_method_class
@@ -430,13 +432,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                   f"{' drawing=' + t.dataset.drawing if t.dataset.drawing != DRAWINGS[0] else ''} "
                   f"model={c['model']}{'(' + kw + ')' if kw else ''} "
                   f"opt={c['optimizer']} progressive={prog} hparams={hp or 'defaults'}")
-        print(f"{len(trials)} trials in {len(set(unit_of.values()))} units of work")
+        picked = f" (--only: {len(trials)} of {len(every)})" if len(trials) < len(every) else ""
+        print(f"{len(trials)} trials{picked} in {len(set(unit_of.values()))} units of work")
         return 0
     tracker = args.tracker or spec.get("tracker") or "none"
     results = run_sweep(trials, spec.get("name", "sweep"), scale, args.data, args.out, args.runner, tracker,
                         args.device, args.workers, args.ray_address, args.gpus_per_trial, fuse=args.fuse,
                         compile_model=args.compile or False, cuda_graphs=args.cuda_graphs, streams=args.streams,
-                        slurm=_slurm_options(args))
+                        slurm=_slurm_options(args), listed=every)
     done = sum(r["status"] == "finished" for r in results)
     print(f"{len(results)} trials: {done} trained, {len(results) - done} already finished; "
           f"report with: biasbench report {args.out} --out {args.out}/report")

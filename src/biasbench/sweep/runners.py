@@ -310,8 +310,9 @@ def run_sweep(trials: list[Trial], name: str, scale: str, data_root: str, out: s
               tracker: str = "none", device: str = "auto", workers: int = 1, address: str | None = None,
               gpus_per_trial: float = 0.0, log: Callable[[str], None] | None = None, fuse: int | str = 1,
               compile_model: bool | str = False, cuda_graphs: bool | str = False, streams: int = 1,
-              slurm: dict | None = None) -> list[dict]:
-    """Run ``trials``; ``fuse``: at most this many fusable trials trained as one fused network
+              slurm: dict | None = None, listed: list[Trial] | None = None) -> list[dict]:
+    """Run ``trials``; ``listed``: the whole sweep's trials when ``trials`` are a subset of them (``--only``),
+    so that ``sweep.json`` lists them all and the report finds runs trained before or after this subset; ``fuse``: at most this many fusable trials trained as one fused network
     (:mod:`biasbench.train.fused`); ``auto`` = 8 on a CUDA device with ``compile_model``, else 1 (off);
     ``cuda_graphs``: captured training steps (:func:`biasbench.train.loop.check_cuda_graphs`); ``streams``:
     local runner, this many units at a time in threads of this process (:func:`run_threads`); ``slurm``: the
@@ -351,10 +352,12 @@ def run_sweep(trials: list[Trial], name: str, scale: str, data_root: str, out: s
     make_tracker(tracker, str(Path(out) / "runs")).prepare()  # bad tracker: fail before training
     outp = Path(out)
     outp.mkdir(parents=True, exist_ok=True)
-    write_sweep_record(outp, name, scale, trials, [])
+    listed = trials if listed is None else listed
+    write_sweep_record(outp, name, scale, listed, [])
     fused = f", {len(units)} units (up to {max(map(len, units))} trials fused)" if len(units) < len(trials) else ""
     slots = f"{streams} streams" if streams > 1 else f"workers {workers}"
-    log(f"sweep {name} ({scale}): {len(trials)} trials{fused}, runner {runner}, {slots} -> {out}")
+    picked = f" (of {len(listed)})" if len(trials) < len(listed) else ""
+    log(f"sweep {name} ({scale}): {len(trials)} trials{picked}{fused}, runner {runner}, {slots} -> {out}")
     if streams > 1:
         results = run_threads(units, data_root, out, tracker, device, streams, log, compile_model, cuda_graphs)
     elif runner == "local":
@@ -369,7 +372,7 @@ def run_sweep(trials: list[Trial], name: str, scale: str, data_root: str, out: s
                                          cuda_graphs, **(slurm or {}))
     order = {t.trial_id: i for i, t in enumerate(trials)}
     results.sort(key=lambda r: order[r["trial_id"]])
-    write_sweep_record(outp, name, scale, trials, results)
+    write_sweep_record(outp, name, scale, listed, results)
     if tracker != "none":
         log_sweep_summary(outp, name, scale, tracker)
     return results

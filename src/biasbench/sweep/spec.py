@@ -220,6 +220,89 @@ def expand(spec: dict, scale: str | None = None, seeds: list[int] | None = None)
     return list(trials.values())
 
 
+ONLY_HELP = ("KEY=VALUE[,VALUE]: run only the trials that match, e.g. method=lff,stdm, seed=0, explicit=texture, "
+             "explicit=none, hparams.step_size=0.01, dataset.p_bias=0.99 or trial=ID (a prefix of an id from "
+             "--dry-run); repeatable, every filter must match")
+
+
+def select_trials(trials: list[Trial], only: list[str]) -> list[Trial]:
+    """The trials that match every filter of ``only`` (``KEY=VALUE[,VALUE]``: a trial matches a filter when its
+    value for KEY is one of the VALUEs), in their order; ``only`` empty: all of them.
+
+    KEY is a sweep axis (``method``, ``seed``, ``explicit``, ``model``, ... ``hparams.NAME``, ``dataset.NAME``)
+    or ``trial`` (VALUE a prefix of the trial id). VALUEs are read as numbers where they are numbers
+    (``0.01`` and ``1e-2`` are one number), ``true``/``false`` as booleans. ``explicit`` takes the factors
+    of one explicit set joined by ``+`` (``texture+digit_color``, in any order) or ``none`` for the empty set; ``hparams.NAME`` compares the
+    method's default when the trial leaves NAME unset; ``dataset.p_bias=P`` matches trials in which some
+    factor has p_bias P (``single-bias``'s rho, or every factor's p in ``p-bias``).
+
+    Raises :class:`BiasbenchError` for a malformed filter, an unknown key, or filters that no trial matches
+    (naming the values this sweep has for the key).
+    """
+    selected = list(trials)
+    for item in only:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        values = [v.strip() for v in raw.split(",")]
+        if not sep or not key or not all(values):
+            raise BiasbenchError(f"--only takes KEY=VALUE[,VALUE], got {item!r}")
+        if key != "trial":
+            try:
+                _check_axis(key)
+            except BiasbenchError as exc:
+                raise BiasbenchError(f"--only {item}: {exc}, or trial") from None
+        wanted = [v if key in ("trial", "explicit") else _scalar(v) for v in values]
+        have = [_trial_values(t, key) for t in selected]
+        keep = [t for t, vals in zip(selected, have) if any(_matches(key, w, vals) for w in wanted)]
+        if not keep:
+            seen = sorted({str(v) for vals in have for v in vals})
+            shown = ", ".join(seen[:12]) + (", ..." if len(seen) > 12 else "")
+            raise BiasbenchError(f"--only {item} matches none of the {len(selected)} trials left"
+                                 f"{' (values of ' + key + ' here: ' + shown + ')' if key != 'trial' else ''}")
+        selected = keep
+    return selected
+
+
+def _scalar(text: str) -> Any:
+    """A filter value as a sweep file would read it: an int, a float (``1e-3`` too), a bool, or the text."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def _trial_values(t: Trial, key: str) -> list:
+    """A trial's values for a filter key (several for ``dataset.p_bias``: one per factor)."""
+    if key == "trial":
+        return [t.trial_id]
+    if key == "explicit":
+        return ["+".join(sorted(t.config.get("explicit") or ())) or "none"]
+    if key.startswith("hparams."):
+        from ..methods import get_method_class
+
+        name = key.split(".", 1)[1]
+        hp = {**get_method_class(t.config["method"]).default_hparams, **(t.config.get("method_hparams") or {})}
+        return [hp[name]] if name in hp else []
+    if key.startswith("dataset."):
+        value = getattr(t.dataset, key.split(".", 1)[1])
+        return sorted(set(value.values())) if isinstance(value, dict) else [value]
+    return [t.config.get(key)]
+
+
+def _matches(key: str, wanted: Any, values: list) -> bool:
+    if key == "trial":
+        return any(v.startswith(wanted) for v in values)
+    if key == "explicit":
+        given = "+".join(sorted(f.strip() for f in wanted.split("+"))) if wanted != "none" else "none"
+        return given in values
+
+    def norm(v):
+        return tuple(norm(x) for x in v) if isinstance(v, (list, tuple)) else v
+    return any(norm(wanted) == norm(v) for v in values)
+
+
 def _check_axis(key: str) -> None:
     if key.startswith("hparams.") and len(key) > len("hparams."):
         return
