@@ -529,6 +529,10 @@ def test_selection_rules(tmp_path):
     assert select([a, b], "final") == [(b, 30)]  # last epoch; variant by val accuracy there (75 > 70)
     assert select([a, b], "alpha=0") == [(b, 15)]  # best alpha-0 score over all epochs and variants
     assert select([a, b], "worst_group") == [(a, 30)]  # best val worst group: a@30 35 > b@15 30
+    assert select([a, b], "worst_group=val") == [(a, 30)]
+    a.evals[15]["balanced_val"] = {"worst_group": 25.0}
+    b.evals[30]["balanced_val"] = {"worst_group": 24.0}
+    assert select([a, b], "worst_group=balanced_val") == [(a, 15)]  # the balanced split's cells decide
     assert select([a, b], "oracle") == [(b, 15)]  # best test accuracy: b@15 40
     assert select([b, a], "oracle") == [(b, 15)]  # the records' order does not matter
     # a record without the rule's score (older records, a split not evaluated) ranks below every scored one,
@@ -537,10 +541,10 @@ def test_selection_rules(tmp_path):
                     {15: {"val": {"accuracy": 99.0}}, 30: {"val": {"accuracy": 99.0, "worst_group": float("nan")}}})
     assert select([old, a], "worst_group") == [(a, 30)]
     assert select([old], "worst_group") == [(old, 30)]
-    with pytest.raises(BiasbenchError, match="unknown selection rule 'best'; expected one of: final, alpha=A, "
-                                             "worst_group, oracle"):
+    with pytest.raises(BiasbenchError, match=r"unknown selection rule 'best'; expected one of: final, alpha=A, "
+                                             r"worst_group\[=val\|balanced_val\], oracle"):
         select([a], "best")
-    for bad in ("alpha=", "alpha=x", "alpha=nan", "alpha=inf"):
+    for bad in ("alpha=", "alpha=x", "alpha=nan", "alpha=inf", "worst_group=test", "worst_group="):
         with pytest.raises(BiasbenchError, match="unknown selection rule"):
             select([a], bad)
 

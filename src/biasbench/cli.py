@@ -386,7 +386,8 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     rp.add_argument("--select", default="final", metavar="RULE",
                     help="final (the paper's: last epoch, hyperparameters by validation accuracy; default), "
                          "alpha=A (epoch and hyperparameters by accuracy under tuning distribution A, e.g. alpha=0), "
-                         "worst_group (by validation worst-group accuracy: needs validation bias labels) or oracle "
+                         "worst_group (by validation worst-group accuracy: needs validation bias labels; "
+                         "worst_group=balanced_val: on the balanced held-out split) or oracle "
                          "(by unbiased test accuracy: an upper bound, not a fair protocol)")
     rp.add_argument("--pool", default="", metavar="SETTING[,SETTING]",
                     help="settings whose variants are pooled rather than kept apart, for example model_kwargs "

@@ -9,7 +9,9 @@ Selection rules (``--select``; :func:`parse_rule`):
   p_train(g)^A, see :func:`biasbench.eval.metrics.alpha_weighted_accuracy`);
 - ``worst_group``: the evaluated epoch and variant with the best worst-group accuracy on ``val`` (the minimum,
   over factors, of the accuracy per (class, factor value) cell: SubpopBench's selection with validation
-  attributes, which needs the bias labels of the validation set, of every factor);
+  attributes, which needs the bias labels of the validation set, of every factor); ``worst_group=balanced_val``
+  the same on ``balanced_val``, the held-out draw with every factor uniform, whose cells are all about equally
+  full (at p_bias 0.7, ``val``'s smallest cells hold a dozen or two images);
 - ``oracle``: the evaluated epoch and variant with the best unbiased test accuracy (DomainBed's test-domain
   oracle). It looks at the test set, so its numbers are an upper bound on what selection can reach, not a
   result of a fair protocol.
@@ -186,7 +188,7 @@ def find_run(runs_dir: Path, trial: dict) -> str | None:
     return None
 
 
-RULES = ("final", "alpha=A", "worst_group", "oracle")
+RULES = ("final", "alpha=A", "worst_group[=val|balanced_val]", "oracle")
 """The selection rules' spellings, for messages and ``--help``."""
 
 
@@ -215,7 +217,8 @@ class SelectionRule:
 
 
 def parse_rule(rule: str) -> SelectionRule:
-    """``final``, ``alpha=A``, ``worst_group`` or ``oracle`` (module docstring) as a :class:`SelectionRule`."""
+    """``final``, ``alpha=A``, ``worst_group[=SPLIT]`` or ``oracle`` (module docstring) as a
+    :class:`SelectionRule`."""
     fixed = {"final": SelectionRule("final", ("val", "accuracy"), last_epoch=True,
                                     note="the last evaluated epoch; hyperparameters by validation accuracy there "
                                          "(the paper's)"),
@@ -227,6 +230,12 @@ def parse_rule(rule: str) -> SelectionRule:
                                           "at the test set, an upper bound rather than a fair result")}
     if rule in fixed:
         return fixed[rule]
+    if rule == "worst_group=val":
+        return fixed["worst_group"]
+    if rule == "worst_group=balanced_val":
+        return SelectionRule(rule, ("balanced_val", "worst_group"),
+                             note="epoch and hyperparameters by worst-group accuracy on balanced_val (uses the "
+                                  "bias labels of the held-out draw with every factor uniform)")
     if rule.startswith("alpha="):
         try:
             a = float(rule.split("=", 1)[1])
@@ -235,7 +244,8 @@ def parse_rule(rule: str) -> SelectionRule:
         if a is not None and math.isfinite(a):
             return SelectionRule(rule, ("tuning", "alpha", str(a)),
                                  note=f"epoch and hyperparameters by accuracy under tuning distribution alpha = {a:g}")
-    raise BiasbenchError(f"unknown selection rule {rule!r}; expected one of: {', '.join(RULES)} (e.g. alpha=0)")
+    raise BiasbenchError(f"unknown selection rule {rule!r}; expected one of: {', '.join(RULES)} "
+                         f"(e.g. alpha=0, worst_group=balanced_val)")
 
 
 def select_epoch(run: RunRecord, rule: SelectionRule) -> int:
