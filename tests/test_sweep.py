@@ -1,3 +1,4 @@
+import csv
 import html
 import json
 import os
@@ -131,6 +132,13 @@ def test_only_runs_a_subset_and_the_sweep_lists_every_trial(tmp_path, capsys):
     assert len(list((tmp_path / "s" / "runs").glob("*/metrics.json"))) == 1
     assert main(["sweep", path, *common]) == 0
     assert "4 trials: 3 trained, 1 already finished" in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "s"), "--out", str(tmp_path / "rep")]) == 0
+    chosen = list(csv.DictReader((tmp_path / "rep" / "selected.csv").open()))
+    assert sorted((r["method"], r["seed"]) for r in chosen) == [("stdm", "0"), ("stdm", "1"), ("upweight", "0"),
+                                                                ("upweight", "1")]
+    for r in chosen:  # the weights each number was computed with, kept by the run at its chosen epoch
+        assert r["epoch"] == "1" and r["weights"] == str(tmp_path / "s" / "runs" / r["run_id"] / "weights" /
+                                                          "epoch001.pt") and Path(r["weights"]).is_file()
     assert main(["sweep", path, *common, "--only", "method=stdm,upweight", "--only", "seed=9"]) == 2
     assert "--only seed=9 matches none of the 4 trials left (values of seed here: 0, 1)" in capsys.readouterr().err
     assert len(json.loads((tmp_path / "s" / "sweep.json").read_text())["trials"]) == 4  # untouched by the error
@@ -313,6 +321,9 @@ def test_report_selection_rule_from_the_command_line(tmp_path, capsys):
         assert f"| StdM | {acc} | 1 | 1 | 42.0 |" in out and f"Selection ({rule}): " in out and says in out
         assert says in html.unescape((tmp_path / rule / "index.html").read_text())
         assert json.loads((tmp_path / rule / "report.json").read_text())["rule"] == rule
+        chosen = list(csv.DictReader((tmp_path / rule / "selected.csv").open()))  # the model behind the number
+        assert [(r["method"], r["test_accuracy"], r["epoch"]) for r in chosen] == [("stdm", acc + "0", "2")]
+        assert chosen[0]["score"] == {"final": "90.00", "oracle": "50.00"}[rule] and chosen[0]["weights"] == ""
     assert main(["report", str(tmp_path / "sw"), "--out", str(tmp_path / "bad"), "--select", "best"]) == 2
     err = capsys.readouterr().err
     assert "unknown selection rule 'best'" in err and not (tmp_path / "bad").exists()

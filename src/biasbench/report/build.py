@@ -17,7 +17,8 @@ from . import figures as F
 from .html import write_index
 from .records import compared_settings, load_sweeps, parse_rule, select
 from .tables import (dataset_summary, fig5_data, iosm, iosm_markdown, mmd_points, p_bias_data, p_bias_markdown,
-                     setting_variants, table1, table1_csv, table1_latex, table1_markdown, tuning_sensitivity)
+                     selected_csv, selected_rows, setting_variants, table1, table1_csv, table1_latex, table1_markdown,
+                     tuning_sensitivity)
 
 NOTES = {
     "table1": "Unbiased accuracy = accuracy on the p_bias = 0.1 test set (%). Explicit methods: mean over their "
@@ -58,6 +59,8 @@ def build_report(sweep_dirs, out: str | os.PathLike, rule: str = "final", pool=(
     atomic_write_text(out / "table1.md", table1_markdown(t1) + "\n")
     atomic_write_text(out / "table1.csv", table1_csv(t1))
     atomic_write_text(out / "table1.tex", table1_latex(t1) + "\n")
+    picked = selected_rows(chosen, rule_)
+    atomic_write_text(out / "selected.csv", selected_csv(picked))
     io_rows = iosm(chosen)
     atomic_write_text(out / "iosm.md", iosm_markdown(io_rows) + "\n")
     variants = setting_variants(chosen)
@@ -93,7 +96,7 @@ def build_report(sweep_dirs, out: str | os.PathLike, rule: str = "final", pool=(
     summary = {"sweep": sweep["name"], "scale": sweep["scale"], "rule": rule, "selection": rule_.note,
                "pooled": list(pool), "sweeps": dirs, "dataset": dataset_summary(chosen),
                "trials": sweep["trials"], "runs_with_records": len(records),
-               "table1": t1, "iosm": io_rows,
+               "table1": t1, "selected": picked, "iosm": io_rows,
                "tuning": {label: {m: {str(a): v for a, v in d.items()} for m, d in t.items()}
                           for label, t in tuning.items()},
                "figures": {k: (p.name if p else None) for k, p in figs.items()}}
@@ -106,7 +109,8 @@ def build_report(sweep_dirs, out: str | os.PathLike, rule: str = "final", pool=(
     summary["scale_note"] = scale_note.strip()
     sections = [
         ("Table 1: unbiased accuracy", table1_markdown(t1), None),
-        ("", NOTES["table1"] + f" Selection ({rule}): {rule_.note}." + scale_note, None),
+        ("", NOTES["table1"] + f" Selection ({rule}): {rule_.note}. The chosen run and epoch of each number, "
+             f"with its score and the path of its weights: selected.csv." + scale_note, None),
         *figure_sections(sections_of["fig3a"]),
         *figure_sections(sections_of["fig3b"]),
         *figure_sections(sections_of["fig5"]),

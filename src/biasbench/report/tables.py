@@ -209,6 +209,47 @@ def table1_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
+SELECTED_COLUMNS = ("variant", "method", "explicit", "seed", "run_id", "epoch", "score", "test_accuracy",
+                    "test_worst_group", "hparams", "weights")
+
+
+def selected_rows(selected: list[tuple[RunRecord, int]], rule) -> list[dict]:
+    """One row per chosen (run, epoch), the model each Table-1 number comes from: its variant, method, explicit
+    set, seed, run id, the chosen epoch, the rule's ``score`` there (``rule``: a
+    :class:`~biasbench.report.records.SelectionRule`), the unbiased test accuracy and worst group, the method
+    hyperparameters, and ``weights``: the path of the weights kept at that epoch (``RUNS/<run_id>/weights/
+    epochNNN.pt``, which ``biasbench audit --epoch N`` and ``torch.load`` read), "" when the folder does not hold
+    them (records copied without their weights). Ordered by variant, method (the report's order), explicit set,
+    seed."""
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    rows = []
+    for label, runs in setting_variants(selected):
+        for run, ep in runs:
+            test = test_metrics(run, ep)
+            weights = run.runs_dir / run.run_id / "weights" / f"epoch{ep:03d}.pt" if run.runs_dir else None
+            score = rule.score(run.evals, ep)
+            rows.append({"variant": label, "method": run.method, "explicit": "+".join(run.explicit),
+                         "seed": run.seed, "run_id": run.run_id, "epoch": ep,
+                         "score": score if math.isfinite(score) else None,
+                         "test_accuracy": test.get("accuracy"), "test_worst_group": test.get("worst_group"),
+                         "hparams": json.dumps(run.hparams, sort_keys=True),
+                         "weights": str(weights) if weights is not None and weights.is_file() else ""})
+    variant_at = {label: i for i, (label, _) in enumerate(setting_variants(selected))}
+    rows.sort(key=lambda r: (variant_at[r["variant"]], order.get(r["method"], len(order)), r["method"],
+                             r["explicit"], r["seed"]))
+    return rows
+
+
+def selected_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(SELECTED_COLUMNS)
+    for r in rows:
+        w.writerow([_fmt(r[k], 2) if k in ("score", "test_accuracy", "test_worst_group") else r[k]
+                    for k in SELECTED_COLUMNS])
+    return buf.getvalue()
+
+
 def table1_latex(rows: list[dict]) -> str:
     lead = _has_variants(rows)
     lines = [r"\begin{tabular}{" + ("l" if lead else "") + "lrr}", r"\toprule",
