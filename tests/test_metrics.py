@@ -54,6 +54,30 @@ def _case():
     return pred, y, f
 
 
+def test_prediction_gaps():
+    """DP and EO gaps: FFB's definitions with two classes and two values (checked against the hand formulas);
+    0 for a model that ignores the factor and 100 for one that predicts the factor's value, with ten classes;
+    a split with one value present has no gap (NaN); evaluate_split records both per factor."""
+    rng = np.random.default_rng(0)
+    y, b = rng.integers(0, 2, 2000), rng.integers(0, 2, 2000)
+    pred = np.where(rng.random(2000) < 0.3, b, y)
+    rate = [np.mean(pred[b == v] == 1) for v in (0, 1)]
+    eo = [abs(np.mean(pred[(b == 0) & (y == c)] == 1) - np.mean(pred[(b == 1) & (y == c)] == 1)) for c in (0, 1)]
+    gaps = M.prediction_gaps(pred, y, b, 2, num_classes=2)
+    assert gaps["dp_gap"] == pytest.approx(100 * abs(rate[0] - rate[1]))
+    assert gaps["eo_gap"] == pytest.approx(100 * sum(eo) / 2)  # FFB sums over the two classes; we average
+    y, b = np.repeat(np.arange(10), 10), np.tile(np.arange(10), 10)  # every (class, value) cell once
+    assert M.prediction_gaps(y, y, b, 10) == {"dp_gap": 0.0, "eo_gap": 0.0}  # right everywhere: b is ignored
+    assert M.prediction_gaps(b, y, b, 10) == {"dp_gap": 100.0, "eo_gap": 100.0}  # the factor's value, always
+    half = np.where(y < 5, b, y)  # classes 0-4 follow the factor
+    assert M.prediction_gaps(half, y, b, 10)["eo_gap"] == pytest.approx(50.0)
+    assert np.isnan(M.prediction_gaps(y, y, np.zeros(100, int), 10)["dp_gap"])
+    y, b = np.repeat(np.arange(10), 9), np.tile(np.arange(9), 10)  # nine values: every factor has them
+    rec = M.evaluate_split(b, y, np.stack([b] * len(FACTORS), 1))
+    # nine classes follow nine values, the tenth is never predicted: its rate has no range
+    assert all(rec["factors"][f]["dp_gap"] == 90.0 and rec["factors"][f]["eo_gap"] == 90.0 for f in FACTORS)
+
+
 def test_majority_minority_mmd_exact():
     pred, y, f = _case()
     out = M.evaluate_split(pred, y, f, "paper")

@@ -136,6 +136,8 @@ def test_only_runs_a_subset_and_the_sweep_lists_every_trial(tmp_path, capsys):
     chosen = list(csv.DictReader((tmp_path / "rep" / "selected.csv").open()))
     assert sorted((r["method"], r["seed"]) for r in chosen) == [("stdm", "0"), ("stdm", "1"), ("upweight", "0"),
                                                                 ("upweight", "1")]
+    gaps = (tmp_path / "rep" / "gaps.md").read_text()  # recorded by training, per factor, on the test set
+    assert "Equalized-odds gap per factor (test)" in gaps and "| UpWt | " in gaps and "| StdM | " in gaps
     for r in chosen:  # the weights each number was computed with, kept by the run at its chosen epoch
         assert r["epoch"] == "1" and r["weights"] == str(tmp_path / "s" / "runs" / r["run_id"] / "weights" /
                                                           "epoch001.pt") and Path(r["weights"]).is_file()
@@ -262,7 +264,8 @@ def _fake_sweep(root: Path, runs: list[dict], name: str = "fake") -> None:
         trials.append({"trial_id": r.get("trial_id", f"{name}-t{i}"),
                        "dataset": {"p_bias": {f: 0.7 for f in FACTORS}, **r.get("dataset", {})},
                        "config": cfg, "run_id": run_id})
-        factors = {f: {"majority": r["acc"] + 20, "minority": r["acc"], "mmd": r.get("mmd", 20.0)} for f in FACTORS}
+        factors = {f: {"majority": r["acc"] + 20, "minority": r["acc"], "mmd": r.get("mmd", 20.0),
+                       **({"dp_gap": r["dp"][f]} if f in r.get("dp", {}) else {})} for f in FACTORS}
         test = {"accuracy": r["acc"], "factors": factors}
         ep = r.get("epoch", 2)
         hist = [{"epoch": ep, "split": "test", "metrics": test},
@@ -272,6 +275,25 @@ def _fake_sweep(root: Path, runs: list[dict], name: str = "fake") -> None:
         (root / "runs" / run_id).mkdir(parents=True, exist_ok=True)  # trials may share a run (one recipe)
         (root / "runs" / run_id / "metrics.json").write_text(json.dumps({"history": hist}))
     (root / "sweep.json").write_text(json.dumps({"name": name, "scale": "full", "trials": trials}))
+
+
+def test_report_gap_tables(tmp_path):
+    """gaps.md: the test-set DP gap per method and factor, the mean over the selected runs that recorded it
+    (older records without it are left out, a factor without any value is a dash); no file when no run has one."""
+    _fake_sweep(tmp_path / "sw", [
+        {"method": "stdm", "seed": 0, "acc": 40.0, "dp": {"texture": 60.0, "digit_color": 10.0}},
+        {"method": "stdm", "seed": 1, "acc": 40.0, "dp": {"texture": 80.0, "digit_color": float("nan")}},
+        {"method": "stdm", "seed": 2, "acc": 40.0},
+        {"method": "rubi", "seed": 0, "explicit": ["texture"], "acc": 40.0, "dp": {"texture": 5.0}}])
+    build_report(str(tmp_path / "sw"), tmp_path / "rep")
+    lines = (tmp_path / "rep" / "gaps.md").read_text().splitlines()
+    assert lines[0] == "Demographic-parity gap per factor (test)" and "Equalized-odds" not in "".join(lines)
+    assert lines[4] == "| StdM | 10.0 | – | – | – | – | 70.0 | – |"
+    assert lines[5] == "| RUBi | – | – | – | – | – | 5.0 | – |"
+    assert "Demographic-parity gap per factor" in (tmp_path / "rep" / "index.html").read_text()
+    _fake_sweep(tmp_path / "old", [{"method": "stdm", "seed": 0, "acc": 40.0}])
+    build_report(str(tmp_path / "old"), tmp_path / "rep-old")
+    assert not (tmp_path / "rep-old" / "gaps.md").exists()
 
 
 def test_report_table_values_are_exact(tmp_path):

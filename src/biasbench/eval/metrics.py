@@ -69,6 +69,42 @@ def cell_mean_and_worst(correct: np.ndarray, y: np.ndarray, factors: np.ndarray)
     return out
 
 
+def prediction_gaps(pred: np.ndarray, y: np.ndarray, values: np.ndarray, num_values: int,
+                    num_classes: int = NUM_CLASSES) -> dict[str, float]:
+    """Distribution gaps of the predictions across one factor's values (percentage points; 0 = the predictions
+    do not depend on the factor), FFB's fairness gaps (Han et al., 2023) for ten classes and a many-valued
+    attribute b:
+
+    - ``dp_gap`` (demographic parity): ``mean_k (max_b - min_b) P(pred = k | b)``, over the predicted classes k
+      and the values b present. With two classes it is FFB's ``|P(pred = 1 | b = 0) - P(pred = 1 | b = 1)|``.
+    - ``eo_gap`` (equalized odds): ``mean_y mean_k (max_b - min_b) P(pred = k | y, b)``, over the classes y
+      with at least two values present. With two classes it is half of FFB's sum over y.
+
+    On the unbiased test set (b independent of y), a model that ignores the factor has both near 0 and one
+    that predicts the class the factor's value is aligned with has both at 100 (at most 90 for digit position,
+    whose nine cells cannot name ten classes). They are ranges of estimated rates, so finite cells push them
+    up: with about 100 test images per (class, value) cell, as at full scale, EO's ranges carry several points
+    of noise. NaN when fewer than two values are present."""
+    pred, y = np.asarray(pred, dtype=np.int64), np.asarray(y, dtype=np.int64)
+    b = np.asarray(values, dtype=np.int64)
+    k = num_classes
+    n_bk = np.bincount(b * k + pred, minlength=num_values * k).reshape(num_values, k).astype(np.float64)
+    n_ybk = np.bincount((y * num_values + b) * k + pred,
+                        minlength=k * num_values * k).reshape(k, num_values, k).astype(np.float64)
+    return {"dp_gap": _mean_range(n_bk[None]), "eo_gap": _mean_range(n_ybk)}
+
+
+def _mean_range(counts: np.ndarray) -> float:
+    """``mean_g mean_k (max_b - min_b) counts[g, b, k] / n[g, b]`` in percent over the rows g with at least two
+    non-empty b (n[g, b] = sum_k counts[g, b, k]); NaN when no row has two."""
+    n = counts.sum(2, keepdims=True)
+    present = n > 0
+    rate = np.divide(counts, n, out=np.zeros_like(counts), where=present)
+    spread = (np.where(present, rate, -np.inf).max(1) - np.where(present, rate, np.inf).min(1)).mean(1)
+    rows = present[:, :, 0].sum(1) >= 2
+    return float(100.0 * spread[rows].mean()) if rows.any() else float("nan")
+
+
 ECE_BINS = 15
 """Confidence bins of :func:`expected_calibration_error` (Guo et al., 2017's 15)."""
 
@@ -125,7 +161,8 @@ def evaluate_split(pred: np.ndarray, y: np.ndarray, factors: np.ndarray, mode: s
     """All metrics of one split, as a JSON-ready dict::
 
         accuracy, mpa, cell_mean (mean over factors of per-factor cell means), worst_group (min over
-        factors), factors: {name: {majority, minority, mmd, cell_mean, worst_group, n_majority, n_minority}},
+        factors), factors: {name: {majority, minority, mmd, cell_mean, worst_group, dp_gap, eo_gap,
+        n_majority, n_minority}} (:func:`prediction_gaps`),
         alpha: {"-1.0": ..., "0.0": ..., ...} when p_train is given,
         ece (:func:`expected_calibration_error`) when the logits are given.
     """
@@ -134,8 +171,9 @@ def evaluate_split(pred: np.ndarray, y: np.ndarray, factors: np.ndarray, mode: s
     maj = majority_mask(y, factors, mode)
     per = majority_minority(correct, maj)
     cells = cell_mean_and_worst(correct, y, factors)
-    for name in FACTORS:
+    for f, name in enumerate(FACTORS):
         per[name].update(cells[name])
+        per[name].update(prediction_gaps(pred, y, factors[:, f], FACTOR_TABLE[name].num_values))
     out = {
         "n": int(len(y)),
         "accuracy": accuracy(pred, y),

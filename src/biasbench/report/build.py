@@ -29,7 +29,13 @@ NOTES = {
     "iosm": "IOSM (improvement over the standard model; the paper's exact definition could not be confirmed, "
             "this is ours): a method's test accuracy minus StdM's on the same seed and setting, overall and on the "
             "majority and minority groups (mean over the seven factors), in points.",
+    "gaps": "Distribution gaps of the test predictions across each factor's values (FFB's fairness gaps for ten "
+            "classes and a many-valued attribute b; 0: the predictions do not depend on the factor, 100: they "
+            "follow it; in points): DP = mean over predicted classes k of the range over b of P(pred = k | b); "
+            "EO = the same for P(pred = k | y, b), averaged over true classes y. Mean over each method's selected "
+            "runs at their selected epoch; ranges of estimated rates, so small cells add a few points of noise.",
 }
+GAP_TITLES = {"dp_gap": "Demographic-parity gap per factor (test)", "eo_gap": "Equalized-odds gap per factor (test)"}
 
 
 def _json_safe(obj):
@@ -93,6 +99,9 @@ def build_report(sweep_dirs, out: str | os.PathLike, rule: str = "final", pool=(
     audits = audit_table(chosen)
     if audits:
         atomic_write_text(out / "audit.md", audits + "\n")
+    gaps = {key: gap_table(chosen, key) for key in ("dp_gap", "eo_gap")}
+    if any(gaps.values()):
+        atomic_write_text(out / "gaps.md", "\n\n".join(f"{GAP_TITLES[k]}\n\n{t}" for k, t in gaps.items() if t) + "\n")
     summary = {"sweep": sweep["name"], "scale": sweep["scale"], "rule": rule, "selection": rule_.note,
                "pooled": list(pool), "sweeps": dirs, "dataset": dataset_summary(chosen),
                "trials": sweep["trials"], "runs_with_records": len(records),
@@ -126,6 +135,11 @@ def build_report(sweep_dirs, out: str | os.PathLike, rule: str = "final", pool=(
         sections.append(("", "Share of single-factor changes that change the prediction (biasbench audit), mean "
                              "over the audited runs of each method, each audited at its selected epoch; runs "
                              "without such an audit are left out.", None))
+    for key, table in gaps.items():
+        if table:
+            sections.append((GAP_TITLES[key], table, None))
+    if any(gaps.values()):
+        sections.append(("", NOTES["gaps"], None))
     folders = f" from {len(dirs)} sweep folders ({', '.join(dirs)})" if len(dirs) > 1 else ""
     pooled = f" Pooled over: {', '.join(pool)}." if pool else ""
     sections.append(("About", f"Sweep {sweep['name']} (scale {sweep['scale']}){folders}: "
@@ -184,6 +198,25 @@ def run_audit(run, epoch: int) -> dict | None:
 def audit_table(chosen) -> str | None:
     """Markdown table of mean flip rates per method and factor (a block of rows per setting variant) over the
     selected runs that have an audit of their selected epoch (:func:`run_audit`)."""
+    def flips(run, ep):
+        res = run_audit(run, ep)
+        return {f: v["flip_rate"] for f, v in (res or {}).get("factors", {}).items()}
+    return factor_table(chosen, flips, "{:.3f}")
+
+
+def gap_table(chosen, key: str) -> str | None:
+    """Markdown table of a test-set metric per factor (``dp_gap`` or ``eo_gap``,
+    :func:`biasbench.eval.metrics.prediction_gaps`), mean per method over the selected runs at their selected
+    epoch; runs whose records predate the metric are left out."""
+    def gaps(run, ep):
+        factors = run.evals[ep].get("test", {}).get("factors", {})
+        return {f: v[key] for f, v in factors.items() if isinstance(v, dict) and v.get(key) is not None}
+    return factor_table(chosen, gaps, "{:.1f}")
+
+
+def factor_table(chosen, values, fmt: str) -> str | None:
+    """Markdown table, method x factor, of the mean of ``values(run, epoch)`` (factor -> number; NaN left out)
+    over each method's selected runs (a block of rows per setting variant); None when no run has a value."""
     from statistics import mean
 
     from ..data.factors import FACTORS
@@ -194,14 +227,13 @@ def audit_table(chosen) -> str | None:
     lines = [("| variant " if lead else "") + "| method | " + " | ".join(FACTORS) + " |",
              "|---" * (len(FACTORS) + 1 + lead) + "|"]
     for label, runs in variants:
-        flips: dict = {}
+        got: dict = {}
         for run, ep in runs:
-            res = run_audit(run, ep)
-            for f in FACTORS:
-                if res and f in res.get("factors", {}):
-                    flips.setdefault(run.method, {}).setdefault(f, []).append(res["factors"][f]["flip_rate"])
-        for m in method_order(flips):
-            cells = [f"{mean(flips[m][f]):.3f}" if f in flips[m] else "–" for f in FACTORS]
+            for f, v in values(run, ep).items():
+                if f in FACTORS and v == v:
+                    got.setdefault(run.method, {}).setdefault(f, []).append(v)
+        for m in method_order(got):
+            cells = [fmt.format(mean(got[m][f])) if f in got[m] else "–" for f in FACTORS]
             lines.append((f"| {label} " if lead else "") + f"| {method_name(m)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) if len(lines) > 2 else None
 

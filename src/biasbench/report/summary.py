@@ -30,11 +30,13 @@ def format_run_summary(result: dict) -> str:
                      + ", ".join(f"alpha={float(k):g}: {v:.2f}" for k, v in a.items()))
     test = final.get("test")
     if test:
-        lines += ["", "bias on the unbiased test set (MMD = majority - minority accuracy, points):",
-                  f"{'factor':18s}{'majority':>10s}{'minority':>10s}{'MMD':>8s}"]
+        lines += ["", "bias on the unbiased test set (MMD = majority - minority accuracy; DP, EO gap = the "
+                      "predictions' demographic-parity and equalized-odds gaps across the factor's values; points):",
+                  f"{'factor':18s}{'majority':>10s}{'minority':>10s}{'MMD':>8s}{'DP gap':>8s}{'EO gap':>8s}"]
         for f in FACTORS:
             fm = test["factors"][f]
-            lines.append(f"{f:18s}{fm['majority']:10.2f}{fm['minority']:10.2f}{fm['mmd']:8.2f}")
+            gaps = "".join(f"{fm[k]:8.2f}" if k in fm else f"{'-':>8s}" for k in ("dp_gap", "eo_gap"))
+            lines.append(f"{f:18s}{fm['majority']:10.2f}{fm['minority']:10.2f}{fm['mmd']:8.2f}{gaps}")
     return "\n".join(lines)
 
 
