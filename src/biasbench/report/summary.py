@@ -30,8 +30,10 @@ def format_run_summary(result: dict) -> str:
                      + ", ".join(f"alpha={float(k):g}: {v:.2f}" for k, v in a.items()))
     test = final.get("test")
     if test:
-        lines += ["", "bias on the unbiased test set (MMD = majority - minority accuracy; DP, EO gap = the "
-                      "predictions' demographic-parity and equalized-odds gaps across the factor's values; points):",
+        lines += ["", "bias on the unbiased test set, in points: MMD = majority - minority accuracy; DP and EO gap = "
+                      "how far the",
+                  "predictions' distribution moves across the factor's values (0: not at all, 100: it follows them; "
+                  "noisy with few images)",
                   f"{'factor':18s}{'majority':>10s}{'minority':>10s}{'MMD':>8s}{'DP gap':>8s}{'EO gap':>8s}"]
         for f in FACTORS:
             fm = test["factors"][f]
