@@ -146,6 +146,69 @@ def test_only_runs_a_subset_and_the_sweep_lists_every_trial(tmp_path, capsys):
     assert len(json.loads((tmp_path / "s" / "sweep.json").read_text())["trials"]) == 4  # untouched by the error
 
 
+def test_random_search_draws_settings_shared_across_the_grid():
+    """search: {samples: N}: every point of the list axes crossed with N draws; draw i is the same setting for
+    every seed (so the report can compare a setting over seeds), within its distribution, stable across
+    expansions and changed by the search seed."""
+    spec = {"search": {"samples": 5, "seed": 3},
+            "grid": {"method": ["group_dro"], "explicit": [["texture"]], "seed": [0, 1],
+                     "hparams.step_size": {"log_uniform": ["1e-4", 0.1]}, "lr": {"choice": [1e-3, 1e-4]},
+                     "hparams.sampler": ["balanced"], "epochs": {"int_uniform": [2, 4]},
+                     "weight_decay": {"uniform": [0, 1e-4]}}}
+    trials = expand(spec, "tiny")
+    assert len(trials) == 2 * 5 and [t.trial_id for t in expand(spec, "tiny")] == [t.trial_id for t in trials]
+
+    def setting(t):
+        c = t.config
+        return c["method_hparams"]["step_size"], c["lr"], c["epochs"], c["weight_decay"]
+    by_seed = {s: [setting(t) for t in trials if t.config["seed"] == s] for s in (0, 1)}
+    assert by_seed[0] == by_seed[1] and len(set(by_seed[0])) == 5
+    for step, lr, epochs, wd in by_seed[0]:
+        assert 1e-4 <= step <= 0.1 and lr in (1e-3, 1e-4) and epochs in (2, 3, 4) and 0 <= wd <= 1e-4
+        assert float(f"{step:.4g}") == step
+    other = expand({**spec, "search": {"samples": 5, "seed": 4}}, "tiny")
+    assert {setting(t) for t in other}.isdisjoint(set(by_seed[0]))
+    assert len(expand({**spec, "search": {"samples": 5}}, "tiny")) == 10  # seed 0 by default
+    more = {t.trial_id for t in expand({**spec, "search": {"samples": 7, "seed": 3}}, "tiny")}
+    assert len(more) == 14 and {t.trial_id for t in trials} < more  # more samples add to the first ones
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"search": None}, "grid axis 'lr' is a distribution: add search: {samples: N}"),
+    ({"grid": {"method": ["stdm"], "lr": [1e-3]}}, "search: no grid axis is a distribution"),
+    ({"search": {"samples": 0}}, "samples must be a positive integer"),
+    ({"search": {"samples": 2, "rounds": 1}}, "search takes samples (and seed)"),
+    ({"grid": {"method": ["stdm"], "lr": {"normal": [0, 1]}}}, "a distribution is one of uniform, log_uniform,"),
+    ({"grid": {"method": ["stdm"], "lr": {"uniform": [1, 0]}}}, "uniform takes [lo, hi] with lo <= hi"),
+    ({"grid": {"method": ["stdm"], "lr": {"log_uniform": [0, 1]}}}, "log_uniform needs lo > 0"),
+    ({"grid": {"method": ["stdm"], "epochs": {"int_uniform": [1, 2.5]}}}, "int_uniform takes integer bounds"),
+    ({"grid": {"method": ["stdm"], "lr": {"choice": []}}}, "choice takes a non-empty list"),
+])
+def test_bad_random_searches(change, message):
+    spec = {"search": {"samples": 2}, "grid": {"method": ["stdm"], "lr": {"log_uniform": [1e-4, 1e-2]}}, **change}
+    spec = {k: v for k, v in spec.items() if v is not None}
+    with pytest.raises(BiasbenchError) as info:
+        expand(spec, "tiny")
+    assert message in str(info.value)
+
+
+def test_random_search_runs_and_the_report_chooses_a_sample(tmp_path, capsys):
+    """A random search over StdM's learning rate runs from a YAML file, the dry run names each draw's lr, and the
+    report picks one sample per seed (one run averaged)."""
+    path = _write(tmp_path, MICRO.replace("grid:\n  method: [stdm, upweight]\n  seed: [0, 1]",
+                                          "search: {samples: 2, seed: 1}\ngrid:\n  method: [stdm]\n  seed: [0]\n"
+                                          "  lr: {log_uniform: [1e-4, 1e-2]}"))
+    common = ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "s")]
+    assert main(["sweep", path, *common, "--dry-run"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == "2 trials in 2 units of work" and all(" lr=0.0" in line for line in lines[:2])
+    assert main(["sweep", path, *common]) == 0 and main(["report", str(tmp_path / "s"), "--out", str(tmp_path / "r")]) == 0
+    assert "| StdM | " in capsys.readouterr().out
+    chosen = list(csv.DictReader((tmp_path / "r" / "selected.csv").open()))
+    runs = {p.parent.name for p in (tmp_path / "s" / "runs").glob("*/metrics.json")}
+    assert len(chosen) == 1 and len(runs) == 2 and chosen[0]["run_id"] in runs
+
+
 def test_trial_ids_are_stable(tmp_path):
     a = [t.trial_id for t in expand(load_spec(_write(tmp_path, MICRO)))]
     reordered = MICRO.replace("  method: [stdm, upweight]\n  seed: [0, 1]", "  seed: [0, 1]\n  method: [stdm, upweight]")
@@ -163,6 +226,7 @@ def test_trial_ids_are_stable(tmp_path):
     ("grid: {dataset.colour: [1]}", "unknown dataset axis"),
     ("grids: {method: [stdm]}", "unknown sweep key(s): grids"),
     ("grid: [unclosed", "not valid YAML"),
+    ("search: {samples: 2}\ngrid: {method: [stdm], lr: {normal: [0, 1]}}", "a distribution is one of uniform"),
 ])
 def test_bad_sweep_files(tmp_path, capsys, text, message):
     path = _write(tmp_path, text)

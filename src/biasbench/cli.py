@@ -413,11 +413,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     every = expand(spec, scale, seeds)
     trials = select_trials(every, args.only)
     if args.dry_run:
+        from .config import TrainConfig
         from .data.stamps import DRAWINGS
         from .methods import get_method_class
         from .sweep.runners import resolve_fuse
         from .sweep.trial import plan_units
 
+        TRAIN_DEFAULTS = TrainConfig(data="").to_dict()
         fuse = resolve_fuse(args.fuse, args.device, args.compile)
         unit_of = {t.trial_id: i for i, u in enumerate(plan_units(trials, fuse)) for t in u}
         for t in trials:
@@ -427,12 +429,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             defaults = get_method_class(c["method"]).default_hparams
             hp = ",".join(f"{k}={v}" for k, v in sorted((c.get("method_hparams") or {}).items())
                           if v != defaults.get(k))
+            opt = "".join(f" {k}={c[k]:g}" for k in ("lr", "weight_decay", "momentum")
+                          if k in c and c[k] != TRAIN_DEFAULTS[k])
             print(f"{t.trial_id}  unit {unit_of[t.trial_id]:3d}  {c['method']:10s} explicit={','.join(c['explicit']) or '-':40s} seed={c['seed']} "
                   f"p_bias={sorted(set(t.dataset.p_bias.values()))}"
                   f"{' jpeg=' + str(t.dataset.jpeg_quality) if t.dataset.jpeg_quality else ''}"
                   f"{' drawing=' + t.dataset.drawing if t.dataset.drawing != DRAWINGS[0] else ''} "
                   f"model={c['model']}{'(' + kw + ')' if kw else ''} "
-                  f"opt={c['optimizer']} progressive={prog} hparams={hp or 'defaults'}")
+                  f"opt={c['optimizer']}{opt} progressive={prog} hparams={hp or 'defaults'}")
         picked = f" (--only: {len(trials)} of {len(every)})" if len(trials) < len(every) else ""
         print(f"{len(trials)} trials{picked} in {len(set(unit_of.values()))} units of work")
         return 0

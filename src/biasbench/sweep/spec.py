@@ -19,6 +19,22 @@ A sweep file (YAML)::
       - {method: lff, seed: 0}
     tracker: mlflow        # optional: tracker(s) for every trial (the CLI's --tracker wins)
 
+Random search (DomainBed's): an axis may give a distribution instead of a list, and ``search`` says how many
+samples to draw::
+
+    search: {samples: 8, seed: 0}
+    grid:
+      method: [group_dro]
+      seed: [0, 1, 2]
+      hparams.step_size: {log_uniform: [1.0e-4, 1.0e-1]}
+      lr: {choice: [1.0e-3, 1.0e-4]}
+
+Every point of the list axes is crossed with the ``samples`` draws. Draw i of an axis depends only on the
+search seed, i and the axis name (:func:`draw`), so sample i is one hyperparameter setting shared by every
+seed, method and explicit set of the grid (the report chooses among samples per seed, as among grid values).
+Distributions: ``uniform: [lo, hi]``, ``log_uniform: [lo, hi]`` (lo > 0), ``int_uniform: [lo, hi]`` (both
+ends included) and ``choice: [a, b, ...]``; floats are kept to 4 significant digits.
+
 A trial is (dataset settings, train configuration). Methods without bias labels drop their explicit set
 (:class:`TrainConfig` normalises it), so such duplicates collapse into one trial. ``trial_id`` is a stable
 hash of the trial; the run folder is keyed by the run id of its configuration and dataset.
@@ -48,7 +64,9 @@ SCALES: dict[str, dict[str, dict[str, Any]]] = {
 TRAIN_KEYS = {"method", "model", "model_kwargs", "optimizer", "lr", "weight_decay", "momentum", "batch_size",
               "epochs", "eval_epochs", "seed", "precision", "channels_last", "explicit", "grouping", "progressive"}
 DATASET_KEYS = {f.name for f in fields(DatasetSettings)}
-TOP_KEYS = {"name", "scale", "base", "dataset", "grid", "include", "description", "tracker"}
+TOP_KEYS = {"name", "scale", "base", "dataset", "grid", "include", "description", "tracker", "search"}
+DISTRIBUTIONS = ("uniform", "log_uniform", "int_uniform", "choice")
+"""Random-search distributions of an axis (module docstring)."""
 
 PAPER_ORDER = ("distractor_shape", "texture", "digit_color", "background_color", "texture_color",
                "distractor_color", "digit_position")
@@ -161,8 +179,81 @@ def load_spec(source: str) -> dict:
 
 def _axis_values(name: str, values: Any) -> list:
     if not isinstance(values, list) or not values:
-        raise BiasbenchError(f"grid axis {name!r} must be a non-empty list, got {values!r}")
+        raise BiasbenchError(f"grid axis {name!r} must be a non-empty list or a distribution "
+                             f"({', '.join(DISTRIBUTIONS)}), got {values!r}")
     return values
+
+
+def _check_distribution(name: str, dist: Any) -> tuple[str, list]:
+    """``{kind: args}`` of a random-search axis, checked."""
+    if not isinstance(dist, dict) or len(dist) != 1 or next(iter(dist)) not in DISTRIBUTIONS:
+        raise BiasbenchError(f"grid axis {name!r}: a distribution is one of {', '.join(DISTRIBUTIONS)} with its "
+                             f"arguments, e.g. {{log_uniform: [1.0e-4, 1.0e-1]}}; got {dist!r}")
+    kind, args = next(iter(dist.items()))
+    if kind == "choice":
+        if not isinstance(args, list) or not args:
+            raise BiasbenchError(f"grid axis {name!r}: choice takes a non-empty list, got {args!r}")
+        return kind, args
+    if isinstance(args, list):  # YAML reads 1e-4 (no dot) as a string
+        args = [_number(v) for v in args]
+    ok = isinstance(args, list) and len(args) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf") for v in args)
+    if not ok or args[0] > args[1]:
+        raise BiasbenchError(f"grid axis {name!r}: {kind} takes [lo, hi] with lo <= hi, got {args!r}")
+    if kind == "log_uniform" and args[0] <= 0:
+        raise BiasbenchError(f"grid axis {name!r}: log_uniform needs lo > 0, got {args!r}")
+    if kind == "int_uniform" and not all(float(v).is_integer() for v in args):
+        raise BiasbenchError(f"grid axis {name!r}: int_uniform takes integer bounds, got {args!r}")
+    return kind, args
+
+
+def _number(v: Any) -> Any:
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return v
+
+
+def draw(name: str, dist: tuple[str, list], search_seed: int, sample: int) -> Any:
+    """Sample ``sample`` of axis ``name`` under ``search_seed``: a function of these three alone (a generator
+    seeded by their hash), so every grid point gets the same setting for a sample and the trial ids are stable.
+    Floats are rounded to 4 significant digits (readable, and exactly reproducible through JSON)."""
+    import numpy as np
+
+    kind, args = dist
+    rng = np.random.default_rng(int(stable_hash(["search", search_seed, sample, name], 16), 16))
+    if kind == "choice":
+        return args[int(rng.integers(len(args)))]
+    if kind == "int_uniform":
+        return int(rng.integers(int(args[0]), int(args[1]) + 1))
+    lo, hi = float(args[0]), float(args[1])
+    v = float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) if kind == "log_uniform" else float(rng.uniform(lo, hi))
+    return float(f"{min(max(v, lo), hi):.4g}")
+
+
+def _search(spec: dict, grid: dict) -> tuple[dict, list[dict]]:
+    """Split ``grid`` into its list axes and the random-search samples (one dict of drawn values per sample;
+    ``[{}]`` without a search)."""
+    dists = {k: v for k, v in grid.items() if isinstance(v, dict)}
+    search = spec.get("search")
+    if search is None:
+        if dists:
+            raise BiasbenchError(f"grid axis {next(iter(dists))!r} is a distribution: add search: {{samples: N}} "
+                                 f"to draw N settings from it")
+        return grid, [{}]
+    if not isinstance(search, dict) or set(search) - {"samples", "seed"}:
+        raise BiasbenchError(f"search takes samples (and seed), e.g. search: {{samples: 8, seed: 0}}; got {search!r}")
+    n, seed = search.get("samples"), search.get("seed", 0)
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1 or not isinstance(seed, int) or isinstance(seed, bool):
+        raise BiasbenchError(f"search: samples must be a positive integer and seed an integer, got {search!r}")
+    if not dists:
+        raise BiasbenchError("search: no grid axis is a distribution (e.g. hparams.step_size: {log_uniform: "
+                             "[1.0e-4, 1.0e-1]})")
+    checked = {k: _check_distribution(k, v) for k, v in dists.items()}
+    samples = [{k: draw(k, d, seed, i) for k, d in checked.items()} for i in range(n)]
+    return {k: v for k, v in grid.items() if k not in dists}, samples
 
 
 def expand(spec: dict, scale: str | None = None, seeds: list[int] | None = None) -> list[Trial]:
@@ -183,11 +274,13 @@ def expand(spec: dict, scale: str | None = None, seeds: list[int] | None = None)
         include = [{**p, "seed": s} for p in include for s in seeds]
     for key in grid:
         _check_axis(key)
+    grid, samples = _search(spec, grid)
     axes = [(k, _axis_values(k, v)) for k, v in grid.items()]
-    points = [dict(zip([k for k, _ in axes], combo)) for combo in itertools.product(*[v for _, v in axes])] \
-        if axes else []
+    points = [{**dict(zip([k for k, _ in axes], combo)), **sample}
+              for combo in itertools.product(*[v for _, v in axes]) for sample in samples] \
+        if axes or samples != [{}] else []
     points += include
-    if not points or (not axes and not spec.get("include")):
+    if not points or (not axes and samples == [{}] and not spec.get("include")):
         raise BiasbenchError("the sweep's grid is empty: give at least one axis with values")
     base_train = {**SCALES[scale]["train"], **(spec.get("base") or {})}
     base_data = {**SCALES[scale]["dataset"], **(spec.get("dataset") or {})}
