@@ -10,6 +10,8 @@ def test_accuracy_and_mpa_exact():
     pred = np.array([0, 0, 0, 1, 0, 1])
     assert M.accuracy(pred, y) == pytest.approx(100 * 4 / 6)
     assert M.mean_per_class_accuracy(pred, y) == pytest.approx((75 + 50) / 2)
+    assert M.worst_class_accuracy(pred, y) == pytest.approx(50)
+    assert M.evaluate_split(pred, y, np.zeros((6, len(FACTORS)), int))["worst_class"] == pytest.approx(50)
 
 
 def test_group_accuracy_with_empty_groups():

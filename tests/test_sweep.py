@@ -630,6 +630,9 @@ def test_selection_rules(tmp_path):
     a.evals[15]["balanced_val"] = {"worst_group": 25.0}
     b.evals[30]["balanced_val"] = {"worst_group": 24.0}
     assert select([a, b], "worst_group=balanced_val") == [(a, 15)]  # the balanced split's cells decide
+    b.evals[15]["val"]["worst_class"] = 50.0
+    a.evals[30]["val"]["worst_class"] = 45.0
+    assert select([a, b], "worst_class") == [(b, 15)]  # no bias labels: the worst class on val
     assert select([a, b], "oracle") == [(b, 15)]  # best test accuracy: b@15 40
     assert select([b, a], "oracle") == [(b, 15)]  # the records' order does not matter
     # a record without the rule's score (older records, a split not evaluated) ranks below every scored one,
@@ -639,7 +642,7 @@ def test_selection_rules(tmp_path):
     assert select([old, a], "worst_group") == [(a, 30)]
     assert select([old], "worst_group") == [(old, 30)]
     with pytest.raises(BiasbenchError, match=r"unknown selection rule 'best'; expected one of: final, alpha=A, "
-                                             r"worst_group\[=val\|balanced_val\], oracle"):
+                                             r"worst_group\[=val\|balanced_val\], worst_class, oracle"):
         select([a], "best")
     for bad in ("alpha=", "alpha=x", "alpha=nan", "alpha=inf", "worst_group=test", "worst_group="):
         with pytest.raises(BiasbenchError, match="unknown selection rule"):

@@ -387,7 +387,8 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
                     help="final (the paper's: last epoch, hyperparameters by validation accuracy; default), "
                          "alpha=A (epoch and hyperparameters by accuracy under tuning distribution A, e.g. alpha=0), "
                          "worst_group (by validation worst-group accuracy: needs validation bias labels; "
-                         "worst_group=balanced_val: on the balanced held-out split) or oracle "
+                         "worst_group=balanced_val: on the balanced held-out split), worst_class (by validation "
+                         "worst-class accuracy: no bias labels) or oracle "
                          "(by unbiased test accuracy: an upper bound, not a fair protocol)")
     rp.add_argument("--pool", default="", metavar="SETTING[,SETTING]",
                     help="settings whose variants are pooled rather than kept apart, for example model_kwargs "

@@ -38,6 +38,13 @@ def mean_per_class_accuracy(pred: np.ndarray, y: np.ndarray, num_classes: int = 
     return float(np.nanmean(acc))
 
 
+def worst_class_accuracy(pred: np.ndarray, y: np.ndarray, num_classes: int = NUM_CLASSES) -> float:
+    """``min_c acc_c`` over the classes present: the worst-class accuracy, which needs no bias labels
+    (SubpopBench's model selection without attributes)."""
+    acc, _ = group_accuracy(np.asarray(pred) == np.asarray(y), y, num_classes)
+    return float(np.nanmin(acc)) if len(y) else float("nan")
+
+
 def cell_accuracy(correct: np.ndarray, y: np.ndarray, values: np.ndarray, num_values: int) -> tuple[np.ndarray, np.ndarray]:
     """(num_values, 10) accuracy and count over (factor value, class) cells; NaN where a cell is empty."""
     g = np.asarray(values, dtype=np.int64) * NUM_CLASSES + np.asarray(y, dtype=np.int64)
@@ -160,7 +167,7 @@ def evaluate_split(pred: np.ndarray, y: np.ndarray, factors: np.ndarray, mode: s
                    p_train: np.ndarray | None = None, alphas=ALPHAS, logits: np.ndarray | None = None) -> dict:
     """All metrics of one split, as a JSON-ready dict::
 
-        accuracy, mpa, cell_mean (mean over factors of per-factor cell means), worst_group (min over
+        accuracy, mpa, worst_class, cell_mean (mean over factors of per-factor cell means), worst_group (min over
         factors), factors: {name: {majority, minority, mmd, cell_mean, worst_group, dp_gap, eo_gap,
         n_majority, n_minority}} (:func:`prediction_gaps`),
         alpha: {"-1.0": ..., "0.0": ..., ...} when p_train is given,
@@ -178,6 +185,7 @@ def evaluate_split(pred: np.ndarray, y: np.ndarray, factors: np.ndarray, mode: s
         "n": int(len(y)),
         "accuracy": accuracy(pred, y),
         "mpa": mean_per_class_accuracy(pred, y),
+        "worst_class": worst_class_accuracy(pred, y),
         "cell_mean": float(np.mean([cells[n]["cell_mean"] for n in FACTORS])),
         "worst_group": float(np.min([cells[n]["worst_group"] for n in FACTORS])),
         "factors": per,

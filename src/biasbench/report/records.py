@@ -12,6 +12,8 @@ Selection rules (``--select``; :func:`parse_rule`):
   attributes, which needs the bias labels of the validation set, of every factor); ``worst_group=balanced_val``
   the same on ``balanced_val``, the held-out draw with every factor uniform, whose cells are all about equally
   full (at p_bias 0.7, ``val``'s smallest cells hold a dozen or two images);
+- ``worst_class``: the evaluated epoch and variant with the best worst-class accuracy on ``val`` (the minimum
+  over the ten classes: SubpopBench's selection without attributes, which needs no bias labels);
 - ``oracle``: the evaluated epoch and variant with the best unbiased test accuracy (DomainBed's test-domain
   oracle). It looks at the test set, so its numbers are an upper bound on what selection can reach, not a
   result of a fair protocol.
@@ -188,7 +190,7 @@ def find_run(runs_dir: Path, trial: dict) -> str | None:
     return None
 
 
-RULES = ("final", "alpha=A", "worst_group[=val|balanced_val]", "oracle")
+RULES = ("final", "alpha=A", "worst_group[=val|balanced_val]", "worst_class", "oracle")
 """The selection rules' spellings, for messages and ``--help``."""
 
 
@@ -217,7 +219,7 @@ class SelectionRule:
 
 
 def parse_rule(rule: str) -> SelectionRule:
-    """``final``, ``alpha=A``, ``worst_group[=SPLIT]`` or ``oracle`` (module docstring) as a
+    """``final``, ``alpha=A``, ``worst_group[=SPLIT]``, ``worst_class`` or ``oracle`` (module docstring) as a
     :class:`SelectionRule`."""
     fixed = {"final": SelectionRule("final", ("val", "accuracy"), last_epoch=True,
                                     note="the last evaluated epoch; hyperparameters by validation accuracy there "
@@ -225,6 +227,9 @@ def parse_rule(rule: str) -> SelectionRule:
              "worst_group": SelectionRule("worst_group", ("val", "worst_group"),
                                           note="epoch and hyperparameters by worst-group validation accuracy (uses "
                                                "the validation set's bias labels)"),
+             "worst_class": SelectionRule("worst_class", ("val", "worst_class"),
+                                          note="epoch and hyperparameters by worst-class validation accuracy (no "
+                                               "bias labels needed)"),
              "oracle": SelectionRule("oracle", ("test", "accuracy"),
                                      note="epoch and hyperparameters by unbiased test accuracy: an oracle that looks "
                                           "at the test set, an upper bound rather than a fair result")}

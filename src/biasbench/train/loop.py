@@ -590,8 +590,8 @@ def _tracker_metrics(history: list[dict], epoch: int) -> dict[str, float]:
             for a, v in m["alpha"].items():
                 out[f"{s}/alpha_{a}"] = v
             continue
-        for k in ("accuracy", "mpa", "cell_mean", "worst_group", "ece"):
-            if k in m:  # (ece: not in the records of runs made before it was added)
+        for k in ("accuracy", "mpa", "worst_class", "cell_mean", "worst_group", "ece"):
+            if k in m:  # (ece, worst_class: not in the records of runs made before they were added)
                 out[f"{s}/{k}"] = m[k]
         if s == "test":  # the paper's headline number, under its own name
             out["test/unbiased_accuracy"] = m["accuracy"]
