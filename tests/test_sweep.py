@@ -410,6 +410,10 @@ def test_report_selection_rule_from_the_command_line(tmp_path, capsys):
         chosen = list(csv.DictReader((tmp_path / rule / "selected.csv").open()))  # the model behind the number
         assert [(r["method"], r["test_accuracy"], r["epoch"]) for r in chosen] == [("stdm", acc + "0", "2")]
         assert chosen[0]["score"] == {"final": "90.00", "oracle": "50.00"}[rule] and chosen[0]["weights"] == ""
+    rules = (tmp_path / "final" / "selection.md").read_text().splitlines()  # every rule side by side
+    assert rules[0] == ("| method | final | alpha=0 | worst_group | worst_group=balanced_val | worst_class | oracle "
+                        "| paper (Table 1) |")
+    assert rules[2].startswith("| StdM | 40.0 | ") and rules[2].endswith(" | 50.0 | 42.0 |")
     assert main(["report", str(tmp_path / "sw"), "--out", str(tmp_path / "bad"), "--select", "best"]) == 2
     err = capsys.readouterr().err
     assert "unknown selection rule 'best'" in err and not (tmp_path / "bad").exists()

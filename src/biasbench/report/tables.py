@@ -209,6 +209,36 @@ def table1_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
+RULES_COMPARED = ("final", "alpha=0", "worst_group", "worst_group=balanced_val", "worst_class", "oracle")
+"""The selection rules side by side in ``selection.md``: the paper's, the balanced tuning distribution, with and
+without bias labels, and the test-set oracle (:mod:`.records`)."""
+
+
+def rules_table(records: list[RunRecord], rules=RULES_COMPARED) -> list[dict]:
+    """Table 1's mean per method (and variant) under each selection rule: rows ``{variant, method, name,
+    paper, means: {rule: mean}}``, in Table 1's order. How far the numbers move with the protocol is how much of a
+    comparison the protocol decides (the peers' "cannot reproduce" threads are often this)."""
+    tables = {rule: table1(select(records, rule)) for rule in rules}
+    rows: dict = {}
+    for rule, t in tables.items():
+        for r in t:
+            row = rows.setdefault((r["variant"], r["method"]), {k: r[k] for k in ("variant", "method", "name", "paper")}
+                                  | {"means": {}})
+            row["means"][rule] = r["mean"]
+    return list(rows.values())
+
+
+def rules_markdown(rows: list[dict], rules=RULES_COMPARED) -> str:
+    lead = "| variant " if _has_variants(rows) else ""
+    lines = [lead + "| method | " + " | ".join(rules) + " | paper (Table 1) |",
+             ("|---" if lead else "") + "|---" * (len(rules) + 2) + "|"]
+    for r in rows:
+        cells = [_fmt(r["means"].get(rule, float("nan"))) for rule in rules]
+        lines.append((f"| {r['variant']} " if lead else "") + f"| {r['name']} | " + " | ".join(cells)
+                     + f" | {_fmt(r['paper'])} |")
+    return "\n".join(lines)
+
+
 SELECTED_COLUMNS = ("variant", "method", "explicit", "seed", "run_id", "epoch", "score", "test_accuracy",
                     "test_worst_group", "hparams", "weights")
 
