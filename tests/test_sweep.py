@@ -88,6 +88,8 @@ def test_only_selects_trials_by_axis_values():
     assert methods(["method=lff,stdm"]) == ["lff", "lff", "stdm", "stdm"]
     assert methods(["explicit=texture", "seed=1"]) == ["group_dro", "irm", "lnl", "rubi", "upweight"]
     assert methods(["explicit=none", "seed=0"]) == ["lff", "sd", "stdm"]
+    assert methods(["explicit=none", "seed=0", "method!=lff,sd"]) == ["stdm"]
+    assert len(select_trials(table1, ["method!=lff"])) == 74
     picked = select_trials(table1, ["method=group_dro", "hparams.step_size=0.001", "explicit=digit_color"])
     assert [t.config["explicit"] for t in picked] == [["digit_color"]] * 2  # the default step size, 1e-3
     with pytest.raises(BiasbenchError, match="values of hparams.step_size here: 0.001"):
@@ -103,10 +105,12 @@ def test_only_selects_trials_by_axis_values():
 
 
 @pytest.mark.parametrize("only, message", [
-    ("method", "--only takes KEY=VALUE[,VALUE], got 'method'"),
+    ("method", "--only takes KEY=VALUE[,VALUE] or KEY!=VALUE[,VALUE], got 'method'"),
     ("method=lff,", "--only takes KEY=VALUE[,VALUE]"),
     ("colour=red", "--only colour=red: unknown sweep axis 'colour'"),
-    ("method=lf", "--only method=lf matches none of the 38 trials left (values of method here: group_dro, irm,"),
+    ("method=lf", "--only method=lf: no trial of the 38 left has that value (values of method here: group_dro, irm,"),
+    ("method!=rebais", "--only method!=rebais: no trial of the 38 left has that value (values of method here:"),
+    ("seed!=0", "--only seed!=0 leaves none of the 38 trials (values of seed here: 0)"),
     ("seed=3", "(values of seed here: 0)"),
 ])
 def test_only_rejects_bad_filters(only, message):
@@ -142,7 +146,7 @@ def test_only_runs_a_subset_and_the_sweep_lists_every_trial(tmp_path, capsys):
         assert r["epoch"] == "1" and r["weights"] == str(tmp_path / "s" / "runs" / r["run_id"] / "weights" /
                                                           "epoch001.pt") and Path(r["weights"]).is_file()
     assert main(["sweep", path, *common, "--only", "method=stdm,upweight", "--only", "seed=9"]) == 2
-    assert "--only seed=9 matches none of the 4 trials left (values of seed here: 0, 1)" in capsys.readouterr().err
+    assert "--only seed=9: no trial of the 4 left has that value (values of seed here: 0, 1)" in capsys.readouterr().err
     assert len(json.loads((tmp_path / "s" / "sweep.json").read_text())["trials"]) == 4  # untouched by the error
 
 

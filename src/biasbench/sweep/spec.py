@@ -315,12 +315,14 @@ def expand(spec: dict, scale: str | None = None, seeds: list[int] | None = None)
 
 ONLY_HELP = ("KEY=VALUE[,VALUE]: run only the trials that match, e.g. method=lff,stdm, seed=0, explicit=texture, "
              "explicit=none, hparams.step_size=0.01, dataset.p_bias=0.99 or trial=ID (a prefix of an id from "
-             "--dry-run); repeatable, every filter must match")
+             "--dry-run); KEY!=VALUE[,VALUE]: leave those out, e.g. method!=rebias; repeatable, every filter must "
+             "match")
 
 
 def select_trials(trials: list[Trial], only: list[str]) -> list[Trial]:
     """The trials that match every filter of ``only`` (``KEY=VALUE[,VALUE]``: a trial matches a filter when its
-    value for KEY is one of the VALUEs), in their order; ``only`` empty: all of them.
+    value for KEY is one of the VALUEs; ``KEY!=VALUE[,VALUE]``: when it is none of them), in their order; ``only``
+    empty: all of them.
 
     KEY is a sweep axis (``method``, ``seed``, ``explicit``, ``model``, ... ``hparams.NAME``, ``dataset.NAME``)
     or ``trial`` (VALUE a prefix of the trial id). VALUEs are read as numbers where they are numbers
@@ -329,16 +331,18 @@ def select_trials(trials: list[Trial], only: list[str]) -> list[Trial]:
     method's default when the trial leaves NAME unset; ``dataset.p_bias=P`` matches trials in which some
     factor has p_bias P (``single-bias``'s rho, or every factor's p in ``p-bias``).
 
-    Raises :class:`BiasbenchError` for a malformed filter, an unknown key, or filters that no trial matches
-    (naming the values this sweep has for the key).
+    Raises :class:`BiasbenchError` for a malformed filter, an unknown key, a VALUE no trial has (a typo, also
+    after ``!=``), or filters that leave no trial (naming the values this sweep has for the key).
     """
     selected = list(trials)
     for item in only:
         key, sep, raw = item.partition("=")
         key = key.strip()
+        exclude = key.endswith("!")
+        key = key.rstrip("!").strip()
         values = [v.strip() for v in raw.split(",")]
         if not sep or not key or not all(values):
-            raise BiasbenchError(f"--only takes KEY=VALUE[,VALUE], got {item!r}")
+            raise BiasbenchError(f"--only takes KEY=VALUE[,VALUE] or KEY!=VALUE[,VALUE], got {item!r}")
         if key != "trial":
             try:
                 _check_axis(key)
@@ -346,12 +350,16 @@ def select_trials(trials: list[Trial], only: list[str]) -> list[Trial]:
                 raise BiasbenchError(f"--only {item}: {exc}, or trial") from None
         wanted = [v if key in ("trial", "explicit") else _scalar(v) for v in values]
         have = [_trial_values(t, key) for t in selected]
-        keep = [t for t, vals in zip(selected, have) if any(_matches(key, w, vals) for w in wanted)]
+        hit = [any(_matches(key, w, vals) for w in wanted) for vals in have]
+        seen = sorted({str(v) for vals in have for v in vals})
+        shown = ", ".join(seen[:12]) + (", ..." if len(seen) > 12 else "")
+        values_here = f" (values of {key} here: {shown})" if key != "trial" else ""
+        if not any(hit):  # a typo, whether it was to keep or to leave out
+            raise BiasbenchError(f"--only {item}: no trial of the {len(selected)} left has "
+                                 f"{'that value' if len(values) == 1 else 'those values'}{values_here}")
+        keep = [t for t, h in zip(selected, hit) if h != exclude]
         if not keep:
-            seen = sorted({str(v) for vals in have for v in vals})
-            shown = ", ".join(seen[:12]) + (", ..." if len(seen) > 12 else "")
-            raise BiasbenchError(f"--only {item} matches none of the {len(selected)} trials left"
-                                 f"{' (values of ' + key + ' here: ' + shown + ')' if key != 'trial' else ''}")
+            raise BiasbenchError(f"--only {item} leaves none of the {len(selected)} trials{values_here}")
         selected = keep
     return selected
 
