@@ -362,6 +362,18 @@ def test_report_gap_tables(tmp_path):
     _fake_sweep(tmp_path / "old", [{"method": "stdm", "seed": 0, "acc": 40.0}])
     build_report(str(tmp_path / "old"), tmp_path / "rep-old")
     assert not (tmp_path / "rep-old" / "gaps.md").exists()
+    # a report rebuilt into the same folder removes what the earlier one wrote and this one does not (no stale
+    # gaps.md beside records without gaps), and keeps files no report wrote
+    (tmp_path / "rep" / "notes.txt").write_text("mine")
+    rep = build_report(str(tmp_path / "old"), tmp_path / "rep")
+    left = sorted(p.name for p in (tmp_path / "rep").iterdir())
+    assert "gaps.md" not in left and "notes.txt" in left and rep["files"] == [n for n in left if n != "notes.txt"]
+    assert json.loads((tmp_path / "rep" / "report.json").read_text())["files"] == rep["files"]
+    build_report(str(tmp_path / "sw"), tmp_path / "rep2")  # a report from before the files were recorded
+    record = json.loads((tmp_path / "rep2" / "report.json").read_text())
+    (tmp_path / "rep2" / "report.json").write_text(json.dumps({k: v for k, v in record.items() if k != "files"}))
+    build_report(str(tmp_path / "old"), tmp_path / "rep2")
+    assert (tmp_path / "rep2" / "gaps.md").exists()  # not known to be a report's: left alone
 
 
 def test_report_table_values_are_exact(tmp_path):

@@ -66,6 +66,7 @@ def build_report(sweep_dirs, out: str | os.PathLike, rule: str = "final", pool=(
         raise BiasbenchError(f"sweep {' '.join(dirs)} has no finished evaluations yet; nothing to report")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    before, earlier = _snapshot(out), _earlier_files(out)
     chosen = select(records, rule)
     t1 = table1(chosen)
     atomic_write_text(out / "table1.md", table1_markdown(t1) + "\n")
@@ -156,10 +157,33 @@ def build_report(sweep_dirs, out: str | os.PathLike, rule: str = "final", pool=(
                               f"{len(records)} of {sweep['trials']} trials have records. "
                               f"Dataset: {summary['dataset']}. Selection rule: {rule}.{pooled}", None))
     write_index(out / "index.html", f"biasbench report: {sweep['name']}", sections)
-    summary["files"] = sorted(p.name for p in out.iterdir())
+    after = _snapshot(out)
+    written = sorted({name for name, sig in after.items() if before.get(name) != sig} | {"report.json"})
+    for name in earlier - set(written):  # an earlier report's file this one did not write: stale
+        (out / name).unlink(missing_ok=True)
+    atomic_write_json(out / "report.json", _json_safe({**summary, "files": written}))
+    summary["files"] = written
     if len(dirs) == 1:  # a report of several sweeps belongs to no one sweep's tracker run
         _log_to_sweep_tracker(Path(dirs[0]), out, figs)
     return summary
+
+
+def _snapshot(out: Path) -> dict[str, tuple[int, int]]:
+    """(inode, mtime) of each file in ``out``: a file this build writes (atomically, or in place) changes one."""
+    return {p.name: (st.st_ino, st.st_mtime_ns) for p in out.iterdir() if p.is_file() for st in [p.stat()]}
+
+
+def _earlier_files(out: Path) -> set[str]:
+    """The files an earlier report wrote into ``out`` (its ``report.json``'s ``files``): those this build does
+    not write again are stale and removed (a figure of a variant that is gone, an audit table of runs no longer
+    audited), while files the reports did not write (a user's) stay. Empty for a report made before ``files``
+    was recorded, or an unreadable one."""
+    try:
+        files = json.loads((out / "report.json").read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        return set()
+    return {f for f in files if isinstance(f, str) and "/" not in f and f not in ("", ".", "..")} \
+        if isinstance(files, list) else set()
 
 
 def per_variant(variants, out: Path, key: str, title: str, stem: str, missing: str | None, draw) -> tuple:
