@@ -17,8 +17,8 @@ from . import figures as F
 from .html import write_index
 from .records import compared_settings, load_sweeps, parse_rule, select
 from .tables import (dataset_summary, fig5_data, iosm, iosm_markdown, mmd_points, p_bias_data, p_bias_markdown,
-                     rules_markdown, rules_table, selected_csv, selected_rows, setting_variants, table1, table1_csv, table1_latex, table1_markdown,
-                     tuning_sensitivity)
+                     rules_markdown, rules_table, selected_csv, selected_rows, setting_variants, table1, table1_csv,
+                     table1_latex, table1_markdown, tuning_sensitivity)
 
 NOTES = {
     "table1": "Unbiased accuracy = accuracy on the p_bias = 0.1 test set (%). Explicit methods: mean over their "

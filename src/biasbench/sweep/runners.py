@@ -312,8 +312,9 @@ def run_sweep(trials: list[Trial], name: str, scale: str, data_root: str, out: s
               compile_model: bool | str = False, cuda_graphs: bool | str = False, streams: int = 1,
               slurm: dict | None = None, listed: list[Trial] | None = None) -> list[dict]:
     """Run ``trials``; ``listed``: the whole sweep's trials when ``trials`` are a subset of them (``--only``),
-    so that ``sweep.json`` lists them all and the report finds runs trained before or after this subset; ``fuse``: at most this many fusable trials trained as one fused network
-    (:mod:`biasbench.train.fused`); ``auto`` = 8 on a CUDA device with ``compile_model``, else 1 (off);
+    so that ``sweep.json`` lists them all and the report finds runs trained before or after this subset;
+    ``fuse``: at most this many fusable trials trained as one fused network (:mod:`biasbench.train.fused`);
+    ``auto`` = 8 on a CUDA device with ``compile_model``, else 1 (off);
     ``cuda_graphs``: captured training steps (:func:`biasbench.train.loop.check_cuda_graphs`); ``streams``:
     local runner, this many units at a time in threads of this process (:func:`run_threads`); ``slurm``: the
     Slurm runner's ``cluster``, ``timeout_min`` and ``params`` (:func:`biasbench.sweep.slurm.run_slurm`)."""

@@ -327,9 +327,9 @@ def select_trials(trials: list[Trial], only: list[str]) -> list[Trial]:
     KEY is a sweep axis (``method``, ``seed``, ``explicit``, ``model``, ... ``hparams.NAME``, ``dataset.NAME``)
     or ``trial`` (VALUE a prefix of the trial id). VALUEs are read as numbers where they are numbers
     (``0.01`` and ``1e-2`` are one number), ``true``/``false`` as booleans. ``explicit`` takes the factors
-    of one explicit set joined by ``+`` (``texture+digit_color``, in any order) or ``none`` for the empty set; ``hparams.NAME`` compares the
-    method's default when the trial leaves NAME unset; ``dataset.p_bias=P`` matches trials in which some
-    factor has p_bias P (``single-bias``'s rho, or every factor's p in ``p-bias``).
+    of one explicit set joined by ``+`` (``texture+digit_color``, in any order) or ``none`` for the empty
+    set; ``hparams.NAME`` compares the method's default when the trial leaves NAME unset; ``dataset.p_bias=P``
+    matches trials in which some factor has p_bias P (``single-bias``'s rho, or every factor's p in ``p-bias``).
 
     Raises :class:`BiasbenchError` for a malformed filter, an unknown key, a VALUE no trial has (a typo, also
     after ``!=``), or filters that leave no trial (naming the values this sweep has for the key).
