@@ -187,6 +187,28 @@ def test_a_group_of_one_trains_in_the_plain_loop(mini_root, tmp_path):
     assert "fused_runs" not in json.loads(open(f"{fus[0]['run_dir']}/metrics.json").read())["history"][0]
 
 
+def test_a_fused_group_waits_for_the_locks_of_all_its_runs(mini_root, tmp_path):
+    """A fused group takes every run's lock (:mod:`biasbench.train.runlock`) before it writes: while another
+    trainer holds one of them, none of the group's runs starts; then all train."""
+    import threading
+    import time
+
+    from biasbench.train.runlock import hold_run
+
+    cfgs = [TrainConfig(data=str(mini_root), method="sd", epochs=1, batch_size=128, seed=s, eval_epochs=(1,))
+            for s in (0, 1)]
+    dirs = [Trainer(c, tmp_path, tracker="none").run_dir for c in cfgs]
+    results = []
+    with hold_run(dirs[1], log=lambda line: None):
+        worker = threading.Thread(target=lambda: results.extend(
+            train_fused(cfgs, tmp_path, tracker="none", progress=False)))
+        worker.start()
+        time.sleep(1.0)
+        assert worker.is_alive() and not any((d / "config.json").exists() for d in dirs)
+    worker.join()
+    assert [r["status"] for r in results] == ["finished", "finished"]
+
+
 def test_channels_last_layout_gives_the_same_runs(mini_root, tmp_path):
     """The CUDA default layout (channels-last through the fused convolutions), here on the CPU."""
     cfgs = [TrainConfig(data=str(mini_root), method="sd", epochs=1, batch_size=128, seed=s, channels_last="on",

@@ -121,6 +121,42 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_metrics(mini_root, tmp_pa
     assert _evals(a) == _evals(b)
 
 
+def test_a_second_trainer_of_a_run_waits_for_the_first(mini_root, tmp_path):
+    """While one process holds a run's lock, `train` of the same run in another process waits (saying who holds
+    it on standard error, its --json output untouched) and writes nothing; once the lock is free it trains."""
+    from biasbench.train.runlock import hold_run
+
+    run_dir = Trainer(TrainConfig(data=str(mini_root), epochs=3, eval_epochs=(2, 3), batch_size=32), tmp_path,
+                      tracker="none").run_dir
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with hold_run(run_dir):
+        proc = subprocess.Popen(_train_cmd(mini_root, tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env)
+        first = proc.stderr.readline()  # blocks until it says it waits
+        assert f"run {run_dir.name} is being trained by pid {os.getpid()} on " in first, first
+        time.sleep(1.0)
+        assert proc.poll() is None and not (run_dir / "config.json").exists()
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert json.loads(out)["status"] == "finished" and (run_dir / "summary.json").is_file()
+
+
+def test_threads_training_one_run_train_it_once(tiny_root, tmp_path):
+    """Two trainers of one run in two threads (two trials of a sweep that drew one recipe, under --streams):
+    one trains, the other waits for its lock, then finds the run finished and skips it."""
+    import threading
+
+    cfg = TrainConfig(data=str(tiny_root), epochs=1, batch_size=256)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(
+        Trainer(cfg, tmp_path, tracker="none", progress=False).run()["status"])) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["finished", "skipped"]
+
+
 def test_mlflow_records_read_back(tiny_root, tmp_path):
     from mlflow.tracking import MlflowClient
 

@@ -48,6 +48,7 @@ from ..methods.base import Batch, Method
 from .graphs import CAPTURE_GATE
 from .loop import (SplitData, Trainer, compile_modules, compile_options, eval_batches, load_splits, prep_images,
                    reset_compiler)
+from .runlock import hold_runs
 
 FUSE_VARYING = ("seed", "explicit")
 """Configuration fields that may differ between the runs of one fused group."""
@@ -355,7 +356,7 @@ def train_fused(cfgs: Sequence[TrainConfig], out: str | os.PathLike, tracker: st
 
     All configs must share :func:`fuse_key` and be :func:`fusable`. Runs whose modules differ in shape or
     that resume from different epochs are trained as separate fused groups, one after the other; a group of
-    one run trains in the plain :class:`Trainer` loop.
+    one run trains in the plain :class:`Trainer` loop. The runs' locks (:mod:`.runlock`) are held throughout.
     """
     log = log or (lambda s: None)
     if not cfgs:
@@ -369,6 +370,12 @@ def train_fused(cfgs: Sequence[TrainConfig], out: str | os.PathLike, tracker: st
     trainers = [Trainer(c, out, tracker, device, progress, log, cuda_graphs=cuda_graphs) for c in cfgs]
     if len({t.run_id for t in trainers}) < len(trainers):
         raise BiasbenchError("the same run appears twice in one fused group")
+    with hold_runs([t.run_dir for t in trainers]):
+        return _train_fused(cfgs, trainers, compile_model, progress, log)
+
+
+def _train_fused(cfgs, trainers: list, compile_model, progress, log) -> list[dict]:
+    """:func:`train_fused`'s body, its runs' locks held."""
     results: dict[int, dict] = {}
     pending = []
     for i, t in enumerate(trainers):

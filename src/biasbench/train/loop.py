@@ -47,6 +47,7 @@ from ..track import Tracker, flatten, make_tracker
 from ..utils import atomic_write, atomic_write_json, read_json_record, stable_hash
 from . import graphs
 from .optim import optimizer_factory
+from .runlock import hold_run
 
 RUN_FORMAT = "1"
 GLOBAL_RNG_LOCK = threading.RLock()
@@ -280,12 +281,15 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> dict:
-        state = self._check_existing()
-        if state == "finished":
-            return self.skipped()
-        data = load_splits(self.cfg.data, self.device)
-        method, history, start_epoch = self.prepare(data, state)
-        return self.train_from(data, method, history, start_epoch)
+        """Train (or resume, or skip when finished) holding the run folder's lock (:mod:`.runlock`): a second
+        trainer of the same run, in any process, waits and then finds it finished."""
+        with hold_run(self.run_dir):  # says on standard error when it waits
+            state = self._check_existing()
+            if state == "finished":
+                return self.skipped()
+            data = load_splits(self.cfg.data, self.device)
+            method, history, start_epoch = self.prepare(data, state)
+            return self.train_from(data, method, history, start_epoch)
 
     def train_from(self, data: dict[str, SplitData], method, history: list[dict], start_epoch: int) -> dict:
         """The epochs after ``start_epoch`` for a method from :meth:`prepare`, then the summary."""
