@@ -4,11 +4,15 @@ sweep holds no data for the figure; ``variant`` is the setting variant's label (
 added to the title when the report has several."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
-from ..data.factors import FACTORS
+from ..data.factors import FACTORS, NUM_CLASSES
 from ..methods.registry import method_name, method_order
 from ..utils import atomic_write
+
+CHANCE = 100.0 / NUM_CLASSES
+"""Accuracy of a guess (%), drawn as a reference line where accuracy is plotted."""
 
 
 def _plt():
@@ -27,6 +31,17 @@ def _save(fig, path: Path) -> Path:
 
 
 COLORS = {"explicit": "#dd8452", "implicit": "#4c72b0"}
+
+
+def _accuracy_axis(ax, values) -> None:
+    """The y axis of an unbiased-accuracy plot: from 0, to the next ten above the highest value (at least 30),
+    with chance as a dashed line, so that a spread of a point or two, the noise of one seed, does not fill the
+    plot as a trend would."""
+    finite = [v for v in values if v == v]
+    top = max(finite) if finite else CHANCE
+    ax.axhline(CHANCE, color="grey", lw=0.8, ls="--", label=f"chance ({CHANCE:g} %)")
+    ax.set_ylim(0, max(30.0, min(100.0, 10 * math.ceil(top / 10 + 0.5))))
+    ax.set_ylabel("unbiased test accuracy (%)")
 
 
 def _paired_boxes(ax, groups: list[str], points: list[dict], key: str) -> None:
@@ -96,7 +111,7 @@ def fig5(data: dict, path: Path, variant: str = "") -> Path | None:
                   "background,\ntexture colour, distractor colour, position)", fontsize=8)
     ax.set_xticks(ks)  # whole numbers of variables, also when only some are present
     ax.set_xlim(0.5, 7.5)
-    ax.set_ylabel("unbiased test accuracy (%)")
+    _accuracy_axis(ax, [v for d in data.values() for v in d.values()])
     ax.set_title("Fig. 5: scalability to multiple explicit biases" + (f"\n{variant}" if variant else ""), fontsize=10)
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
@@ -141,7 +156,7 @@ def p_bias_figure(data: dict, path: Path, variant: str = "") -> Path | None:
     else:
         others = f" (the other factors at {data['others']:g})" if data.get("others") is not None else ""
         ax.set_xlabel(f"p_bias of {data['axis']}{others}")
-    ax.set_ylabel("unbiased test accuracy (%)")
+    _accuracy_axis(ax, [v for m in methods.values() for v in m.values()])
     ax.set_title("Unbiased accuracy against bias strength" + (f"\n{variant}" if variant else ""), fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
