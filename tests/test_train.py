@@ -141,6 +141,26 @@ def test_a_second_trainer_of_a_run_waits_for_the_first(mini_root, tmp_path):
     assert json.loads(out)["status"] == "finished" and (run_dir / "summary.json").is_file()
 
 
+def test_a_run_folder_no_one_can_write_holds_no_lock(tmp_path, monkeypatch):
+    """A read-only run folder (a finished run on a read-only mount) is read without a lock; other errors of the
+    lock file are errors."""
+    import errno
+
+    from biasbench.train import runlock
+
+    def refuse(code):
+        def open_(*args, **kwargs):
+            raise OSError(code, os.strerror(code))
+        return open_
+    monkeypatch.setattr(runlock.os, "open", refuse(errno.EROFS))
+    with runlock.hold_run(tmp_path / "run"):
+        pass
+    monkeypatch.setattr(runlock.os, "open", refuse(errno.ENOSPC))
+    with pytest.raises(OSError):
+        with runlock.hold_run(tmp_path / "run"):
+            pass
+
+
 def test_threads_training_one_run_train_it_once(tiny_root, tmp_path):
     """Two trainers of one run in two threads (two trials of a sweep that drew one recipe, under --streams):
     one trains, the other waits for its lock, then finds the run finished and skips it."""

@@ -16,6 +16,7 @@ locked.
 """
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import sys
@@ -42,8 +43,14 @@ def hold_run(run_dir: str | os.PathLike, log: Callable[[str], None] | None = Non
         yield
         return
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        yield  # a folder no one can write to: nothing to guard (a finished run's summary still reads)
+        return
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
