@@ -49,7 +49,9 @@ def hold_run(run_dir: str | os.PathLike, log: Callable[[str], None] | None = Non
     except OSError as exc:
         if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise
-        yield  # a folder no one can write to: nothing to guard (a finished run's summary still reads)
+        fd = None  # a folder no one can write to: nothing to guard (a finished run's summary still reads)
+    if fd is None:
+        yield
         return
     try:
         try:
