@@ -153,8 +153,10 @@ def test_a_run_folder_no_one_can_write_holds_no_lock(tmp_path, monkeypatch):
             raise OSError(code, os.strerror(code))
         return open_
     monkeypatch.setattr(runlock.os, "open", refuse(errno.EROFS))
+    entered = []
     with runlock.hold_run(tmp_path / "run"):
-        pass
+        entered.append(True)
+    assert entered and not (tmp_path / "run" / runlock.LOCK_NAME).exists()  # ran, no lock taken
     monkeypatch.setattr(runlock.os, "open", refuse(errno.ENOSPC))
     with pytest.raises(OSError):
         with runlock.hold_run(tmp_path / "run"):

@@ -253,7 +253,9 @@ def selected_rows(selected: list[tuple[RunRecord, int]], rule) -> list[dict]:
     seed."""
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
     rows = []
-    for label, runs in setting_variants(selected):
+    variants = setting_variants(selected)
+    variant_at = {label: i for i, (label, _) in enumerate(variants)}
+    for label, runs in variants:
         for run, ep in runs:
             test = test_metrics(run, ep)
             weights = run.runs_dir / run.run_id / "weights" / f"epoch{ep:03d}.pt" if run.runs_dir else None
@@ -264,7 +266,6 @@ def selected_rows(selected: list[tuple[RunRecord, int]], rule) -> list[dict]:
                          "test_accuracy": test.get("accuracy"), "test_worst_group": test.get("worst_group"),
                          "hparams": json.dumps(run.hparams, sort_keys=True),
                          "weights": str(weights) if weights is not None and weights.is_file() else ""})
-    variant_at = {label: i for i, (label, _) in enumerate(setting_variants(selected))}
     rows.sort(key=lambda r: (variant_at[r["variant"]], order.get(r["method"], len(order)), r["method"],
                              r["explicit"], r["seed"]))
     return rows
