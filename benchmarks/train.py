@@ -8,7 +8,8 @@ loss accumulation, progress) against a bare forward/backward/step on one fixed f
 On CUDA it measures fp32 eager, bf16 autocast + channels_last, the same with every step captured as a CUDA
 graph (``+ graphs``: :mod:`biasbench.train.graphs`), and compiled (``--compile``, static shapes, once per
 mode of ``--compile-modes``; ``reduce-overhead`` makes its own CUDA graphs; the default mode is measured with
-our graphs too); on the CPU fp32 eager (plus compiled with ``--compile``). ``--only`` keeps the
+our graphs too); on the CPU fp32 eager, fp32 channels-last, bf16 autocast and bf16 channels-last (plus compiled
+with ``--compile``). ``--only`` keeps the
 configurations whose labels contain one of the comma-separated words (e.g. ``--only graphs``).
 ``--options`` adds each configuration again with paper CNN options (:class:`biasbench.models.paper_cnn.PaperCNN`):
 ``fold`` (the input batch norm folded into conv1, raw input), ``nfold`` (folded, normalised input), ``triton`` (the
@@ -173,6 +174,9 @@ def main() -> None:
     if cuda:
         configs += [("bf16 + channels_last", "bf16", "on", False, False),
                     ("bf16 + channels_last + graphs", "bf16", "on", False, True)]
+    else:  # oneDNN's channels-last kernels, and bf16 where the CPU has native bf16 (AVX512-BF16, AMX)
+        configs += [("fp32 + channels_last", "fp32", "on", False, False), ("bf16", "bf16", "off", False, False),
+                    ("bf16 + channels_last", "bf16", "on", False, False)]
     for mode in args.compile_modes.split(",") if args.compile else []:
         compile_options(mode)  # an unknown mode fails here
         suffix = "" if mode == "default" else f" {mode}"

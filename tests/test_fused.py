@@ -133,9 +133,13 @@ def test_fused_predict_is_each_runs_prediction(data):
 
 def test_train_fused_matches_separate_trainers_and_resumes_alone(mini_root, tmp_path):
     """End to end in float32: same run ids, same record files, losses and accuracies within float noise;
-    a fused run's checkpoint resumes in a plain Trainer."""
+    a fused run's checkpoint resumes in a plain Trainer. In the default layout, where the fused grouped
+    convolutions round as the separate ones do (weights within 1e-4 of each other's norm after 2 epochs,
+    measured); in channels-last (the CUDA default, opt-in on the CPU) oneDNN runs other kernels for grouped
+    convolutions and Adam amplifies their rounding to 1-2 % (measured): that layout is checked below, more
+    loosely."""
     cfgs = [TrainConfig(data=str(mini_root), method="group_dro", epochs=2, batch_size=128, seed=s, explicit=e,
-                        eval_epochs=(1, 2)) for s, e in zip((0, 1), EXPLICIT)]
+                        eval_epochs=(1, 2), channels_last="off") for s, e in zip((0, 1), EXPLICIT)]
     sep = [Trainer(c, tmp_path / "sep", tracker="none", progress=False).run() for c in cfgs]
     fus = train_fused(cfgs, tmp_path / "fus", tracker="none", progress=False)
     for a, b in zip(sep, fus):
