@@ -150,6 +150,23 @@ def test_only_runs_a_subset_and_the_sweep_lists_every_trial(tmp_path, capsys):
     assert len(json.loads((tmp_path / "s" / "sweep.json").read_text())["trials"]) == 4  # untouched by the error
 
 
+def test_precision_and_layout_overrides_reach_every_trial_as_new_trials(tmp_path, capsys):
+    """--precision and --channels-last set every trial's setting (the CPU's opt-ins: bf16 autocast, channels-last):
+    the trained run records them, and they are other trials than the sweep's own (other ids)."""
+    path = _write(tmp_path, MICRO)
+    common = ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "s"), "--only", "method=stdm", "--only",
+              "seed=0"]
+    assert main(["sweep", path, *common, "--precision", "bf16", "--channels-last", "on"]) == 0
+    assert "1 trials: 1 trained, 0 already finished" in capsys.readouterr().out
+    (cfg,) = [json.loads(p.read_text())["config"] for p in (tmp_path / "s" / "runs").glob("*/config.json")]
+    assert cfg["precision"] == "bf16" and cfg["channels_last"] == "on" and cfg["method"] == "stdm"
+    listed = {t["trial_id"] for t in json.loads((tmp_path / "s" / "sweep.json").read_text())["trials"]}
+    assert len(listed) == 4 and not listed & {t.trial_id for t in expand(load_spec(path))}
+    with pytest.raises(SystemExit) as exc:
+        main(["sweep", path, *common, "--channels-last", "sideways"])
+    assert exc.value.code == 2 and "invalid choice: 'sideways'" in capsys.readouterr().err
+
+
 def test_random_search_draws_settings_shared_across_the_grid():
     """search: {samples: N}: every point of the list axes crossed with N draws; draw i is the same setting for
     every seed (so the report can compare a setting over seeds), within its distribution, stable across
