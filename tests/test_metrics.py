@@ -80,6 +80,44 @@ def test_prediction_gaps():
     assert all(rec["factors"][f]["dp_gap"] == 90.0 and rec["factors"][f]["eo_gap"] == 90.0 for f in FACTORS)
 
 
+def _exact_w1(a: np.ndarray, b: np.ndarray) -> float:
+    """The area between two empirical CDFs, exactly: the sum over the merged sample of |F_a - F_b| times the step."""
+    t = np.sort(np.concatenate([a, b]))
+    fa = np.searchsorted(np.sort(a), t[:-1], side="right") / len(a)
+    fb = np.searchsorted(np.sort(b), t[:-1], side="right") / len(b)
+    return float(np.sum(np.abs(fa - fb) * np.diff(t)))
+
+
+def test_probability_gap():
+    """ABCC: within half a step (0.05 point) of the exact area between the CDFs of each class's probability, the
+    largest over pairs of values, averaged over classes; 0 for probabilities that ignore the factor, 100 for
+    certain ones that follow it, above 0 where only the confidence follows the factor (DP gap 0 there); NaN
+    with one value; evaluate_split records it per factor when it has the logits."""
+    rng = np.random.default_rng(0)
+    n, k = 3000, 10
+    b = rng.integers(0, 3, n)
+    logits = rng.normal(size=(n, k)) + 2.0 * np.eye(k)[b] * rng.random((n, 1))  # b raises its class, by chance
+    p = M.softmax(logits)
+    exact = np.mean([max(_exact_w1(p[b == u, c], p[b == v, c]) for u in range(3) for v in range(3) if u < v)
+                     for c in range(k)])
+    assert M.probability_gap(p, b, 3) == pytest.approx(100 * exact, abs=0.05)
+    y, b = np.repeat(np.arange(10), 10), np.tile(np.arange(10), 10)
+    ignores = M.softmax(rng.normal(size=(10, k)))[y]  # a function of the class alone; each value sees each class
+    assert M.probability_gap(ignores, b, 10) == pytest.approx(0.0, abs=1e-9)
+    assert M.probability_gap(np.eye(k)[b], b, 10) == pytest.approx(100.0)
+    # the argmax is the class everywhere, the confidence in it follows the factor: no DP gap, an ABCC
+    confident = M.softmax(np.eye(k)[y] * np.where(b < 5, 8.0, 2.0)[:, None])
+    assert M.prediction_gaps(confident.argmax(1), y, b, 10)["dp_gap"] == 0.0
+    assert M.probability_gap(confident, b, 10) > 10
+    assert np.isnan(M.probability_gap(confident, np.zeros(100, int), 10))
+    y, b = np.repeat(np.arange(10), 9), np.tile(np.arange(9), 10)  # nine values: every factor has them
+    logits = np.eye(k)[y] * np.where(b < 5, 8.0, 2.0)[:, None]
+    rec = M.evaluate_split(y, y, np.stack([b] * len(FACTORS), 1), logits=logits)
+    want = M.probability_gap(M.softmax(logits), b, 9)
+    assert want > 10 and all(rec["factors"][f]["abcc"] == pytest.approx(want) for f in FACTORS)
+    assert "abcc" not in M.evaluate_split(y, y, np.stack([b] * len(FACTORS), 1))["factors"][FACTORS[0]]
+
+
 def test_majority_minority_mmd_exact():
     pred, y, f = _case()
     out = M.evaluate_split(pred, y, f, "paper")

@@ -142,6 +142,7 @@ def test_only_runs_a_subset_and_the_sweep_lists_every_trial(tmp_path, capsys):
                                                                 ("upweight", "1")]
     gaps = (tmp_path / "rep" / "gaps.md").read_text()  # recorded by training, per factor, on the test set
     assert "Equalized-odds gap per factor (test)" in gaps and "| UpWt | " in gaps and "| StdM | " in gaps
+    assert "Area between the probability CDFs (ABCC) per factor (test)" in gaps  # from the logits
     for r in chosen:  # the weights each number was computed with, kept by the run at its chosen epoch
         assert r["epoch"] == "1" and r["weights"] == str(tmp_path / "s" / "runs" / r["run_id"] / "weights" /
                                                           "epoch001.pt") and Path(r["weights"]).is_file()
@@ -351,7 +352,8 @@ def _fake_sweep(root: Path, runs: list[dict], name: str = "fake") -> None:
                        "dataset": {"p_bias": {f: 0.7 for f in FACTORS}, **r.get("dataset", {})},
                        "config": cfg, "run_id": run_id})
         factors = {f: {"majority": r["acc"] + 20, "minority": r["acc"], "mmd": r.get("mmd", 20.0),
-                       **({"dp_gap": r["dp"][f]} if f in r.get("dp", {}) else {})} for f in FACTORS}
+                       **({"dp_gap": r["dp"][f]} if f in r.get("dp", {}) else {}),
+                       **({"abcc": r["abcc"][f]} if f in r.get("abcc", {}) else {})} for f in FACTORS}
         test = {"accuracy": r["acc"], "factors": factors}
         ep = r.get("epoch", 2)
         hist = [{"epoch": ep, "split": "test", "metrics": test},
@@ -370,12 +372,15 @@ def test_report_gap_tables(tmp_path):
         {"method": "stdm", "seed": 0, "acc": 40.0, "dp": {"texture": 60.0, "digit_color": 10.0}},
         {"method": "stdm", "seed": 1, "acc": 40.0, "dp": {"texture": 80.0, "digit_color": float("nan")}},
         {"method": "stdm", "seed": 2, "acc": 40.0},
-        {"method": "rubi", "seed": 0, "explicit": ["texture"], "acc": 40.0, "dp": {"texture": 5.0}}])
+        {"method": "rubi", "seed": 0, "explicit": ["texture"], "acc": 40.0, "dp": {"texture": 5.0},
+         "abcc": {"texture": 12.5}}])
     build_report(str(tmp_path / "sw"), tmp_path / "rep")
     lines = (tmp_path / "rep" / "gaps.md").read_text().splitlines()
     assert lines[0] == "Demographic-parity gap per factor (test)" and "Equalized-odds" not in "".join(lines)
     assert lines[4] == "| StdM | 10.0 | – | – | – | – | 70.0 | – |"
     assert lines[5] == "| RUBi | – | – | – | – | – | 5.0 | – |"
+    assert lines[7] == "Area between the probability CDFs (ABCC) per factor (test)"
+    assert lines[-1] == "| RUBi | – | – | – | – | – | 12.5 | – |" and "| StdM |" not in "".join(lines[7:])
     assert "Demographic-parity gap per factor" in (tmp_path / "rep" / "index.html").read_text()
     _fake_sweep(tmp_path / "old", [{"method": "stdm", "seed": 0, "acc": 40.0}])
     build_report(str(tmp_path / "old"), tmp_path / "rep-old")

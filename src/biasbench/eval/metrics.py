@@ -101,6 +101,52 @@ def prediction_gaps(pred: np.ndarray, y: np.ndarray, values: np.ndarray, num_val
     return {"dp_gap": _mean_range(n_bk[None]), "eo_gap": _mean_range(n_ybk)}
 
 
+ABCC_BINS = 1000
+"""Steps of [0, 1] for the CDFs of :func:`probability_gap`: each probability is rounded to the nearest multiple
+of 1 / ABCC_BINS, which moves the area by at most half a step (0.05 point)."""
+
+
+def probability_gap(probs: np.ndarray, values: np.ndarray, num_values: int, bins: int = ABCC_BINS) -> float:
+    """FFB's area between CDF curves (ABCC; Han et al., 2023) for ten classes and a many-valued attribute b, in
+    percentage points: ``mean_k max_{b, b'} integral_0^1 |F_kb(t) - F_kb'(t)| dt``, where ``F_kb`` is the
+    empirical CDF of the predicted probability of class k, ``softmax(logits)_k``, over the images with value b
+    (the integral is the Wasserstein-1 distance between the two distributions). Where the DP gap counts the
+    predicted classes, this sees the probabilities: a model whose confidence moves with the factor while its
+    argmax stays put has a DP gap of 0 and an ABCC above 0. 0 when the distributions are equal; 100 when the
+    factor's value decides, with certainty, every probability (p_k = 1 where b is k's aligned value, else 0).
+    Probabilities are rounded to the nearest multiple of ``1 / bins`` (within half a step, 0.05 point, of the
+    exact area; exact for 0 and 1). NaN when fewer than two values are present."""
+    return _probability_gap(probability_grid(probs, bins), values, num_values, bins)
+
+
+def probability_grid(probs: np.ndarray, bins: int = ABCC_BINS) -> np.ndarray:
+    """(N, K) int64: each probability rounded to its point j of the grid j / bins, offset by its class k's
+    ``k * (bins + 1)``; computed once per split for every factor's :func:`probability_gap`."""
+    k = np.asarray(probs).shape[1]
+    t = np.rint(np.clip(np.asarray(probs, dtype=np.float64), 0.0, 1.0) * bins).astype(np.int64)
+    return t + np.arange(k) * (bins + 1)
+
+
+def _probability_gap(grid: np.ndarray, values: np.ndarray, num_values: int, bins: int) -> float:
+    b = np.asarray(values, dtype=np.int64)
+    n_b = np.bincount(b, minlength=num_values)
+    present = np.flatnonzero(n_b)
+    if len(present) < 2:
+        return float("nan")
+    k, g = grid.shape[1], bins + 1
+    counts = np.bincount((grid + (b * (k * g))[:, None]).ravel(), minlength=num_values * k * g)
+    cdf = counts.reshape(num_values, k, g)[present].cumsum(2)[..., :bins] / n_b[present, None, None]
+    area = np.stack([np.abs(cdf[i] - cdf).sum(2) for i in range(len(present))]) / bins  # (B, B, K)
+    return float(100.0 * area.max((0, 1)).mean())
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64 (stable: the row maximum subtracted first)."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = np.exp(z - z.max(1, keepdims=True))
+    return z / z.sum(1, keepdims=True)
+
+
 def _mean_range(counts: np.ndarray) -> float:
     """``mean_g mean_k (max_b - min_b) counts[g, b, k] / n[g, b]`` in percent over the rows g with at least two
     non-empty b (n[g, b] = sum_k counts[g, b, k]); NaN when no row has two."""
@@ -169,7 +215,8 @@ def evaluate_split(pred: np.ndarray, y: np.ndarray, factors: np.ndarray, mode: s
 
         accuracy, mpa, worst_class, cell_mean (mean over factors of per-factor cell means), worst_group (min over
         factors), factors: {name: {majority, minority, mmd, cell_mean, worst_group, dp_gap, eo_gap,
-        n_majority, n_minority}} (:func:`prediction_gaps`),
+        n_majority, n_minority}} (:func:`prediction_gaps`; and ``abcc``, :func:`probability_gap`, when the
+        logits are given),
         alpha: {"-1.0": ..., "0.0": ..., ...} when p_train is given,
         ece (:func:`expected_calibration_error`) when the logits are given.
     """
@@ -178,9 +225,12 @@ def evaluate_split(pred: np.ndarray, y: np.ndarray, factors: np.ndarray, mode: s
     maj = majority_mask(y, factors, mode)
     per = majority_minority(correct, maj)
     cells = cell_mean_and_worst(correct, y, factors)
+    grid = probability_grid(softmax(logits)) if logits is not None else None
     for f, name in enumerate(FACTORS):
         per[name].update(cells[name])
         per[name].update(prediction_gaps(pred, y, factors[:, f], FACTOR_TABLE[name].num_values))
+        if grid is not None:
+            per[name]["abcc"] = _probability_gap(grid, factors[:, f], FACTOR_TABLE[name].num_values, ABCC_BINS)
     out = {
         "n": int(len(y)),
         "accuracy": accuracy(pred, y),

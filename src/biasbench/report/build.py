@@ -38,10 +38,13 @@ NOTES = {
     "gaps": "Distribution gaps of the test predictions across each factor's values (FFB's fairness gaps for ten "
             "classes and a many-valued attribute b; 0: the predictions do not depend on the factor, 100: they "
             "follow it; in points): DP = mean over predicted classes k of the range over b of P(pred = k | b); "
-            "EO = the same for P(pred = k | y, b), averaged over true classes y. Mean over each method's selected "
-            "runs at their selected epoch; ranges of estimated rates, so small cells add a few points of noise.",
+            "EO = the same for P(pred = k | y, b), averaged over true classes y; ABCC = mean over classes k of the "
+            "largest area between the CDFs of the predicted probability of k over two values of b (it sees "
+            "confidence that follows b where the predicted class does not). Mean over each method's selected "
+            "runs at their selected epoch; estimates from finite cells, so small cells add a few points of noise.",
 }
-GAP_TITLES = {"dp_gap": "Demographic-parity gap per factor (test)", "eo_gap": "Equalized-odds gap per factor (test)"}
+GAP_TITLES = {"dp_gap": "Demographic-parity gap per factor (test)", "eo_gap": "Equalized-odds gap per factor (test)",
+              "abcc": "Area between the probability CDFs (ABCC) per factor (test)"}
 
 
 def _json_safe(obj):
@@ -108,7 +111,7 @@ def build_report(sweep_dirs, out: str | os.PathLike, rule: str = "final", pool=(
     audits = audit_table(chosen)
     if audits:
         atomic_write_text(out / "audit.md", audits + "\n")
-    gaps = {key: gap_table(chosen, key) for key in ("dp_gap", "eo_gap")}
+    gaps = {key: gap_table(chosen, key) for key in GAP_TITLES}
     if any(gaps.values()):
         atomic_write_text(out / "gaps.md", "\n\n".join(f"{GAP_TITLES[k]}\n\n{t}" for k, t in gaps.items() if t) + "\n")
     summary = {"sweep": sweep["name"], "scale": sweep["scale"], "rule": rule, "selection": rule_.note,
@@ -240,7 +243,7 @@ def audit_table(chosen) -> str | None:
 
 def gap_table(chosen, key: str) -> str | None:
     """Markdown table of a test-set metric per factor (``dp_gap`` or ``eo_gap``,
-    :func:`biasbench.eval.metrics.prediction_gaps`), mean per method over the selected runs at their selected
+    :func:`biasbench.eval.metrics.prediction_gaps`; ``abcc``, :func:`biasbench.eval.metrics.probability_gap`), mean per method over the selected runs at their selected
     epoch; runs whose records predate the metric are left out."""
     def gaps(run, ep):
         factors = run.evals[ep].get("test", {}).get("factors", {})

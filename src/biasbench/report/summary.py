@@ -32,12 +32,13 @@ def format_run_summary(result: dict) -> str:
     if test:
         lines += ["", "bias on the unbiased test set, in points: MMD = majority - minority accuracy; DP and EO gap = "
                       "how far the",
-                  "predictions' distribution moves across the factor's values (0: not at all, 100: it follows them; "
-                  "noisy with few images)",
-                  f"{'factor':18s}{'majority':>10s}{'minority':>10s}{'MMD':>8s}{'DP gap':>8s}{'EO gap':>8s}"]
+                  "predicted classes' distribution moves across the factor's values, ABCC = the same for the "
+                  "probabilities",
+                  "(0: not at all, 100: they follow the factor; noisy with few images)",
+                  f"{'factor':18s}{'majority':>10s}{'minority':>10s}{'MMD':>8s}{'DP gap':>8s}{'EO gap':>8s}{'ABCC':>8s}"]
         for f in FACTORS:
             fm = test["factors"][f]
-            gaps = "".join(f"{fm[k]:8.2f}" if k in fm else f"{'-':>8s}" for k in ("dp_gap", "eo_gap"))
+            gaps = "".join(f"{fm[k]:8.2f}" if k in fm else f"{'-':>8s}" for k in ("dp_gap", "eo_gap", "abcc"))
             lines.append(f"{f:18s}{fm['majority']:10.2f}{fm['minority']:10.2f}{fm['mmd']:8.2f}{gaps}")
     return "\n".join(lines)
 

@@ -600,7 +600,7 @@ def _tracker_metrics(history: list[dict], epoch: int) -> dict[str, float]:
         if s == "test":  # the paper's headline number, under its own name
             out["test/unbiased_accuracy"] = m["accuracy"]
         for f, fm in m["factors"].items():
-            for k in ("majority", "minority", "mmd", "dp_gap", "eo_gap"):
+            for k in ("majority", "minority", "mmd", "dp_gap", "eo_gap", "abcc"):
                 if k in fm:  # (the gaps: not in the records of runs made before they were added)
                     out[f"{s}/{f}/{k}"] = fm[k]
     return out
