@@ -243,8 +243,9 @@ def audit_table(chosen) -> str | None:
 
 def gap_table(chosen, key: str) -> str | None:
     """Markdown table of a test-set metric per factor (``dp_gap`` or ``eo_gap``,
-    :func:`biasbench.eval.metrics.prediction_gaps`; ``abcc``, :func:`biasbench.eval.metrics.probability_gap`), mean per method over the selected runs at their selected
-    epoch; runs whose records predate the metric are left out."""
+    :func:`biasbench.eval.metrics.prediction_gaps`; ``abcc``, :func:`biasbench.eval.metrics.probability_gap`),
+    mean per method over the selected runs at their selected epoch; runs whose records predate the metric are
+    left out."""
     def gaps(run, ep):
         factors = run.evals[ep].get("test", {}).get("factors", {})
         return {f: v[key] for f, v in factors.items() if isinstance(v, dict) and v.get(key) is not None}

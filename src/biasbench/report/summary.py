@@ -35,7 +35,8 @@ def format_run_summary(result: dict) -> str:
                   "predicted classes' distribution moves across the factor's values, ABCC = the same for the "
                   "probabilities",
                   "(0: not at all, 100: they follow the factor; noisy with few images)",
-                  f"{'factor':18s}{'majority':>10s}{'minority':>10s}{'MMD':>8s}{'DP gap':>8s}{'EO gap':>8s}{'ABCC':>8s}"]
+                  f"{'factor':18s}{'majority':>10s}{'minority':>10s}{'MMD':>8s}{'DP gap':>8s}{'EO gap':>8s}"
+                  f"{'ABCC':>8s}"]
         for f in FACTORS:
             fm = test["factors"][f]
             gaps = "".join(f"{fm[k]:8.2f}" if k in fm else f"{'-':>8s}" for k in ("dp_gap", "eo_gap", "abcc"))
