@@ -142,6 +142,11 @@ def _probability_gap(grid: np.ndarray, values: np.ndarray, num_values: int, bins
     return float(100.0 * area.max((0, 1)).mean())
 
 
+GAP_METRICS = ("dp_gap", "eo_gap", "abcc")
+"""The per-factor distribution gaps a split's record holds (:func:`prediction_gaps`, :func:`probability_gap`),
+in the order ``train``'s summary, the trackers and the report show them."""
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax in float64 (stable: the row maximum subtracted first)."""
     z = np.asarray(logits, dtype=np.float64)
@@ -169,14 +174,17 @@ def expected_calibration_error(logits: np.ndarray, y: np.ndarray, bins: int = EC
     ``conf_i = max_k softmax(z_i)_k`` ((0, 1/bins], ..., ((bins-1)/bins, 1]), ``acc_b`` and ``conf_b`` the
     accuracy and mean confidence of bin b (Guo et al., ICML 2017). 0 is calibrated; a model that follows a
     shortcut onto the unbiased test set is confidently wrong, so its ECE is high."""
-    z = np.asarray(logits, dtype=np.float64)
+    return _calibration_error(softmax(logits), y, bins)
+
+
+def _calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> float:
+    """:func:`expected_calibration_error` from the softmax probabilities (computed once per split for the ECE
+    and the ABCC)."""
     y = np.asarray(y)
     if not len(y):
         return float("nan")
-    z = z - z.max(axis=1, keepdims=True)
-    p = np.exp(z)
-    conf = 1.0 / p.sum(axis=1)  # the top class's probability: exp(0) / sum
-    correct = (z.argmax(axis=1) == y).astype(np.float64)
+    conf = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == y).astype(np.float64)
     b = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
     gap = np.bincount(b, weights=correct, minlength=bins) - np.bincount(b, weights=conf, minlength=bins)
     return float(100.0 * np.abs(gap).sum() / len(y))  # sum_b n_b/N |acc_b - conf_b| = sum_b |hits_b - conf_sum_b| / N
@@ -227,7 +235,8 @@ def evaluate_split(pred: np.ndarray, y: np.ndarray, factors: np.ndarray, mode: s
     maj = majority_mask(y, factors, mode)
     per = majority_minority(correct, maj)
     cells = cell_mean_and_worst(correct, y, factors)
-    grid = probability_grid(softmax(logits)) if logits is not None else None
+    probs = softmax(logits) if logits is not None else None
+    grid = probability_grid(probs) if probs is not None else None
     for f, name in enumerate(FACTORS):
         per[name].update(cells[name])
         per[name].update(prediction_gaps(pred, y, factors[:, f], FACTOR_TABLE[name].num_values))
@@ -243,7 +252,7 @@ def evaluate_split(pred: np.ndarray, y: np.ndarray, factors: np.ndarray, mode: s
         "factors": per,
     }
     if logits is not None:
-        out["ece"] = expected_calibration_error(logits, y)
+        out["ece"] = _calibration_error(probs, y)
     if p_train is not None:
         out["alpha"] = {str(float(a)): alpha_weighted_accuracy(correct, maj, p_train, a) for a in alphas}
     return out

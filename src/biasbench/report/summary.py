@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.factors import FACTORS
+from ..eval.metrics import GAP_METRICS
 from ..errors import BiasbenchError
 from ..utils import read_json_record
 
@@ -39,7 +40,7 @@ def format_run_summary(result: dict) -> str:
                   f"{'ABCC':>8s}"]
         for f in FACTORS:
             fm = test["factors"][f]
-            gaps = "".join(f"{fm[k]:8.2f}" if k in fm else f"{'-':>8s}" for k in ("dp_gap", "eo_gap", "abcc"))
+            gaps = "".join(f"{fm[k]:8.2f}" if k in fm else f"{'-':>8s}" for k in GAP_METRICS)
             lines.append(f"{f:18s}{fm['majority']:10.2f}{fm['minority']:10.2f}{fm['mmd']:8.2f}{gaps}")
     return "\n".join(lines)
 

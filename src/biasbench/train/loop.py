@@ -40,7 +40,7 @@ from ..data.biased_mnist import BiasedMNIST
 from ..data.factors import majority_mask
 from ..data.recipe import SPLITS, dataset_identity, read_manifest
 from ..errors import BiasbenchError
-from ..eval.metrics import evaluate_split, pattern_distribution
+from ..eval.metrics import GAP_METRICS, evaluate_split, pattern_distribution
 from ..methods import Batch, TrainInfo, get_method_class
 from ..models import check_model, count_parameters, create_model
 from ..track import Tracker, flatten, make_tracker
@@ -600,7 +600,7 @@ def _tracker_metrics(history: list[dict], epoch: int) -> dict[str, float]:
         if s == "test":  # the paper's headline number, under its own name
             out["test/unbiased_accuracy"] = m["accuracy"]
         for f, fm in m["factors"].items():
-            for k in ("majority", "minority", "mmd", "dp_gap", "eo_gap", "abcc"):
+            for k in ("majority", "minority", "mmd") + GAP_METRICS:
                 if k in fm:  # (the gaps: not in the records of runs made before they were added)
                     out[f"{s}/{f}/{k}"] = fm[k]
     return out
