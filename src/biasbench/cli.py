@@ -299,6 +299,45 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    ev = sub.add_parser(
+        "evaluate", help="evaluate trained runs on another dataset (a shift of the factors or of the drawing)",
+        description="Run the weights a run kept at an evaluation epoch on a split of another Biased MNIST dataset "
+                    "of the same image size (other p_bias, a factor held fixed, the reference's drawing, another "
+                    "seed) and print its accuracy beside the run's recorded test accuracy, and the bias per "
+                    "factor, as train prints them. Writes RUN/evaluations/<dataset id>-<split>-epochNNN.json; an "
+                    "evaluation already there is read back (docs/training.md).",
+    )
+    ev.add_argument("run", metavar="RUN", help="a run folder (RUNS/<run_id>), or a runs or sweep folder: every "
+                                               "finished run in it")
+    ev.add_argument("--data", required=True, metavar="DIR",
+                    help="the dataset folder to evaluate on (biasbench data generate)")
+    ev.add_argument("--split", default="test", choices=("train", "val", "balanced_val", "test"),
+                    help="split of DIR (default test)")
+    ev.add_argument("--epoch", type=int, default=None, metavar="N",
+                    help="the weights the run kept at evaluation epoch N; default its last evaluation epoch")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--json", action="store_true", help="print the result(s) as JSON")
+    ev.add_argument("--no-progress", action="store_true")
+    ev.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .eval.shift import evaluate_run, evaluate_runs, format_evaluation, format_evaluations
+
+    progress = False if args.no_progress else None
+    if not (Path(args.run) / "config.json").is_file() and Path(args.run).is_dir():  # a runs or sweep folder
+        results = evaluate_runs(args.run, args.data, args.split, args.epoch, args.device, progress,
+                                log=lambda line: print(line, file=sys.stderr))
+        print(json.dumps(results, indent=2) if args.json else format_evaluations(results))
+        return 0
+    result = evaluate_run(args.run, args.data, args.split, args.epoch, args.device, progress)
+    print(json.dumps(result, indent=2) if args.json else format_evaluation(result))
+    return 0
+
+
 def _add_ui(sub: argparse._SubParsersAction) -> None:
     ui = sub.add_parser("ui", help="start a tracker's web UI for a runs folder (127.0.0.1)",
                         description="Start the MLflow, TensorBoard or Aim UI on 127.0.0.1 for RUNS and print its URL.")
@@ -519,6 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(sub)
     _add_train(sub)
     _add_audit(sub)
+    _add_evaluate(sub)
     _add_ui(sub)
     _add_sweep(sub)
     return parser

@@ -51,9 +51,8 @@ def load_run_model(run_dir: str | os.PathLike, device: torch.device,
     else:
         path = run_dir / "weights" / f"epoch{epoch:03d}.pt"
         if not path.is_file():
-            kept = sorted(int(p.stem[5:]) for p in (run_dir / "weights").glob("epoch[0-9][0-9][0-9].pt"))
-            raise BiasbenchError(f"run {run_dir} kept no weights of epoch {epoch}; kept: "
-                                 f"{', '.join(map(str, kept)) or 'none (trained before runs kept them)'}")
+            kept = ", ".join(map(str, kept_epochs(run_dir))) or "none (trained before runs kept them)"
+            raise BiasbenchError(f"run {run_dir} kept no weights of epoch {epoch}; kept: {kept}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         state = ckpt["method"]["modules"]["model"] if epoch is None else ckpt["model"]
@@ -62,6 +61,11 @@ def load_run_model(run_dir: str | os.PathLike, device: torch.device,
     model = create_model(cfg["model"], num_classes=10, **cfg.get("model_kwargs", {}))
     model.load_state_dict(state)
     return model.to(device).eval(), {**rec, "checkpoint_epoch": int(ckpt["epoch"])}
+
+
+def kept_epochs(run_dir: str | os.PathLike) -> list[int]:
+    """The evaluation epochs whose weights a run kept (``weights/epochNNN.pt``), in order."""
+    return sorted(int(p.stem[5:]) for p in (Path(run_dir) / "weights").glob("epoch[0-9][0-9][0-9].pt"))
 
 
 class _Predictor:

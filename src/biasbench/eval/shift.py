@@ -1,0 +1,231 @@
+"""Evaluate trained runs on another dataset: how a model's accuracy and bias move under a shift of the factors.
+
+A run records its metrics on the splits of the dataset it was trained on. ``biasbench evaluate RUN --data DIR``
+runs the model the run kept at an evaluation epoch (``weights/epochNNN.pt``: the weights its records describe,
+:meth:`~biasbench.methods.base.Method.evaluated_model_state`) on a split of any other Biased MNIST dataset of the
+same image size, for example:
+
+- the reference generator's own images (``--drawing reference --jpeg-quality 95``): does the model still
+  work when only the drawing changes?
+- a test set with one factor held fixed (``--fixed texture=3``) or another ``p_bias``: a controlled shift,
+  observational where the counterfactual audit (:mod:`.audit`) is interventional;
+- the same dataset: the run's own records again (a check; exact on the CPU).
+
+The metrics are :func:`~biasbench.eval.metrics.evaluate_split`'s over the chosen split, with the logits (ECE,
+ABCC) and without ``alpha`` (the tuning-distribution accuracy weights patterns by the *training* split's
+distribution, which belongs to the run's dataset). Precision and memory layout are the run's own
+(``precision``, ``channels_last`` resolved for the device as training resolves them), batches of 1,024 as in
+training's evaluation, so a CPU evaluation of the run's own dataset gives its recorded metrics exactly.
+
+Each evaluation is written to ``RUN/evaluations/<dataset id>-<split>-epochNNN.json`` (atomically); asking
+again for the same (dataset, split, epoch) reads it back instead of computing it.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..config import DatasetSettings
+from ..data.biased_mnist import BiasedMNIST
+from ..data.factors import FACTORS
+from ..data.recipe import SPLITS, dataset_identity, read_manifest
+from ..errors import BiasbenchError
+from ..utils import atomic_write_json, read_json_record, stable_hash
+from .audit import kept_epochs, load_run_model
+from .metrics import GAP_METRICS, evaluate_split
+
+EVAL_BATCH = 1024
+"""Images per forward pass: training's evaluation batch (:meth:`Trainer._predict`), so the logits match."""
+
+
+def dataset_key(manifest: dict) -> str:
+    """A short id of a dataset's images (:func:`dataset_identity`, hashed): the evaluations' file names."""
+    return stable_hash(dataset_identity(manifest), 12)
+
+
+def evaluation_path(run_dir: str | os.PathLike, manifest: dict, split: str, epoch: int) -> Path:
+    return Path(run_dir) / "evaluations" / f"{dataset_key(manifest)}-{split}-epoch{epoch:03d}.json"
+
+
+@torch.no_grad()
+def model_logits(model: torch.nn.Module, images: torch.Tensor, amp: bool, channels_last: bool) -> torch.Tensor:
+    """float32 logits (N, classes) of ``model`` (in eval mode) over uint8 ``images``, in :data:`EVAL_BATCH`
+    chunks (the last zero-padded), under bf16 autocast when ``amp``, channels-last when asked: training's
+    evaluation path (:func:`~biasbench.train.loop.eval_batches`, :func:`~biasbench.train.loop.prep_images`)."""
+    from ..train.loop import eval_batches, prep_images
+
+    model.eval()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    outs = []
+    for chunk, n in eval_batches(images, EVAL_BATCH):
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
+            outs.append(model(prep_images(chunk, channels_last))[:n].float())
+    return torch.cat(outs) if outs else torch.zeros((0, 10))
+
+
+def _recorded(run_dir: Path, epoch: int, split: str) -> dict | None:
+    """The run's own metrics of ``split`` at ``epoch`` (its ``metrics.json``), or None."""
+    history = read_json_record(run_dir / "metrics.json", {}).get("history", [])
+    hits = [h["metrics"] for h in history if h.get("epoch") == epoch and h.get("split") == split and "metrics" in h]
+    return hits[-1] if hits else None
+
+
+def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike, split: str = "test", epoch: int | None = None,
+                 device: str = "auto", progress: bool | None = None) -> dict:
+    """Evaluate a run's kept weights (evaluation epoch ``epoch``; default its last) on ``split`` of the dataset
+    in ``data`` (see module doc). Returns the JSON-ready result, also written to :func:`evaluation_path`;
+    ``reused`` is true when that file already held it."""
+    from ..train.loop import resolve_device
+
+    run_dir = Path(run_dir)
+    if split not in SPLITS:
+        raise BiasbenchError(f"unknown split {split!r}; expected one of: {', '.join(SPLITS)}")
+    manifest = read_manifest(data)
+    if epoch is None:
+        kept = kept_epochs(run_dir)
+        if not kept:
+            raise BiasbenchError(f"run {run_dir} kept no evaluated weights (weights/epochNNN.pt): it was trained "
+                                 f"before runs kept them, or has not reached an evaluation epoch yet")
+        epoch = kept[-1]
+    out_path = evaluation_path(run_dir, manifest, split, epoch)
+    if out_path.is_file():
+        try:
+            done = read_json_record(out_path)
+        except BiasbenchError:  # a corrupt earlier result: computed again, and replaced
+            done = {}
+        if done.get("dataset", {}).get("recipe_sha256") == manifest["recipe_sha256"]:
+            return {**done, "reused": True}
+    dev = resolve_device(device)
+    model, rec = load_run_model(run_dir, dev, epoch)
+    cfg = rec.get("config", {})
+    trained = DatasetSettings.from_dict(rec.get("dataset", {}).get("settings", {}))
+    given = DatasetSettings.from_dict(manifest["settings"])
+    if trained.cell_size != given.cell_size:
+        raise BiasbenchError(f"run {rec.get('run_id')} was trained on {trained.image_size}x{trained.image_size} "
+                             f"images; {data} holds {given.image_size}x{given.image_size} (cell size "
+                             f"{given.cell_size}): evaluate it on a dataset of cell size {trained.cell_size}")
+    cuda = dev.type == "cuda"
+    amp = cfg.get("precision", "auto") == "bf16" or (cfg.get("precision", "auto") == "auto" and cuda)
+    channels_last = cfg.get("channels_last", "auto") == "on" or (cfg.get("channels_last", "auto") == "auto" and cuda)
+    ds = BiasedMNIST(data, split=split, download=False)
+    if progress is None:
+        progress = sys.stderr.isatty()
+    images = ds.render(device=dev, progress=progress)
+    logits = model_logits(model, images, amp, channels_last).cpu()
+    pred = logits.argmax(1).numpy()
+    metrics = evaluate_split(pred, ds.labels.astype(np.int64), ds.factors.astype(np.int64), given.mode,
+                             logits=logits.numpy())
+    same = "recipe_sha256" in rec.get("dataset", {}) and dataset_identity(rec["dataset"]) == dataset_identity(manifest)
+    result = {
+        "run_id": rec.get("run_id", run_dir.name),
+        "method": cfg.get("method"), "model": cfg.get("model"), "seed": cfg.get("seed"),
+        "explicit": list(cfg.get("explicit") or []),
+        "epoch": epoch,
+        "split": split,
+        "dataset": {"path": str(data), "recipe_sha256": manifest["recipe_sha256"], "settings": manifest["settings"]},
+        "trained_on_this_dataset": same,
+        "shift": trained.differences(given),
+        "metrics": metrics,
+        "recorded_test": _recorded(run_dir, epoch, "test"),
+    }
+    atomic_write_json(out_path, result)
+    return {**result, "reused": False}
+
+
+def _cannot_evaluate(run_dir: Path, manifest: dict, epoch: int | None) -> str | None:
+    """Why :func:`evaluate_run` would refuse a finished run on this dataset (no weights of the epoch, another
+    image size), or None."""
+    kept = kept_epochs(run_dir)
+    if not kept or (epoch is not None and epoch not in kept):
+        return f"no weights of epoch {epoch}" if kept else "no kept weights"
+    trained = read_json_record(run_dir / "config.json").get("dataset", {}).get("settings", {})
+    cell = DatasetSettings.from_dict(trained).cell_size
+    if cell != DatasetSettings.from_dict(manifest["settings"]).cell_size:
+        return f"trained at cell size {cell}"
+    return None
+
+
+def evaluate_runs(root: str | os.PathLike, data: str | os.PathLike, split: str = "test", epoch: int | None = None,
+                  device: str = "auto", progress: bool | None = None,
+                  log: Callable[[str], None] = print) -> list[dict]:
+    """:func:`evaluate_run` for every finished run of a runs or sweep folder
+    (:func:`biasbench.report.summary.run_dirs`). Runs not finished, of another image size, or without weights of
+    ``epoch`` are left out with a line in ``log``; none left is an error."""
+    from ..report.summary import run_dirs
+
+    manifest = read_manifest(data)  # a bad --data fails before any run is read
+    runs = run_dirs(root)
+    if not runs:
+        raise BiasbenchError(f"{root} holds no runs to evaluate")
+    results = []
+    for i, run in enumerate(runs, 1):
+        state = read_json_record(run / "status.json", {}).get("state")
+        if state != "finished":
+            log(f"[{i}/{len(runs)}] {run.name}: {state or 'no status'}, not evaluated")
+            continue
+        why = _cannot_evaluate(run, manifest, epoch)
+        if why:
+            log(f"[{i}/{len(runs)}] {run.name}: {why}, not evaluated")
+            continue
+        res = evaluate_run(run, data, split, epoch, device, progress)
+        m = res["metrics"]
+        log(f"[{i}/{len(runs)}] {run.name} ({res['method']}): accuracy {m['accuracy']:.2f}"
+            + (" (already evaluated)" if res["reused"] else ""))
+        results.append(res)
+    if not results:
+        raise BiasbenchError(f"no run of {root} could be evaluated on {data} (see the lines above)")
+    return results
+
+
+def format_evaluation(result: dict) -> str:
+    """What ``biasbench evaluate RUN`` prints: the split's accuracies beside the run's recorded test metrics,
+    then the bias per factor on the given split."""
+    m, rec = result["metrics"], result.get("recorded_test")
+    shift = "the run's own dataset" if result["trained_on_this_dataset"] else \
+        ("; ".join(result["shift"]) or "same settings, other recipe")
+    lines = [f"run {result['run_id']}  {result['method']} / {result['model']}  seed {result['seed']}  weights of "
+             f"epoch {result['epoch']}",
+             f"on {result['dataset']['path']} ({result['split']}; vs the training dataset: {shift})", "",
+             f"{'':24s}{'accuracy':>10s}{'MPA':>8s}{'worst group':>13s}{'ECE':>8s}"]
+
+    def row(label: str, r: dict) -> str:
+        ece = f"{r['ece']:8.2f}" if "ece" in r else f"{'-':>8s}"
+        return f"{label:24s}{r['accuracy']:10.2f}{r['mpa']:8.2f}{r['worst_group']:13.2f}{ece}"
+    if rec:
+        lines.append(row("recorded test (unbiased)", rec))
+    lines.append(row(f"this {result['split']}", m))
+    lines += ["", f"bias on this {result['split']}, in points (as train prints it: MMD = majority - minority "
+                  f"accuracy; DP, EO gap, ABCC)",
+              f"{'factor':18s}{'majority':>10s}{'minority':>10s}{'MMD':>8s}{'DP gap':>8s}{'EO gap':>8s}{'ABCC':>8s}"]
+
+    def num(v) -> str:  # a factor held fixed has no majority or no minority images: nan
+        return f"{v:8.2f}" if v == v else f"{'-':>8s}"
+    for f in FACTORS:
+        fm = m["factors"][f]
+        lines.append(f"{f:18s}{num(fm['majority']):>10s}{num(fm['minority']):>10s}{num(fm['mmd'])}"
+                     + "".join(num(fm[k]) for k in GAP_METRICS))
+    return "\n".join(lines)
+
+
+def format_evaluations(results: list[dict]) -> str:
+    """One line per evaluated run: its recorded test accuracy, the accuracy here and the change."""
+    head = (f"{'run_id':14s}{'method':14s}{'explicit':20s}{'seed':>5s}{'epoch':>6s}{'recorded':>10s}{'here':>8s}"
+            f"{'change':>8s}{'worst grp':>11s}{'mean MMD':>10s}")
+    lines = [head]
+    for r in results:
+        m, rec = r["metrics"], r.get("recorded_test")
+        explicit = ",".join(r["explicit"]) or "-"
+        explicit = explicit if len(explicit) <= 19 else explicit[:16] + "..."
+        before = f"{rec['accuracy']:.2f}" if rec else "-"
+        change = f"{m['accuracy'] - rec['accuracy']:+.2f}" if rec else "-"
+        mmd = [m["factors"][f]["mmd"] for f in FACTORS if m["factors"][f]["mmd"] == m["factors"][f]["mmd"]]
+        lines.append(f"{r['run_id']:14s}{str(r['method']):14s}{explicit:20s}{r['seed']!s:>5s}{r['epoch']:>6d}"
+                     f"{before:>10s}{m['accuracy']:8.2f}{change:>8s}{m['worst_group']:11.2f}"
+                     f"{(f'{np.mean(mmd):.2f}' if mmd else '-'):>10s}")
+    return "\n".join(lines)
