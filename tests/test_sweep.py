@@ -300,6 +300,16 @@ def test_rerun_skips_finished_trials_and_report_renders(tmp_path, capsys):
     (run_dir / "audit" / "audit.json").write_text("{not json")  # a corrupt audit is made again, not fatal
     assert main(["audit", str(tmp_path / "sw"), "--samples", "20", "--values", "1", "--no-progress"]) == 0
     assert "audited 1 runs, 3 already audited" in capsys.readouterr().out
+    # every run evaluated on the same recipe in the reference's drawing: one line each, then a table of the report
+    from biasbench.config import DatasetSettings
+    from biasbench.data.biased_mnist import generate
+    from biasbench.data.recipe import read_manifest
+
+    generate(tmp_path / "ref-data", DatasetSettings.from_dict({**read_manifest(data_dir)["settings"],
+                                                               "drawing": "reference"}))
+    assert main(["evaluate", str(tmp_path / "sw"), "--data", str(tmp_path / "ref-data"), "--no-progress"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert len(rows) == 1 + 4 and rows[0].split()[:4] == ["run_id", "method", "explicit", "seed"]
     code = main(["report", str(tmp_path / "sw"), "--out", str(tmp_path / "rep")])
     out = capsys.readouterr().out
     assert code == 0 and "| StdM |" in out and "| LfF | –" in out  # LfF not in this sweep: missing cell
@@ -308,6 +318,12 @@ def test_rerun_skips_finished_trials_and_report_renders(tmp_path, capsys):
     assert "Dataset: 24x24 px, p_bias 0.7, mode paper, our drawing, lossless." in html
     assert len((tmp_path / "rep" / "audit.md").read_text().splitlines()) == 2 + 2  # StdM and UpWt, all audited
     assert (tmp_path / "rep" / "fig3a_mmd_per_factor.png").stat().st_size > 5000
+    shift = (tmp_path / "rep" / "shift.md").read_text().splitlines()
+    assert shift[0] == "| method | recorded test | drawing biasbench vs reference |" and len(shift) == 2 + 2
+    t1 = {r["method"]: r["mean"] for r in json.loads((tmp_path / "rep" / "report.json").read_text())["table1"]}
+    stdm = shift[2].split(" | ")
+    assert stdm[0] == "| StdM" and float(stdm[1]) == pytest.approx(t1["stdm"], abs=0.05)  # the same runs' accuracy
+    assert "Accuracy on other test sets" in html
 
 
 def test_sweep_kill_and_resume(tmp_path):

@@ -183,12 +183,18 @@ def evaluate_runs(root: str | os.PathLike, data: str | os.PathLike, split: str =
     return results
 
 
+def shift_label(result: dict) -> str:
+    """How an evaluation's dataset differs from the run's (its settings, trained vs evaluated), for tables."""
+    if result.get("trained_on_this_dataset"):
+        return "the run's own dataset"
+    return "; ".join(result.get("shift") or []) or "same settings, other recipe"
+
+
 def format_evaluation(result: dict) -> str:
     """What ``biasbench evaluate RUN`` prints: the split's accuracies beside the run's recorded test metrics,
     then the bias per factor on the given split."""
     m, rec = result["metrics"], result.get("recorded_test")
-    shift = "the run's own dataset" if result["trained_on_this_dataset"] else \
-        ("; ".join(result["shift"]) or "same settings, other recipe")
+    shift = shift_label(result)
     lines = [f"run {result['run_id']}  {result['method']} / {result['model']}  seed {result['seed']}  weights of "
              f"epoch {result['epoch']}",
              f"on {result['dataset']['path']} ({result['split']}; vs the training dataset: {shift})", "",

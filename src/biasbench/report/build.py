@@ -42,6 +42,10 @@ NOTES = {
             "largest area between the CDFs of the predicted probability of k over two values of b (it sees "
             "confidence that follows b where the predicted class does not). Mean over each method's selected "
             "runs at their selected epoch; estimates from finite cells, so small cells add a few points of noise.",
+    "shift": "Test accuracy (%) of each method's selected runs on other datasets' test splits (biasbench evaluate "
+             "RUN --data DIR, at the run's selected epoch), beside the same runs' recorded unbiased test accuracy; "
+             "a column per evaluated dataset, named by the settings that differ (trained vs evaluated). Mean over "
+             "the runs that have that evaluation; runs without one are left out.",
 }
 GAP_TITLES = {"dp_gap": "Demographic-parity gap per factor (test)", "eo_gap": "Equalized-odds gap per factor (test)",
               "abcc": "Area between the probability CDFs (ABCC) per factor (test)"}
@@ -111,6 +115,9 @@ def build_report(sweep_dirs, out: str | os.PathLike, rule: str = "final", pool=(
     audits = audit_table(chosen)
     if audits:
         atomic_write_text(out / "audit.md", audits + "\n")
+    shifts = shift_table(chosen)
+    if shifts:
+        atomic_write_text(out / "shift.md", shifts + "\n")
     gaps = {key: gap_table(chosen, key) for key in GAP_TITLES}
     if any(gaps.values()):
         atomic_write_text(out / "gaps.md", "\n\n".join(f"{GAP_TITLES[k]}\n\n{t}" for k, t in gaps.items() if t) + "\n")
@@ -149,6 +156,9 @@ def build_report(sweep_dirs, out: str | os.PathLike, rule: str = "final", pool=(
         sections.append(("", "Share of single-factor changes that change the prediction (biasbench audit), mean "
                              "over the audited runs of each method, each audited at its selected epoch; runs "
                              "without such an audit are left out.", None))
+    if shifts:
+        sections.append(("Accuracy on other test sets (biasbench evaluate)", shifts, None))
+        sections.append(("", NOTES["shift"], None))
     for key, table in gaps.items():
         if table:
             sections.append((GAP_TITLES[key], table, None))
@@ -255,25 +265,71 @@ def gap_table(chosen, key: str) -> str | None:
 def factor_table(chosen, values, fmt: str) -> str | None:
     """Markdown table, method x factor, of the mean of ``values(run, epoch)`` (factor -> number; NaN left out)
     over each method's selected runs (a block of rows per setting variant); None when no run has a value."""
+    from ..data.factors import FACTORS
+
+    return method_table(chosen, values, FACTORS, fmt)
+
+
+def method_table(chosen, values, columns, fmt: str) -> str | None:
+    """Markdown table, method x ``columns``, of the mean of ``values(run, epoch)`` (column -> number; NaN and other
+    keys left out) over each method's selected runs (a block of rows per setting variant); None when no run has a
+    value."""
     from statistics import mean
 
-    from ..data.factors import FACTORS
     from ..methods.registry import method_name, method_order
 
     variants = setting_variants(chosen)
     lead = len(variants) > 1
-    lines = [("| variant " if lead else "") + "| method | " + " | ".join(FACTORS) + " |",
-             "|---" * (len(FACTORS) + 1 + lead) + "|"]
+    lines = [("| variant " if lead else "") + "| method | " + " | ".join(columns) + " |",
+             "|---" * (len(columns) + 1 + lead) + "|"]
     for label, runs in variants:
         got: dict = {}
         for run, ep in runs:
             for f, v in values(run, ep).items():
-                if f in FACTORS and v == v:
+                if f in columns and v == v:
                     got.setdefault(run.method, {}).setdefault(f, []).append(v)
         for m in method_order(got):
-            cells = [fmt.format(mean(got[m][f])) if f in got[m] else "–" for f in FACTORS]
+            cells = [fmt.format(mean(got[m][f])) if f in got[m] else "–" for f in columns]
             lines.append((f"| {label} " if lead else "") + f"| {method_name(m)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) if len(lines) > 2 else None
+
+
+RECORDED_TEST = "recorded test"
+"""The shift table's first column: the runs' own unbiased test accuracy."""
+
+
+def run_evaluations(run, epoch: int) -> dict[str, float]:
+    """Test accuracy of ``run``'s model at ``epoch`` on other datasets (``biasbench evaluate``'s results in
+    ``RUN/evaluations/``), keyed by how each dataset differs from the run's (:func:`biasbench.eval.shift.shift_label`);
+    the run's own dataset left out."""
+    from ..eval.shift import shift_label
+
+    if run.runs_dir is None:
+        return {}
+    out = {}
+    for path in sorted((run.runs_dir / run.run_id / "evaluations").glob(f"*-test-epoch{epoch:03d}.json")):
+        try:
+            res = json.loads(path.read_text())
+            if not res.get("trained_on_this_dataset"):
+                out[shift_label(res)] = float(res["metrics"]["accuracy"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return out
+
+
+def shift_table(chosen) -> str | None:
+    """Markdown table, method x evaluated dataset, of the mean test accuracy of the selected runs evaluated on other
+    datasets at their selected epoch, beside the same runs' recorded test accuracy; None when no run has such an
+    evaluation."""
+    labels = sorted({label for run, ep in chosen for label in run_evaluations(run, ep)})
+    if not labels:
+        return None
+
+    def values(run, ep):
+        got = run_evaluations(run, ep)
+        test = run.evals[ep].get("test", {}).get("accuracy")
+        return {RECORDED_TEST: test, **got} if got and test is not None else {}
+    return method_table(chosen, values, [RECORDED_TEST, *labels], "{:.1f}")
 
 
 def _log_to_sweep_tracker(sweep_dir: Path, out: Path, figs: dict) -> None:
