@@ -73,6 +73,36 @@ def test_aim_round_trip(tracked_run):
     assert run["status"] == "FINISHED"
 
 
+def test_an_evaluation_joins_the_runs_tracker_records(tracked_run, tmp_path):
+    """biasbench evaluate adds its accuracy, worst group and MMDs to the run's own MLflow and TensorBoard records
+    (at the epoch of the weights), and its JSON as an artifact; the run stays finished."""
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from biasbench.config import DatasetSettings
+    from biasbench.data.biased_mnist import generate
+    from biasbench.eval.shift import dataset_key, evaluate_run
+
+    from .conftest import TINY
+
+    out, res, ids = tracked_run
+    ref = tmp_path / "reference"
+    generate(ref, DatasetSettings(**TINY, drawing="reference"))
+    got = evaluate_run(res["run_dir"], ref, device="cpu", progress=False)
+    prefix = f"shift_{dataset_key(got['dataset'])}_test"
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    run = client.get_run(ids["mlflow"])
+    assert run.data.metrics[f"{prefix}/accuracy"] == pytest.approx(got["metrics"]["accuracy"])
+    assert run.data.metrics[f"{prefix}/texture/mmd"] == pytest.approx(got["metrics"]["factors"]["texture"]["mmd"])
+    assert run.info.status == "FINISHED"
+    arts = {a.path for a in client.list_artifacts(ids["mlflow"])}
+    assert f"{dataset_key(got['dataset'])}-test-epoch002.json" in arts
+    acc = EventAccumulator(str(out / "tensorboard" / ids["tensorboard"]))
+    acc.Reload()
+    assert [(e.step, round(e.value, 4)) for e in acc.Scalars(f"{prefix}/accuracy")] == \
+        [(2, round(got["metrics"]["accuracy"], 4))]
+
+
 def test_resumed_run_continues_the_same_tracker_runs(tiny_root, tmp_path):
     cfg = TrainConfig(data=str(tiny_root), epochs=1, batch_size=256)
     res = Trainer(cfg, tmp_path, tracker="tensorboard", progress=False).run()

@@ -18,7 +18,6 @@ Rendering and inference are batched (``batch`` counterfactual images at a time) 
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -343,23 +342,12 @@ def audit_runs(root: str | os.PathLike, data: str | os.PathLike | None = None, s
 
 def _log_to_tracker(run_dir: Path, result: dict, figures: list[Path]) -> None:
     """Log the audit into the run's own tracker records (every backend the run used), if any."""
-    try:
-        tracker_rec = json.loads((run_dir / "tracker.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return
-    from ..track import BACKENDS, make_tracker
+    from ..track import log_to_run_trackers
 
-    names = [n for n in tracker_rec if n in BACKENDS and n != "none"]
-    if not names:
-        return
-    tracker = make_tracker(",".join(names), str(run_dir.parent))
-    tracker.start("audit", resume_ids=tracker_rec)
     split = result["split"]
     metrics = {}
     for name, r in result["factors"].items():
         metrics[f"audit_{split}/{name}/flip_rate"] = r["flip_rate"]
         metrics[f"audit_{split}/{name}/gap"] = r["gap"]
-    tracker.log_metrics(metrics, step=int(result["checkpoint_epoch"]))
-    for path in [Path(result["files"][0]), *figures]:
-        tracker.log_artifact(str(path))
-    tracker.finish("FINISHED")
+    log_to_run_trackers(run_dir, "audit", metrics, int(result["checkpoint_epoch"]),
+                        [Path(result["files"][0]), *figures])

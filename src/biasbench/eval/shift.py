@@ -135,7 +135,20 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike, split: str
         "recorded_test": _recorded(run_dir, epoch, "test"),
     }
     atomic_write_json(out_path, result)
+    _log_to_tracker(run_dir, result, out_path)
     return {**result, "reused": False}
+
+
+def _log_to_tracker(run_dir: Path, result: dict, path: Path) -> None:
+    """The evaluation's headline metrics in the run's own tracker records (when it has any), at the epoch of the
+    weights, under ``shift_<dataset id>_<split>/``: accuracy, worst group and each factor's MMD."""
+    from ..track import log_to_run_trackers
+
+    m = result["metrics"]
+    prefix = f"shift_{dataset_key(result['dataset'])}_{result['split']}"
+    metrics = {f"{prefix}/accuracy": m["accuracy"], f"{prefix}/worst_group": m["worst_group"]}
+    metrics.update({f"{prefix}/{f}/mmd": v["mmd"] for f, v in m["factors"].items() if v["mmd"] == v["mmd"]})
+    log_to_run_trackers(run_dir, "evaluate", metrics, int(result["epoch"]), [path])
 
 
 def _cannot_evaluate(run_dir: Path, manifest: dict, epoch: int | None) -> str | None:

@@ -157,3 +157,29 @@ def make_tracker(spec: str, out_dir: str) -> Tracker:
 def missing_extra(name: str, exc: Exception) -> BiasbenchError:
     return BiasbenchError(f"the {name} tracker is not installed ({exc}); install it with: "
                           f"pip install '{EXTRAS[name].split(' ')[0]}'")
+
+
+def log_to_run_trackers(run_dir, name: str, metrics: dict[str, float], step: int, artifacts=()) -> bool:
+    """Add ``metrics`` (at ``step``) and ``artifacts`` (file paths) to a finished run's own tracker records, in
+    every backend the run used (its ``tracker.json``), as a later session ``name`` of the same tracker run: how
+    an audit or an evaluation joins the run it examined in the tracker's UI. False when the run has no records
+    in any tracker."""
+    import json
+    from pathlib import Path
+
+    run_dir = Path(run_dir)
+    try:
+        ids = json.loads((run_dir / "tracker.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    names = [n for n in ids if n in BACKENDS and n != "none"] if isinstance(ids, dict) else []
+    if not names:
+        return False
+    tracker = make_tracker(",".join(names), str(run_dir.parent))
+    tracker.start(name, resume_ids=ids)
+    tracker.log_metrics(metrics, step=step)
+    for path in artifacts:
+        tracker.log_artifact(str(path))
+    tracker.finish("FINISHED")
+    return True
+
