@@ -81,7 +81,7 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike, split: str
     """Evaluate a run's kept weights (evaluation epoch ``epoch``; default its last) on ``split`` of the dataset
     in ``data`` (see module doc). Returns the JSON-ready result, also written to :func:`evaluation_path`;
     ``reused`` is true when that file already held it."""
-    from ..train.loop import resolve_device
+    from ..train.loop import resolve_device, resolve_numerics
 
     run_dir = Path(run_dir)
     if split not in SPLITS:
@@ -110,9 +110,7 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike, split: str
         raise BiasbenchError(f"run {rec.get('run_id')} was trained on {trained.image_size}x{trained.image_size} "
                              f"images; {data} holds {given.image_size}x{given.image_size} (cell size "
                              f"{given.cell_size}): evaluate it on a dataset of cell size {trained.cell_size}")
-    cuda = dev.type == "cuda"
-    amp = cfg.get("precision", "auto") == "bf16" or (cfg.get("precision", "auto") == "auto" and cuda)
-    channels_last = cfg.get("channels_last", "auto") == "on" or (cfg.get("channels_last", "auto") == "auto" and cuda)
+    amp, channels_last = resolve_numerics(cfg.get("precision", "auto"), cfg.get("channels_last", "auto"), dev)
     ds = BiasedMNIST(data, split=split, download=False)
     if progress is None:
         progress = sys.stderr.isatty()

@@ -80,6 +80,14 @@ def resolve_device(device: str) -> torch.device:
 COMPILE_RECOMPILE_LIMIT = 64
 
 
+def resolve_numerics(precision: str, channels_last: str, device: torch.device) -> tuple[bool, bool]:
+    """(bf16 autocast, channels-last) for a run's ``precision`` and ``channels_last`` settings on ``device``:
+    ``auto`` is bf16 and channels-last on CUDA, fp32 and the default layout elsewhere."""
+    cuda = device.type == "cuda"
+    return (precision == "bf16" or (precision == "auto" and cuda),
+            channels_last == "on" or (channels_last == "auto" and cuda))
+
+
 def prep_images(x_uint8: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """A (B, C, H, W) uint8 batch as float (raw 0-255 values: the models normalise), channels-last if asked.
     The layout changes while the batch is uint8 (a quarter of the bytes) and the conversion keeps it: one
@@ -245,8 +253,7 @@ class Trainer:
         cuda = self.device.type == "cuda"
         if cuda:  # shapes are fixed per run: let cuDNN time its algorithms once (grouped convolutions gain most)
             torch.backends.cudnn.benchmark = True
-        self.amp = cfg.precision == "bf16" or (cfg.precision == "auto" and cuda)
-        self.channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and cuda)
+        self.amp, self.channels_last = resolve_numerics(cfg.precision, cfg.channels_last, self.device)
         self._runner = None  # (method, images, GraphedStep) of the current run
 
     # -- records -----------------------------------------------------------------------------
