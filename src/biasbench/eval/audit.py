@@ -312,29 +312,22 @@ def audit_runs(root: str | os.PathLike, data: str | os.PathLike | None = None, s
     """Audit every finished run of a runs folder or a sweep folder (:func:`biasbench.report.summary.run_dirs`),
     each into its own ``audit`` folder, skipping runs already audited with the same request (their results
     are read back, marked ``skipped``). Runs that are not finished are left out with a line in ``log``."""
-    from ..report.summary import run_dirs
+    from ..report.summary import finished_runs
     from ..utils import read_json_record
 
-    runs = run_dirs(root)
-    if not runs:
-        raise BiasbenchError(f"{root} holds no runs to audit")
     want = audit_request(split, samples, values, seed, epoch)
     results = []
-    for i, run in enumerate(runs, 1):
-        state = read_json_record(run / "status.json", {}).get("state")
-        if state != "finished":
-            log(f"[{i}/{len(runs)}] {run.name}: {state or 'no status'}, not audited")
-            continue
+    for tag, run in finished_runs(root, "audit", log):
         try:
             done = read_json_record(audit_dir(run, epoch) / "audit.json", {})
         except BiasbenchError:  # a corrupt earlier audit: audited again
             done = {}
         if done.get("request") == want:
-            log(f"[{i}/{len(runs)}] {run.name}: already audited with these settings")
+            log(f"{tag}: already audited with these settings")
             results.append({**done, "skipped": True})
             continue
         res = audit_run(run, data, split, samples, values, seed, device, progress=progress, epoch=epoch)
-        log(f"[{i}/{len(runs)}] {run.name} ({res['method']}): mean flip rate "
+        log(f"{tag} ({res['method']}): mean flip rate "
             f"{sum(f['flip_rate'] for f in res['factors'].values()) / len(res['factors']):.3f}")
         results.append(res)
     return results

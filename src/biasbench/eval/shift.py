@@ -168,25 +168,17 @@ def evaluate_runs(root: str | os.PathLike, data: str | os.PathLike, split: str =
     """:func:`evaluate_run` for every finished run of a runs or sweep folder
     (:func:`biasbench.report.summary.run_dirs`). Runs not finished, of another image size, or without weights of
     ``epoch`` are left out with a line in ``log``; none left is an error."""
-    from ..report.summary import run_dirs
+    from ..report.summary import finished_runs
 
     manifest = read_manifest(data)  # a bad --data fails before any run is read
-    runs = run_dirs(root)
-    if not runs:
-        raise BiasbenchError(f"{root} holds no runs to evaluate")
     results = []
-    for i, run in enumerate(runs, 1):
-        state = read_json_record(run / "status.json", {}).get("state")
-        if state != "finished":
-            log(f"[{i}/{len(runs)}] {run.name}: {state or 'no status'}, not evaluated")
-            continue
+    for tag, run in finished_runs(root, "evaluate", log):
         why = _cannot_evaluate(run, manifest, epoch)
         if why:
-            log(f"[{i}/{len(runs)}] {run.name}: {why}, not evaluated")
+            log(f"{tag}: {why}, not evaluated")
             continue
         res = evaluate_run(run, data, split, epoch, device, progress)
-        m = res["metrics"]
-        log(f"[{i}/{len(runs)}] {run.name} ({res['method']}): accuracy {m['accuracy']:.2f}"
+        log(f"{tag} ({res['method']}): accuracy {res['metrics']['accuracy']:.2f}"
             + (" (already evaluated)" if res["reused"] else ""))
         results.append(res)
     if not results:

@@ -56,6 +56,25 @@ def run_dirs(root: str | os.PathLike) -> list[Path]:
     return [cfg_path.parent for cfg_path in sorted(root.glob("*/config.json"))]
 
 
+def finished_runs(root: str | os.PathLike, verb: str, log) -> list[tuple[str, Path]]:
+    """``(tag, run folder)`` for each finished run of :func:`run_dirs`, ``tag`` = ``[i/n] <run_id>`` (its place
+    among all the runs, for progress lines); each unfinished run gets a line ``tag: state, not <verb>ed`` in
+    ``log``. No run at all is an error ("holds no runs to <verb>")."""
+    runs = run_dirs(root)
+    if not runs:
+        raise BiasbenchError(f"{root} holds no runs to {verb}")
+    done = verb + ("d" if verb.endswith("e") else "ed")
+    out = []
+    for i, run in enumerate(runs, 1):
+        tag = f"[{i}/{len(runs)}] {run.name}"
+        state = read_json_record(run / "status.json", {}).get("state")
+        if state == "finished":
+            out.append((tag, run))
+        else:
+            log(f"{tag}: {state or 'no status'}, not {done}")
+    return out
+
+
 def collect_runs(root: str | os.PathLike) -> list[dict]:
     """One row per run folder of :func:`run_dirs`."""
     rows = []
