@@ -10,7 +10,8 @@ from biasbench.config import DatasetSettings, TrainConfig
 from biasbench.data.biased_mnist import BiasedMNIST, generate
 from biasbench.data.factors import FACTORS
 from biasbench.errors import BiasbenchError
-from biasbench.eval.shift import evaluate_run, evaluate_runs
+from biasbench.data.recipe import read_manifest
+from biasbench.eval.shift import evaluate_run, evaluate_runs, parse_shift, shifted_settings
 from biasbench.train.loop import Trainer
 
 SHORTCUT = "background_color"
@@ -93,9 +94,39 @@ def test_evaluate_cli_writes_once_reads_back_and_rejects_bad_input(shortcut_run,
         assert main(["evaluate", *args, "--device", "cpu"]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+    for args, message in (([run, "--shift", "cell_size=16"], "--shift cell_size: a run's model takes the image size"),
+                          ([run, "--shift", "colour=red"], "unknown dataset setting 'colour'; expected one of: p_bias"),
+                          ([run, "--shift", "drawing"], "--shift takes KEY=VALUE, e.g. drawing=reference"),
+                          ([run, "--shift", "p_bias=texture=2"], "p_bias for texture must be in [0, 1]"),
+                          ([run], "give --data DIR (a dataset to evaluate on) or --shift KEY=VALUE")):
+        assert main(["evaluate", *args, "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
     with pytest.raises(SystemExit):
         main(["evaluate", run, "--data", str(data), "--split", "train2"])
     assert "invalid choice: 'train2'" in capsys.readouterr().err
     # a folder of runs: the run of another size is left out with a line, none left is an error
     with pytest.raises(BiasbenchError, match="no run of .* could be evaluated"):
         evaluate_runs(root / "runs", big, device="cpu", progress=False, log=lambda s: None)
+
+
+def test_shift_evaluates_a_run_on_its_own_dataset_changed(shortcut_run):
+    """--shift KEY=VALUE: the run's own dataset settings with KEY changed, generated on first use beside the
+    run's dataset; p_bias and fixed pairs change the named factors and keep the others'."""
+    root, data, result = shortcut_run
+    base = DatasetSettings.from_dict(read_manifest(data)["settings"])
+    assert shifted_settings(base, {"p_bias": "texture=0.9"}).p_bias == {**base.p_bias, "texture": 0.9}
+    assert shifted_settings(base, {"fixed": f"{SHORTCUT}=7"}).fixed == {**OTHERS, SHORTCUT: 7}
+    assert shifted_settings(base, {"fixed": "none", "seed": "4"}) == DatasetSettings(
+        **{**base.__dict__, "fixed": {}, "seed": 4})
+    got = evaluate_run(result["run_dir"], None, shift=parse_shift([f"fixed={SHORTCUT}=7"]), device="cpu",
+                       progress=False)
+    made = Path(got["dataset"]["path"])
+    assert made.parent == root and made.name.startswith("bmnist-")  # beside the run's dataset
+    assert got["shift"] == [f"fixed {','.join(f'{f}=0' for f in OTHERS)} vs "
+                            f"{','.join(f'{f}={7 if f == SHORTCUT else 0}' for f in FACTORS)}"]
+    bg = got["metrics"]["factors"][SHORTCUT]
+    sevens = int((BiasedMNIST(made, split="test").labels == 7).sum())
+    assert bg["majority"] > 90 and bg["minority"] < 5 and bg["n_majority"] == sevens  # the colour of class 7
+    again = evaluate_run(result["run_dir"], None, shift={"fixed": f"{SHORTCUT}=7"}, device="cpu", progress=False)
+    assert again["reused"] and len(list(root.glob("bmnist-*"))) == 1  # generated once

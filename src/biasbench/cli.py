@@ -299,6 +299,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+SHIFT_HELP = ("KEY=VALUE: evaluate each run on its own dataset's settings with KEY changed, generated on first "
+              "use: drawing=reference, jpeg_quality=95, fixed=texture=3 (added to the run's fixed factors; "
+              "fixed=none clears them), p_bias=0.9 (every factor) or p_bias=texture=0.9 (that factor; the val "
+              "split follows p_bias, test stays unbiased), seed=1 (another draw), mode=corrected; repeatable")
+
+
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser(
         "evaluate", help="evaluate trained runs on another dataset (a shift of the factors or of the drawing)",
@@ -310,8 +316,10 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     )
     ev.add_argument("run", metavar="RUN", help="a run folder (RUNS/<run_id>), or a runs or sweep folder: every "
                                                "finished run in it")
-    ev.add_argument("--data", required=True, metavar="DIR",
-                    help="the dataset folder to evaluate on (biasbench data generate)")
+    ev.add_argument("--data", default=None, metavar="DIR",
+                    help="the dataset folder to evaluate on (biasbench data generate); with --shift, the folder "
+                         "the shifted datasets go in (default: the one holding each run's dataset)")
+    ev.add_argument("--shift", action="append", default=[], metavar="KEY=VALUE", help=SHIFT_HELP)
     ev.add_argument("--split", default="test", choices=("train", "val", "balanced_val", "test"),
                     help="split of DIR (default test)")
     ev.add_argument("--epoch", type=int, default=None, metavar="N",
@@ -325,15 +333,19 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .eval.shift import evaluate_run, evaluate_runs, format_evaluation, format_evaluations
+    from .eval.shift import evaluate_run, evaluate_runs, format_evaluation, format_evaluations, parse_shift
 
     progress = False if args.no_progress else None
+    shift = parse_shift(args.shift)
+    if not shift and args.data is None:
+        raise BiasbenchError("give --data DIR (a dataset to evaluate on) or --shift KEY=VALUE (each run's own "
+                             "dataset, shifted)")
     if not (Path(args.run) / "config.json").is_file() and Path(args.run).is_dir():  # a runs or sweep folder
         results = evaluate_runs(args.run, args.data, args.split, args.epoch, args.device, progress,
-                                log=lambda line: print(line, file=sys.stderr))
+                                log=lambda line: print(line, file=sys.stderr), shift=shift)
         print(json.dumps(results, indent=2) if args.json else format_evaluations(results))
         return 0
-    result = evaluate_run(args.run, args.data, args.split, args.epoch, args.device, progress)
+    result = evaluate_run(args.run, args.data, args.split, args.epoch, args.device, progress, shift=shift)
     print(json.dumps(result, indent=2) if args.json else format_evaluation(result))
     return 0
 

@@ -171,6 +171,10 @@ class DatasetSettings:
                 elif k == "p_bias":
                     diffs = [f"{f} {a[k][f]} vs {b[k][f]}" for f in FACTORS if a[k][f] != b[k][f]]
                     out.append("p_bias " + ", ".join(diffs))
+                elif k == "fixed":
+                    def held(d):
+                        return ",".join(f"{f}={i}" for f, i in d.items()) or "none"
+                    out.append(f"fixed {held(a[k])} vs {held(b[k])}")
                 else:
                     out.append(f"{k} {a[k]} vs {b[k]}")
         return out

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from ..config import DatasetSettings
+from ..config import DatasetSettings, parse_fixed
 from ..data.biased_mnist import BiasedMNIST
 from ..data.factors import FACTORS
 from ..data.recipe import SPLITS, dataset_identity, read_manifest
@@ -38,6 +39,64 @@ from ..errors import BiasbenchError
 from ..utils import atomic_write_json, read_json_record, stable_hash
 from .audit import kept_epochs, load_run_model
 from .metrics import GAP_METRICS, evaluate_split
+
+def parse_shift(items: list[str] | None) -> dict[str, str]:
+    """``--shift`` items as ``{setting: value}``: any dataset setting but the cell size (a model's input size is
+    fixed); one error line for a malformed item or an unknown setting."""
+    keys = [f.name for f in fields(DatasetSettings) if f.name != "cell_size"]
+    out: dict[str, str] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise BiasbenchError(f"--shift takes KEY=VALUE, e.g. drawing=reference; got {item!r}")
+        k, v = (x.strip() for x in item.split("=", 1))
+        if k == "cell_size":
+            raise BiasbenchError("--shift cell_size: a run's model takes the image size it was trained at; the "
+                                 "images can shift in anything but their size")
+        if k not in keys:
+            raise BiasbenchError(f"--shift {k}=...: unknown dataset setting {k!r}; expected one of: "
+                                 f"{', '.join(keys)}")
+        out[k] = v
+    return out
+
+
+def shifted_settings(base: DatasetSettings, shift: dict[str, str]) -> DatasetSettings:
+    """``base`` with the ``shift`` settings changed (:func:`parse_shift`). ``p_bias=NAME=P,...`` and ``fixed=NAME=I,...``
+    change the named factors and keep the others' (``fixed=none`` holds none fixed); a bad value is the settings'
+    own error."""
+    d = asdict(base)
+    for k, v in shift.items():
+        if k == "p_bias" and "=" in v:
+            pairs = {}
+            for item in v.split(","):
+                if "=" not in item:
+                    raise BiasbenchError(f"bad p_bias item {item!r} in --shift; expected NAME=P, e.g. texture=0.9")
+                name, p = item.split("=", 1)
+                pairs[name.strip()] = p.strip()
+            d[k] = {**base.p_bias, **pairs}
+        elif k == "fixed":
+            d[k] = {} if v.lower() == "none" else {**base.fixed, **parse_fixed(v)}
+        else:
+            d[k] = v
+    return DatasetSettings(**d)
+
+
+def evaluation_data(run_dir: str | os.PathLike, data: str | os.PathLike | None, shift: dict[str, str] | None) -> Path:
+    """The dataset folder to evaluate a run on: ``data`` itself without a shift; with one, the run's dataset
+    settings shifted (:func:`shifted_settings`), in ``data`` as a datasets root (default: the folder holding the
+    run's recorded dataset, so a sweep's shifted datasets go beside its own), generated there on first use."""
+    if not shift:
+        if data is None:
+            raise BiasbenchError("give --data DIR (a dataset to evaluate on) or --shift KEY=VALUE (the run's own "
+                                 "dataset, shifted)")
+        return Path(data)
+    from ..sweep.trial import ensure_dataset
+    from .audit import run_dataset
+
+    rec = read_json_record(Path(run_dir) / "config.json", key="config")
+    settings = shifted_settings(DatasetSettings.from_dict(rec.get("dataset", {}).get("settings", {})), shift)
+    root = Path(data) if data is not None else run_dataset(rec, None).parent
+    return ensure_dataset(root, settings)
+
 
 EVAL_BATCH = 1024
 """Images per forward pass: training's evaluation batch (:meth:`Trainer._predict`), so the logits match."""
@@ -76,16 +135,19 @@ def _recorded(run_dir: Path, epoch: int, split: str) -> dict | None:
     return hits[-1] if hits else None
 
 
-def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike, split: str = "test", epoch: int | None = None,
-                 device: str = "auto", progress: bool | None = None) -> dict:
+def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike | None, split: str = "test",
+                 epoch: int | None = None, device: str = "auto", progress: bool | None = None,
+                 shift: dict[str, str] | None = None) -> dict:
     """Evaluate a run's kept weights (evaluation epoch ``epoch``; default its last) on ``split`` of the dataset
-    in ``data`` (see module doc). Returns the JSON-ready result, also written to :func:`evaluation_path`;
-    ``reused`` is true when that file already held it."""
+    in ``data``, or of the run's own dataset shifted by ``shift`` (:func:`evaluation_data`; see module doc).
+    Returns the JSON-ready result, also written to :func:`evaluation_path`; ``reused`` is true when that file
+    already held it."""
     from ..train.loop import resolve_device, resolve_numerics
 
     run_dir = Path(run_dir)
     if split not in SPLITS:
         raise BiasbenchError(f"unknown split {split!r}; expected one of: {', '.join(SPLITS)}")
+    data = evaluation_data(run_dir, data, shift)
     manifest = read_manifest(data)
     if epoch is None:
         kept = kept_epochs(run_dir)
@@ -162,27 +224,31 @@ def _cannot_evaluate(run_dir: Path, manifest: dict, epoch: int | None) -> str | 
     return None
 
 
-def evaluate_runs(root: str | os.PathLike, data: str | os.PathLike, split: str = "test", epoch: int | None = None,
-                  device: str = "auto", progress: bool | None = None,
-                  log: Callable[[str], None] = print) -> list[dict]:
+def evaluate_runs(root: str | os.PathLike, data: str | os.PathLike | None, split: str = "test",
+                  epoch: int | None = None, device: str = "auto", progress: bool | None = None,
+                  log: Callable[[str], None] = print, shift: dict[str, str] | None = None) -> list[dict]:
     """:func:`evaluate_run` for every finished run of a runs or sweep folder
-    (:func:`biasbench.report.summary.run_dirs`). Runs not finished, of another image size, or without weights of
-    ``epoch`` are left out with a line in ``log``; none left is an error."""
+    (:func:`biasbench.report.summary.run_dirs`), each on ``data`` or on its own dataset shifted by ``shift``. Runs
+    not finished, of another image size, or without weights of ``epoch`` are left out with a line in ``log``; none
+    left is an error."""
     from ..report.summary import finished_runs
 
-    manifest = read_manifest(data)  # a bad --data fails before any run is read
+    if not shift:
+        read_manifest(evaluation_data(root, data, shift))  # a bad --data fails before any run is read
     results = []
     for tag, run in finished_runs(root, "evaluate", log):
-        why = _cannot_evaluate(run, manifest, epoch)
+        run_data = evaluation_data(run, data, shift)
+        why = _cannot_evaluate(run, read_manifest(run_data), epoch)
         if why:
             log(f"{tag}: {why}, not evaluated")
             continue
-        res = evaluate_run(run, data, split, epoch, device, progress)
+        res = evaluate_run(run, run_data, split, epoch, device, progress)
         log(f"{tag} ({res['method']}): accuracy {res['metrics']['accuracy']:.2f}"
             + (" (already evaluated)" if res["reused"] else ""))
         results.append(res)
     if not results:
-        raise BiasbenchError(f"no run of {root} could be evaluated on {data} (see the lines above)")
+        raise BiasbenchError(f"no run of {root} could be evaluated on {data or 'its shifted dataset'} (see the lines "
+                             f"above)")
     return results
 
 
