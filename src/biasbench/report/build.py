@@ -43,7 +43,7 @@ NOTES = {
             "confidence that follows b where the predicted class does not). Mean over each method's selected "
             "runs at their selected epoch; estimates from finite cells, so small cells add a few points of noise.",
     "shift": "Test accuracy (%) of each method's selected runs on other datasets' test splits (biasbench evaluate "
-             "RUN --data DIR, at the run's selected epoch), beside the same runs' recorded unbiased test accuracy; "
+             "SWEEP --data DIR or --shift KEY=VALUE, at the run's selected epoch), beside the same runs' recorded unbiased test accuracy; "
              "a column per evaluated dataset, named by the settings that differ (trained vs evaluated). Mean over "
              "the runs that have that evaluation; runs without one are left out.",
 }
