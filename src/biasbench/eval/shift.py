@@ -60,8 +60,9 @@ def parse_shift(items: list[str] | None) -> dict[str, str]:
 
 
 def shifted_settings(base: DatasetSettings, shift: dict[str, str]) -> DatasetSettings:
-    """``base`` with the ``shift`` settings changed (:func:`parse_shift`). ``p_bias=NAME=P,...`` and ``fixed=NAME=I,...``
-    change the named factors and keep the others' (``fixed=none`` holds none fixed); a bad value is the settings'
+    """``base`` with the ``shift`` settings changed (:func:`parse_shift`). ``p_bias=NAME=P,...`` and
+    ``fixed=NAME=I,...`` change the named factors and keep the others' (``fixed=none`` holds none fixed); a bad
+    value is the settings'
     own error."""
     d = asdict(base)
     for k, v in shift.items():

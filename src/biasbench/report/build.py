@@ -43,9 +43,9 @@ NOTES = {
             "confidence that follows b where the predicted class does not). Mean over each method's selected "
             "runs at their selected epoch; estimates from finite cells, so small cells add a few points of noise.",
     "shift": "Test accuracy (%) of each method's selected runs on other datasets' test splits (biasbench evaluate "
-             "SWEEP --data DIR or --shift KEY=VALUE, at the run's selected epoch), beside the same runs' recorded unbiased test accuracy; "
-             "a column per evaluated dataset, named by the settings that differ (trained vs evaluated). Mean over "
-             "the runs that have that evaluation; runs without one are left out.",
+             "SWEEP --data DIR or --shift KEY=VALUE, at the run's selected epoch), beside the same runs' recorded "
+             "unbiased test accuracy; a column per evaluated dataset, named by the settings that differ (trained vs "
+             "evaluated). Mean over the runs that have that evaluation; runs without one are left out.",
 }
 GAP_TITLES = {"dp_gap": "Demographic-parity gap per factor (test)", "eo_gap": "Equalized-odds gap per factor (test)",
               "abcc": "Area between the probability CDFs (ABCC) per factor (test)"}
