@@ -62,8 +62,7 @@ def parse_shift(items: list[str] | None) -> dict[str, str]:
 def shifted_settings(base: DatasetSettings, shift: dict[str, str]) -> DatasetSettings:
     """``base`` with the ``shift`` settings changed (:func:`parse_shift`). ``p_bias=NAME=P,...`` and
     ``fixed=NAME=I,...`` change the named factors and keep the others' (``fixed=none`` holds none fixed); a bad
-    value is the settings'
-    own error."""
+    value is the settings' own error."""
     d = asdict(base)
     for k, v in shift.items():
         if k == "p_bias" and "=" in v:
