@@ -35,11 +35,16 @@
 #          UpWt and GDRO (--trials 14): seed 1's LNL runs cleared gradients with zero_grad=none, and LNL's trials
 #          under today's default (zeros) are new trials, not for this sweep with the raw fold. Its archive's
 #          sweep.json lists these 14 trials only: scripts/import_gpu_sweep.py adds them to the committed 38;
+#   shift  only with 60 s left: the e2e seed's finished runs evaluated on the reference's images
+#          (biasbench evaluate --shift drawing=reference --shift jpeg_quality=95; 10,000 test images each, a few
+#          seconds per run): one log line per run, test accuracy and each factor's MMD, recorded -> there. At scale
+#          small the shape and texture shortcuts did not transfer to the reference's drawing (docs/findings.md);
+#          this is that question at the paper's scale;
 # Calls (the lease is 15 minutes, a machine start about 30 s, 10 minutes per call at most; a machine stays warm only
 # 30 s after a call, and .gpu/ with the sweep's checkpoints and the chosen options is lost with it, so make the
 # second call at once):
 #   DEADLINE=565 bash scripts/gpu_session.sh > $OUT/log.txt 2>&1; tail -c 6000 $OUT/log.txt      # timeout_s 590
-#   PARTS="e2e lnl zg prof s1" DEADLINE=<lease left - 35> bash scripts/gpu_session.sh > $OUT/log.txt 2>&1; tail -c 5000 $OUT/log.txt
+#   PARTS="e2e lnl zg prof s1 shift" DEADLINE=<lease left - 35> bash scripts/gpu_session.sh > $OUT/log.txt 2>&1; tail -c 5000 $OUT/log.txt
 # If the second call gets a fresh machine (its reply's "warm" is false), .gpu/ is gone. Then, here: extract the first
 # call's e2e/sweep.tgz into an empty folder and move its sweep/ to .gpu/sweep-s2, write the options the first call
 # chose (its log's "bench: options for the sweep" line) to .gpu/options.txt, and make the call with
@@ -162,5 +167,26 @@ if want s1 && [ "$(left)" -ge 120 ]; then
       --first upweight,group_dro --trials 14 --sweep-dir .gpu/sweep-s1 --data .gpu/data \
       --deadline $(( $(left) - 5 )) --archive --no-report --scale "$SCALE" --device "$DEVICE" 2>&1 | quiet
   rm -f "$OUT/s1/sweep-trials.yaml" "$OUT/s1/sweep.txt" "$OUT/s1/summary.txt"
+fi
+if want shift && [ "$(left)" -ge 60 ] && [ -d ".gpu/sweep-s$SEED" ]; then
+  stamp "shift: seed $SEED's finished runs on the reference's images ($(( $(left) - 5 )) s at most)"
+  timeout $(( $(left) - 5 )) python3 -m biasbench.cli evaluate ".gpu/sweep-s$SEED" --shift drawing=reference \
+      --shift jpeg_quality=95 --data .gpu/data --device "$DEVICE" --no-progress --json > .gpu/shift.json 2>/dev/null
+  stamp "shift: exit $?"
+  python3 - <<'PY' 2>&1 | tail -45
+import json
+from biasbench.data.factors import FACTORS
+try:
+    results = json.load(open(".gpu/shift.json"))
+except (OSError, ValueError):
+    results = []
+print("shift: method, explicit, test accuracy recorded -> on the reference's images, then MMD per factor "
+      "recorded -> there (" + ", ".join(FACTORS) + ")")
+for r in results:
+    m, rec = r["metrics"]["factors"], (r["recorded_test"] or {}).get("factors", {})
+    mmd = " ".join(f"{rec.get(f, {}).get('mmd', float('nan')):.0f}>{m[f]['mmd']:.0f}" for f in FACTORS)
+    print(f"shift: {r['method']:9s} {','.join(r['explicit']) or '-':18s} "
+          f"{(r['recorded_test'] or {}).get('accuracy', float('nan')):5.1f} -> {r['metrics']['accuracy']:5.1f}  {mmd}")
+PY
 fi
 stamp "done"
