@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -318,12 +319,23 @@ def test_rerun_skips_finished_trials_and_report_renders(tmp_path, capsys):
     assert "Dataset: 24x24 px, p_bias 0.7, mode paper, our drawing, lossless." in html
     assert len((tmp_path / "rep" / "audit.md").read_text().splitlines()) == 2 + 2  # StdM and UpWt, all audited
     assert (tmp_path / "rep" / "fig3a_mmd_per_factor.png").stat().st_size > 5000
-    shift = (tmp_path / "rep" / "shift.md").read_text().splitlines()
-    assert shift[0] == "| method | recorded test | drawing biasbench vs reference |" and len(shift) == 2 + 2
+    shift = (tmp_path / "rep" / "shift.md").read_text().split("\n\n")
+    assert shift[0] == "Accuracy on other test sets (biasbench evaluate)"
+    acc = shift[1].splitlines()
+    assert acc[0] == "| method | recorded test | drawing biasbench vs reference |" and len(acc) == 2 + 2
     t1 = {r["method"]: r["mean"] for r in json.loads((tmp_path / "rep" / "report.json").read_text())["table1"]}
-    stdm = shift[2].split(" | ")
+    stdm = acc[2].split(" | ")
     assert stdm[0] == "| StdM" and float(stdm[1]) == pytest.approx(t1["stdm"], abs=0.05)  # the same runs' accuracy
-    assert "Accuracy on other test sets" in html
+    # then each factor's MMD, recorded and on the reference's drawing, from the records and the evaluations
+    assert shift[2].endswith("drawing biasbench vs reference: recorded (their own test set)")
+    assert shift[4].endswith("drawing biasbench vs reference: on that test set")
+    runs = {p.parent.name: p.parent for p in (tmp_path / "sw" / "runs").glob("*/config.json")}
+    stdm_runs = [r for r in runs.values() if json.loads((r / "config.json").read_text())["config"]["method"] == "stdm"]
+    there = [json.loads(next((r / "evaluations").glob("*-test-epoch001.json")).read_text())["metrics"]["factors"]
+             for r in stdm_runs]
+    cells = shift[5].splitlines()[2].split(" | ")  # StdM's row
+    assert float(cells[-1].rstrip(" |")) == pytest.approx(np.mean([f["texture_color"]["mmd"] for f in there]), abs=0.05)
+    assert "Accuracy on other test sets" in html and "MMD per factor of the runs evaluated on" in html
 
 
 def test_sweep_kill_and_resume(tmp_path):

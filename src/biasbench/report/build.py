@@ -45,7 +45,9 @@ NOTES = {
     "shift": "Test accuracy (%) of each method's selected runs on other datasets' test splits (biasbench evaluate "
              "SWEEP --data DIR or --shift KEY=VALUE, at the run's selected epoch), beside the same runs' recorded "
              "unbiased test accuracy; a column per evaluated dataset, named by the settings that differ (trained vs "
-             "evaluated). Mean over the runs that have that evaluation; runs without one are left out.",
+             "evaluated); then each factor's MMD (majority - minority accuracy, points), recorded and on each such "
+             "test set, over the runs evaluated there. Mean over the runs that have that evaluation; runs without "
+             "one are left out.",
 }
 GAP_TITLES = {"dp_gap": "Demographic-parity gap per factor (test)", "eo_gap": "Equalized-odds gap per factor (test)",
               "abcc": "Area between the probability CDFs (ABCC) per factor (test)"}
@@ -115,9 +117,9 @@ def build_report(sweep_dirs, out: str | os.PathLike, rule: str = "final", pool=(
     audits = audit_table(chosen)
     if audits:
         atomic_write_text(out / "audit.md", audits + "\n")
-    shifts = shift_table(chosen)
+    shifts = shift_tables(chosen)
     if shifts:
-        atomic_write_text(out / "shift.md", shifts + "\n")
+        atomic_write_text(out / "shift.md", "\n\n".join(f"{t}\n\n{table}" for t, table in shifts) + "\n")
     gaps = {key: gap_table(chosen, key) for key in GAP_TITLES}
     if any(gaps.values()):
         atomic_write_text(out / "gaps.md", "\n\n".join(f"{GAP_TITLES[k]}\n\n{t}" for k, t in gaps.items() if t) + "\n")
@@ -157,7 +159,7 @@ def build_report(sweep_dirs, out: str | os.PathLike, rule: str = "final", pool=(
                              "over the audited runs of each method, each audited at its selected epoch; runs "
                              "without such an audit are left out.", None))
     if shifts:
-        sections.append(("Accuracy on other test sets (biasbench evaluate)", shifts, None))
+        sections += [(title, table, None) for title, table in shifts]
         sections.append(("", NOTES["shift"], None))
     for key, table in gaps.items():
         if table:
@@ -298,8 +300,8 @@ RECORDED_TEST = "recorded test"
 """The shift table's first column: the runs' own unbiased test accuracy."""
 
 
-def run_evaluations(run, epoch: int) -> dict[str, float]:
-    """Test accuracy of ``run``'s model at ``epoch`` on other datasets (``biasbench evaluate``'s results in
+def run_evaluations(run, epoch: int) -> dict[str, dict]:
+    """Test metrics of ``run``'s model at ``epoch`` on other datasets (``biasbench evaluate``'s results in
     ``RUN/evaluations/``), keyed by how each dataset differs from the run's (:func:`biasbench.eval.shift.shift_label`);
     the run's own dataset left out."""
     from ..eval.shift import shift_label
@@ -310,26 +312,44 @@ def run_evaluations(run, epoch: int) -> dict[str, float]:
     for path in sorted((run.runs_dir / run.run_id / "evaluations").glob(f"*-test-epoch{epoch:03d}.json")):
         try:
             res = json.loads(path.read_text())
-            if not res.get("trained_on_this_dataset"):
-                out[shift_label(res)] = float(res["metrics"]["accuracy"])
+            if not res.get("trained_on_this_dataset") and isinstance(res["metrics"]["accuracy"], (int, float)):
+                out[shift_label(res)] = res["metrics"]
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return out
 
 
-def shift_table(chosen) -> str | None:
-    """Markdown table, method x evaluated dataset, of the mean test accuracy of the selected runs evaluated on other
-    datasets at their selected epoch, beside the same runs' recorded test accuracy; None when no run has such an
-    evaluation."""
+def shift_tables(chosen) -> list[tuple[str, str]]:
+    """``(title, markdown table)`` of the selected runs evaluated on other datasets at their selected epoch (empty
+    when no run has such an evaluation): method x evaluated dataset, the mean test accuracy beside the same runs'
+    recorded one; then, per evaluated dataset, method x factor, the mean MMD of the runs evaluated there, recorded
+    and there."""
     labels = sorted({label for run, ep in chosen for label in run_evaluations(run, ep)})
     if not labels:
-        return None
+        return []
 
-    def values(run, ep):
+    def accuracies(run, ep):
         got = run_evaluations(run, ep)
         test = run.evals[ep].get("test", {}).get("accuracy")
-        return {RECORDED_TEST: test, **got} if got and test is not None else {}
-    return method_table(chosen, values, [RECORDED_TEST, *labels], "{:.1f}")
+        return {RECORDED_TEST: test, **{k: m["accuracy"] for k, m in got.items()}} if got and test is not None else {}
+
+    def mmds(label, recorded):
+        def values(run, ep):
+            got = run_evaluations(run, ep)
+            if label not in got:
+                return {}
+            metrics = run.evals[ep].get("test", {}) if recorded else got[label]
+            return {f: v["mmd"] for f, v in metrics.get("factors", {}).items() if isinstance(v, dict) and "mmd" in v}
+        return values
+    out = [("Accuracy on other test sets (biasbench evaluate)",
+            method_table(chosen, accuracies, [RECORDED_TEST, *labels], "{:.1f}"))]
+    for label in labels:
+        for recorded in (True, False):
+            table = factor_table(chosen, mmds(label, recorded), "{:.1f}")
+            if table:
+                out.append((f"MMD per factor of the runs evaluated on {label}: "
+                            + ("recorded (their own test set)" if recorded else "on that test set"), table))
+    return [(t, table) for t, table in out if table]
 
 
 def _log_to_sweep_tracker(sweep_dir: Path, out: Path, figs: dict) -> None:
