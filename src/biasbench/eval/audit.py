@@ -35,7 +35,9 @@ from ..utils import read_json_record
 def load_run_model(run_dir: str | os.PathLike, device: torch.device,
                    epoch: int | None = None) -> tuple[torch.nn.Module, dict]:
     """The main model of a run, from its ``config.json`` and ``checkpoint.pt`` (the last completed epoch), or,
-    with ``epoch``, from the weights the run kept at that evaluation epoch (``weights/epochNNN.pt``). The
+    with ``epoch``, from the weights the run kept at that evaluation epoch (``weights/epochNNN.pt``). When the
+    checkpoint's epoch was an evaluation epoch, its kept weights are taken: the model as evaluated, which for DFR
+    holds the refit last layer that the checkpoint's model lacks (the same weights for every other method). The
     returned record is the config record plus ``checkpoint_epoch``, the epoch of the weights."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.json"
@@ -54,6 +56,10 @@ def load_run_model(run_dir: str | os.PathLike, device: torch.device,
             raise BiasbenchError(f"run {run_dir} kept no weights of epoch {epoch}; kept: {kept}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if epoch is None and (run_dir / "weights" / f"epoch{int(ckpt['epoch']):03d}.pt").is_file():
+            path = run_dir / "weights" / f"epoch{int(ckpt['epoch']):03d}.pt"  # the model as evaluated
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            epoch = int(ckpt["epoch"])
         state = ckpt["method"]["modules"]["model"] if epoch is None else ckpt["model"]
     except Exception as exc:
         raise BiasbenchError(f"corrupt checkpoint {path}: {exc}") from None
