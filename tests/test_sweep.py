@@ -272,7 +272,7 @@ def test_dry_run_lists_model_options_and_hyperparameters(tmp_path, capsys):
     assert not (tmp_path / "s").exists()
 
 
-def test_rerun_skips_finished_trials_and_report_renders(tmp_path, capsys):
+def test_rerun_skips_finished_trials_and_report_renders(tmp_path, capsys, monkeypatch):
     path = _write(tmp_path, MICRO)
     trials = expand(load_spec(path))
     first = run_sweep(trials, "micro", "tiny", str(tmp_path / "data"), str(tmp_path / "sw"), log=lambda s: None)
@@ -308,7 +308,13 @@ def test_rerun_skips_finished_trials_and_report_renders(tmp_path, capsys):
 
     generate(tmp_path / "ref-data", DatasetSettings.from_dict({**read_manifest(data_dir)["settings"],
                                                                "drawing": "reference"}))
+    from biasbench.data.biased_mnist import BiasedMNIST
+
+    renders, real_render = [], BiasedMNIST.render
+    monkeypatch.setattr(BiasedMNIST, "render", lambda self, *a, **k: renders.append(self.split) or real_render(
+        self, *a, **k))
     assert main(["evaluate", str(tmp_path / "sw"), "--data", str(tmp_path / "ref-data"), "--no-progress"]) == 0
+    assert renders == ["test"]  # the four runs share one rendering of the split
     rows = capsys.readouterr().out.splitlines()
     assert len(rows) == 1 + 4 and rows[0].split()[:4] == ["run_id", "method", "explicit", "seed"]
     code = main(["report", str(tmp_path / "sw"), "--out", str(tmp_path / "rep")])
