@@ -11,6 +11,9 @@ same image size, for example:
   observational where the counterfactual audit (:mod:`.audit`) is interventional;
 - the same dataset: the run's own records again (a check; exact on the CPU).
 
+``--shift KEY=VALUE`` (:func:`shifted_settings`) makes such a dataset from the run's own settings with one changed,
+on first use, so the other settings cannot be got wrong.
+
 The metrics are :func:`~biasbench.eval.metrics.evaluate_split`'s over the chosen split, with the logits (ECE,
 ABCC) and without ``alpha`` (the tuning-distribution accuracy weights patterns by the *training* split's
 distribution, which belongs to the run's dataset). Precision and memory layout are the run's own
@@ -39,6 +42,7 @@ from ..errors import BiasbenchError
 from ..utils import atomic_write_json, read_json_record, stable_hash
 from .audit import kept_epochs, load_run_model
 from .metrics import GAP_METRICS, evaluate_split
+
 
 def parse_shift(items: list[str] | None) -> dict[str, str]:
     """``--shift`` items as ``{setting: value}``: any dataset setting but the cell size (a model's input size is
