@@ -9,8 +9,8 @@ from biasbench.cli import main
 from biasbench.config import DatasetSettings, TrainConfig
 from biasbench.data.biased_mnist import BiasedMNIST, generate
 from biasbench.data.factors import FACTORS
-from biasbench.errors import BiasbenchError
 from biasbench.data.recipe import read_manifest
+from biasbench.errors import BiasbenchError
 from biasbench.eval.audit import audit_run
 from biasbench.eval.shift import evaluate_run, evaluate_runs, parse_shift, shifted_settings
 from biasbench.train.loop import Trainer
