@@ -74,8 +74,8 @@ def test_aim_round_trip(tracked_run):
 
 
 def test_an_evaluation_joins_the_runs_tracker_records(tracked_run, tmp_path):
-    """biasbench evaluate adds its accuracy, worst group and MMDs to the run's own MLflow and TensorBoard records
-    (at the epoch of the weights), and its JSON as an artifact; the run stays finished."""
+    """biasbench evaluate adds its accuracy, worst group and MMDs to the run's own MLflow, TensorBoard and Aim
+    records (at the epoch of the weights), and its JSON as an artifact; the run stays finished."""
     from mlflow.tracking import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -101,6 +101,12 @@ def test_an_evaluation_joins_the_runs_tracker_records(tracked_run, tmp_path):
     acc.Reload()
     assert [(e.step, round(e.value, 4)) for e in acc.Scalars(f"{prefix}/accuracy")] == \
         [(2, round(got["metrics"]["accuracy"], 4))]
+    from biasbench.track.aim import read_run
+
+    aim_run = read_run(str(out), ids["aim"])  # in Aim the part before the first "/" is the context
+    there = {m.context.to_dict().get("subset"): dict((s, v[0]) for s, v in m.data.items())
+             for m in aim_run.metrics() if m.name == "accuracy"}
+    assert there[prefix] == {2: pytest.approx(got["metrics"]["accuracy"])} and aim_run["status"] == "FINISHED"
 
 
 def test_resumed_run_continues_the_same_tracker_runs(tiny_root, tmp_path):
