@@ -41,7 +41,7 @@ from ..data.recipe import SPLITS, dataset_identity, read_manifest
 from ..errors import BiasbenchError
 from ..utils import atomic_write_json, read_json_record, stable_hash
 from .audit import kept_epochs, load_run_model
-from .metrics import GAP_METRICS, evaluate_split
+from .metrics import evaluate_split
 
 
 def parse_shift(items: list[str] | None) -> dict[str, str]:
@@ -246,12 +246,12 @@ def evaluate_runs(root: str | os.PathLike, data: str | os.PathLike | None, split
     left is an error."""
     from ..report.summary import finished_runs
 
-    if not shift:
-        read_manifest(evaluation_data(root, data, shift))  # a bad --data fails before any run is read
+    # one dataset for every run without a shift: a bad --data fails before any run is read
+    manifest = None if shift else read_manifest(evaluation_data(root, data, shift))
     results, images = [], {}
     for tag, run in finished_runs(root, "evaluate", log):
         run_data = evaluation_data(run, data, shift)
-        why = _cannot_evaluate(run, read_manifest(run_data), epoch)
+        why = _cannot_evaluate(run, manifest or read_manifest(run_data), epoch)
         if why:
             log(f"{tag}: {why}, not evaluated")
             continue
@@ -274,30 +274,18 @@ def shift_label(result: dict) -> str:
 
 def format_evaluation(result: dict) -> str:
     """What ``biasbench evaluate RUN`` prints: the split's accuracies beside the run's recorded test metrics,
-    then the bias per factor on the given split."""
+    then the bias per factor on the given split (:func:`~biasbench.report.summary.factor_lines`, as ``train``)."""
+    from ..report.summary import factor_lines, split_lines
+
     m, rec = result["metrics"], result.get("recorded_test")
     shift = shift_label(result)
     lines = [f"run {result['run_id']}  {result['method']} / {result['model']}  seed {result['seed']}  weights of "
              f"epoch {result['epoch']}",
-             f"on {result['dataset']['path']} ({result['split']}; vs the training dataset: {shift})", "",
-             f"{'':24s}{'accuracy':>10s}{'MPA':>8s}{'worst group':>13s}{'ECE':>8s}"]
-
-    def row(label: str, r: dict) -> str:
-        ece = f"{r['ece']:8.2f}" if "ece" in r else f"{'-':>8s}"
-        return f"{label:24s}{r['accuracy']:10.2f}{r['mpa']:8.2f}{r['worst_group']:13.2f}{ece}"
-    if rec:
-        lines.append(row("recorded test (unbiased)", rec))
-    lines.append(row(f"this {result['split']}", m))
+             f"on {result['dataset']['path']} ({result['split']}; vs the training dataset: {shift})", ""]
+    lines += split_lines(([("recorded test (unbiased)", rec)] if rec else []) + [(f"this {result['split']}", m)],
+                         label_width=24, first="")
     lines += ["", f"bias on this {result['split']}, in points (as train prints it: MMD = majority - minority "
-                  f"accuracy; DP, EO gap, ABCC)",
-              f"{'factor':18s}{'majority':>10s}{'minority':>10s}{'MMD':>8s}{'DP gap':>8s}{'EO gap':>8s}{'ABCC':>8s}"]
-
-    def num(v) -> str:  # a factor held fixed has no majority or no minority images: nan
-        return f"{v:8.2f}" if v == v else f"{'-':>8s}"
-    for f in FACTORS:
-        fm = m["factors"][f]
-        lines.append(f"{f:18s}{num(fm['majority']):>10s}{num(fm['minority']):>10s}{num(fm['mmd'])}"
-                     + "".join(num(fm[k]) for k in GAP_METRICS))
+                  f"accuracy; DP, EO gap, ABCC)", *factor_lines(m["factors"])]
     return "\n".join(lines)
 
 

@@ -324,18 +324,19 @@ def shift_tables(chosen) -> list[tuple[str, str]]:
     when no run has such an evaluation): method x evaluated dataset, the mean test accuracy beside the same runs'
     recorded one; then, per evaluated dataset, method x factor, the mean MMD of the runs evaluated there, recorded
     and there."""
-    labels = sorted({label for run, ep in chosen for label in run_evaluations(run, ep)})
+    evaluated = {(run.run_id, ep): run_evaluations(run, ep) for run, ep in chosen}  # each run's files read once
+    labels = sorted({label for got in evaluated.values() for label in got})
     if not labels:
         return []
 
     def accuracies(run, ep):
-        got = run_evaluations(run, ep)
+        got = evaluated[run.run_id, ep]
         test = run.evals[ep].get("test", {}).get("accuracy")
         return {RECORDED_TEST: test, **{k: m["accuracy"] for k, m in got.items()}} if got and test is not None else {}
 
     def mmds(label, recorded):
         def values(run, ep):
-            got = run_evaluations(run, ep)
+            got = evaluated[run.run_id, ep]
             if label not in got:
                 return {}
             metrics = run.evals[ep].get("test", {}) if recorded else got[label]

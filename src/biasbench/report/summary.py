@@ -12,19 +12,34 @@ from ..errors import BiasbenchError
 from ..utils import read_json_record
 
 
+def _num(v, width: int = 8) -> str:
+    """A metric in a fixed-width column; ``-`` when it is missing (older records) or NaN (no images to measure
+    it on, such as the minority of a factor held fixed)."""
+    return f"{v:{width}.2f}" if isinstance(v, (int, float)) and v == v else f"{'-':>{width}s}"
+
+
+def split_lines(rows: list[tuple[str, dict]], label_width: int = 16, first: str = "split") -> list[str]:
+    """A header and one line per ``(label, split metrics)``: accuracy, MPA, worst group, ECE."""
+    return [f"{first:{label_width}s}{'accuracy':>10s}{'MPA':>8s}{'worst group':>13s}{'ECE':>8s}"] + [
+        f"{label:{label_width}s}{_num(m['accuracy'], 10)}{_num(m['mpa'])}{_num(m['worst_group'], 13)}"
+        f"{_num(m.get('ece'))}" for label, m in rows]
+
+
+def factor_lines(factors: dict) -> list[str]:
+    """A header and one line per factor of a split's ``factors`` record: majority, minority, MMD and the gaps."""
+    return [f"{'factor':18s}{'majority':>10s}{'minority':>10s}{'MMD':>8s}{'DP gap':>8s}{'EO gap':>8s}{'ABCC':>8s}"] + [
+        f"{f:18s}{_num(factors[f]['majority'], 10)}{_num(factors[f]['minority'], 10)}{_num(factors[f]['mmd'])}"
+        + "".join(_num(factors[f].get(k)) for k in GAP_METRICS) for f in FACTORS]
+
+
 def format_run_summary(result: dict) -> str:
     """The summary table ``biasbench train`` prints: accuracies per split, then per-factor bias on test."""
     cfg = result.get("config", {})
     final = result["final"]
     lines = [f"run {result['run_id']} ({result['status']})  {cfg.get('method')} / {cfg.get('model')}  "
              f"seed {cfg.get('seed')}  epoch {result['epoch']}  -> {result['run_dir']}", ""]
-    lines.append(f"{'split':16s}{'accuracy':>10s}{'MPA':>8s}{'worst group':>13s}{'ECE':>8s}")
-    for split in ("train", "val", "balanced_val", "test"):
-        if split in final:
-            m = final[split]
-            label = "test (unbiased)" if split == "test" else split
-            ece = f"{m['ece']:8.2f}" if "ece" in m else f"{'-':>8s}"  # (records made before ECE was added)
-            lines.append(f"{label:16s}{m['accuracy']:10.2f}{m['mpa']:8.2f}{m['worst_group']:13.2f}{ece}")
+    lines += split_lines([("test (unbiased)" if split == "test" else split, final[split])
+                          for split in ("train", "val", "balanced_val", "test") if split in final])
     if "tuning" in final:
         a = final["tuning"]["alpha"]
         lines.append("tuning-distribution accuracy (val + balanced_val): "
@@ -36,12 +51,7 @@ def format_run_summary(result: dict) -> str:
                   "predicted classes' distribution moves across the factor's values, ABCC = the same for the "
                   "probabilities",
                   "(0: not at all, 100: they follow the factor; noisy with few images)",
-                  f"{'factor':18s}{'majority':>10s}{'minority':>10s}{'MMD':>8s}{'DP gap':>8s}{'EO gap':>8s}"
-                  f"{'ABCC':>8s}"]
-        for f in FACTORS:
-            fm = test["factors"][f]
-            gaps = "".join(f"{fm[k]:8.2f}" if k in fm else f"{'-':>8s}" for k in GAP_METRICS)
-            lines.append(f"{f:18s}{fm['majority']:10.2f}{fm['minority']:10.2f}{fm['mmd']:8.2f}{gaps}")
+                  *factor_lines(test["factors"])]
     return "\n".join(lines)
 
 
