@@ -3,7 +3,8 @@
     python3 scripts/import_gpu_sweep.py ARCHIVE.tgz DEST_SWEEP [--dry-run]
 
 ``ARCHIVE`` is a ``sweep.tgz`` that came back from a GPU call (``sweep/sweep.json``, ``sweep/runs/<id>/*.json``,
-checkpoints of unfinished runs, maybe ``report/``); ``DEST_SWEEP`` is a sweep folder to commit, such as
+checkpoints of unfinished runs, maybe ``report/``), or a check's archive whose one top-level folder (for example
+``lnl-check/``) holds the sweep.json; ``DEST_SWEEP`` is a sweep folder to commit, such as
 ``docs/reproduction/paper-table1-seed2/sweep``, new or holding earlier calls' runs. The archive is unpacked into
 a fresh temporary folder (never into a folder that may hold another call's runs: the sixth GPU session's first
 copy picked up a stale folder's runs that way), then:
@@ -16,7 +17,7 @@ copy picked up a stale folder's runs that way), then:
   adds its runs to the whole preset's record without shrinking it.
 
 Prints what it did, one line; ``--dry-run`` prints it and writes nothing. Exit code 2 with one line for a
-missing or unreadable archive, or one without ``sweep/sweep.json``.
+missing or unreadable archive, or one without ``sweep/sweep.json`` (or a single other folder holding one).
 """
 from __future__ import annotations
 
@@ -38,6 +39,15 @@ def _state(run: Path) -> str | None:
         return None
 
 
+def _sweep_folder(root: Path) -> Path:
+    """The archive's sweep folder under ``root``: ``sweep/`` (``gpu.py --archive``), else the one top-level
+    folder that holds a sweep.json (``scripts/gpu_session.sh``'s checks pack ``lnl-check/`` and the like)."""
+    if (root / "sweep").is_dir():
+        return root / "sweep"
+    found = sorted(d for d in root.iterdir() if (d / "sweep.json").is_file())
+    return found[0] if len(found) == 1 else root / "sweep"
+
+
 def import_archive(archive: str | Path, dest: str | Path, dry_run: bool = False) -> dict:
     """Merge ``archive``'s finished runs and trials into the sweep folder ``dest`` (module docstring). Returns
     counts: ``added``, ``kept`` (finished in DEST already), ``unfinished`` (left out), ``trials`` (in the merged
@@ -49,11 +59,11 @@ def import_archive(archive: str | Path, dest: str | Path, dry_run: bool = False)
                 tar.extractall(tmp, filter="data")  # no absolute paths, links out of tmp, or device files
         except (OSError, tarfile.TarError) as exc:
             raise ValueError(f"cannot read {archive}: {exc}") from None
-        src = Path(tmp) / "sweep"
+        src = _sweep_folder(Path(tmp))
         try:
             theirs = json.loads((src / "sweep.json").read_text())
         except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{archive} holds no readable sweep/sweep.json ({exc})") from None
+            raise ValueError(f"{archive} holds no readable {src.name}/sweep.json ({exc})") from None
         counts = {"added": 0, "kept": 0, "unfinished": 0}
         for run in sorted((src / "runs").glob("*")) if (src / "runs").is_dir() else []:
             if _state(run) != "finished":

@@ -62,3 +62,23 @@ def test_import_merges_finished_runs_and_trials(tmp_path, capsys):
     (tmp_path / "bad.tgz").write_bytes(b"not a tar")
     assert imp.main([str(tmp_path / "bad.tgz"), str(tmp_path / "none")]) == 2
     assert "cannot read" in capsys.readouterr().err and not (tmp_path / "none").exists()
+
+
+def test_import_reads_a_check_archive(tmp_path, capsys):
+    """gpu_session.sh's checks pack their sweep as ``lnl-check/...`` (JSON only): that folder is the sweep."""
+    import tarfile
+    _sweep(tmp_path / "lnl-check", [{"trial_id": "t0", "run_id": "r0", "config": {}, "dataset": {}}],
+           {"r0": "finished"})
+    with tarfile.open(tmp_path / "check.tgz", "w:gz") as tar:
+        tar.add(tmp_path / "lnl-check", arcname="lnl-check")
+    assert imp.main([str(tmp_path / "check.tgz"), str(tmp_path / "dest")]) == 0
+    assert capsys.readouterr().out.startswith("added 1 finished runs")
+    assert (tmp_path / "dest" / "runs" / "r0" / "summary.json").is_file()
+    # two candidate folders and no sweep/: refused with one line, nothing written
+    _sweep(tmp_path / "zg-check", [], {})
+    with tarfile.open(tmp_path / "two.tgz", "w:gz") as tar:
+        tar.add(tmp_path / "lnl-check", arcname="lnl-check")
+        tar.add(tmp_path / "zg-check", arcname="zg-check")
+    assert imp.main([str(tmp_path / "two.tgz"), str(tmp_path / "other")]) == 2
+    assert "holds no readable sweep/sweep.json" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
