@@ -169,6 +169,30 @@ def test_precision_and_layout_overrides_reach_every_trial_as_new_trials(tmp_path
     assert exc.value.code == 2 and "invalid choice: 'sideways'" in capsys.readouterr().err
 
 
+def test_model_kwarg_reaches_every_trial_merged_over_the_sweeps(tmp_path, capsys):
+    """--model-kwarg merges into every trial's model_kwargs (the grid's too, key by key): the run records it, the
+    trial ids are those of a sweep file with the same options in its base (as benchmarks/gpu.py writes it), and a
+    bad option is one line and exit 2 with nothing written."""
+    spec = {"grid": {"method": ["stdm"], "model_kwargs": [{}, {"fold_input_bn": True, "conv1_pad_to": 4}]}}
+    merged = expand(spec, "tiny", [0], {"fold_input_bn": "normalized"})
+    assert [t.config["model_kwargs"] for t in merged] == [{"fold_input_bn": "normalized"},
+                                                          {"fold_input_bn": "normalized", "conv1_pad_to": 4}]
+    based = expand({"base": {"model_kwargs": {"fold_input_bn": "normalized"}}, "grid": {"method": ["stdm"]}},
+                   "tiny", [0])
+    assert [t.trial_id for t in expand({"grid": {"method": ["stdm"]}}, "tiny", [0],
+                                       {"fold_input_bn": "normalized"})] == [t.trial_id for t in based]
+    path = _write(tmp_path, MICRO)
+    common = ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "s"), "--only", "method=stdm", "--only",
+              "seed=0"]
+    assert main(["sweep", path, *common, "--model-kwarg", "fold_input_bn=normalized"]) == 0
+    assert "1 trials: 1 trained, 0 already finished" in capsys.readouterr().out
+    (cfg,) = [json.loads(p.read_text())["config"] for p in (tmp_path / "s" / "runs").glob("*/config.json")]
+    assert cfg["model_kwargs"] == {"fold_input_bn": "normalized"}
+    assert main(["sweep", path, *common[:2], "--out", str(tmp_path / "bad"), *common[4:],
+                 "--model-kwarg", "bogus=1"]) == 2
+    assert "bad options for model 'paper_cnn'" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
 def test_random_search_draws_settings_shared_across_the_grid():
     """search: {samples: N}: every point of the list axes crossed with N draws; draw i is the same setting for
     every seed (so the report can compare a setting over seeds), within its distribution, stable across

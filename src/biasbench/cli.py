@@ -423,6 +423,11 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
                     help="override every trial's memory layout (default: the sweep's, else auto = channels-last "
                          "on CUDA only); on: 1.2-1.5x faster on an x86 CPU, but the records then depend on the "
                          "threads each trial gets (docs/training.md)")
+    sw.add_argument("--model-kwarg", action="append", default=[], metavar="KEY=VALUE",
+                    help="model option for every trial, repeatable, merged over the sweep's (part of the trial "
+                         "ids); for example the paper CNN's fastest measured set on an H100/H200: "
+                         "fold_input_bn=normalized pool_kernel=triton conv1_kernel=triton conv1_wgrad=triton "
+                         "(docs/models.md, docs/benchmarks.md)")
     sw.add_argument("--tracker", default=None,
                     help="tracker(s) for every trial, e.g. mlflow or mlflow,tensorboard (default: the sweep file's "
                          "'tracker', else none)")
@@ -471,7 +476,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     for key in ("precision", "channels_last"):  # overrides of every trial's setting (part of the trial ids)
         if getattr(args, key):
             spec = {**spec, "base": {**(spec.get("base") or {}), key: getattr(args, key)}}
-    every = expand(spec, scale, seeds)
+    every = expand(spec, scale, seeds, parse_hparams(args.model_kwarg, "--model-kwarg"))
     trials = select_trials(every, args.only)
     if args.dry_run:
         from .config import TrainConfig

@@ -256,8 +256,12 @@ def _search(spec: dict, grid: dict) -> tuple[dict, list[dict]]:
     return {k: v for k, v in grid.items() if k not in dists}, samples
 
 
-def expand(spec: dict, scale: str | None = None, seeds: list[int] | None = None) -> list[Trial]:
-    """Expand a sweep specification into trials (deduplicated, in a stable order)."""
+def expand(spec: dict, scale: str | None = None, seeds: list[int] | None = None,
+           model_kwargs: dict | None = None) -> list[Trial]:
+    """Expand a sweep specification into trials (deduplicated, in a stable order).
+
+    ``seeds`` replace every point's seed; ``model_kwargs`` are merged into every trial's ``model_kwargs`` (over
+    the base's and the grid's, which they override key by key), so they are part of the trial ids."""
     unknown = set(spec) - TOP_KEYS
     if unknown:
         raise BiasbenchError(f"unknown sweep key(s): {', '.join(sorted(unknown))}; expected: {', '.join(sorted(TOP_KEYS))}")
@@ -303,6 +307,8 @@ def expand(spec: dict, scale: str | None = None, seeds: list[int] | None = None)
                 train[key] = value
         if hparams:
             train["method_hparams"] = {**train.get("method_hparams", {}), **hparams}
+        if model_kwargs:
+            train["model_kwargs"] = {**(train.get("model_kwargs") or {}), **model_kwargs}
         settings = DatasetSettings(**data)
         cfg = TrainConfig(data="", **{k: (tuple(v) if k in ("explicit", "eval_epochs") else v)
                                       for k, v in train.items()})
