@@ -15,6 +15,7 @@ import torch
 from biasbench.cli import main
 from biasbench.errors import BiasbenchError
 from biasbench.report.build import build_report
+from biasbench.sweep import runners
 from biasbench.sweep.runners import run_sweep
 from biasbench.sweep.spec import expand, load_spec, presets, select_trials
 
@@ -786,8 +787,6 @@ def test_local_workers_spread_over_the_gpus(monkeypatch):
     every worker trained on the first GPU. Checked with a faked GPU count; no multi-GPU machine ran it."""
     import multiprocessing as mp
 
-    from biasbench.sweep import runners
-
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert runners.worker_gpus("auto", 4) == runners.worker_gpus("cuda", 2) == ["0", "1", "2"]
@@ -844,7 +843,6 @@ def test_stream_threads_run_costly_units_beside_cheap_ones(monkeypatch):
     import time
 
     from biasbench.config import DatasetSettings
-    from biasbench.sweep import runners
     from biasbench.sweep.spec import Trial
 
     def unit(method, i=0):
@@ -876,6 +874,30 @@ def test_stream_threads_run_costly_units_beside_cheap_ones(monkeypatch):
     assert len(res) == 4
     (_, a0, a1), (_, b0, b1) = [s for s in spans if s[0] == "lff"]
     assert a1 <= b0 or b1 <= a0  # the two LfF trials ran one after the other, each beside a StdM one
+
+
+def test_streams_auto_is_four_threads_on_cuda_where_they_can_run(tmp_path, capsys):
+    """--streams auto (the default): 4 on a CUDA device with the local runner, one worker, no --compile and no
+    dropout, else 1; on this CPU a default sweep runs one unit at a time; a bad value is one line, exit 2."""
+    trials = expand(load_spec(_write(tmp_path, MICRO)))
+    assert runners.resolve_streams("auto", "cuda", trials=trials) == runners.STREAMS_AUTO_CUDA == 4
+    assert runners.resolve_streams("auto", "cuda:1", trials=trials) == 4
+    assert runners.resolve_streams("auto", "cpu", trials=trials) == 1
+    assert runners.resolve_streams("auto", "cuda", "ray", trials=trials) == 1
+    assert runners.resolve_streams("auto", "cuda", workers=2, trials=trials) == 1
+    assert runners.resolve_streams("auto", "cuda", compile_model="default", trials=trials) == 1
+    drop = expand(load_spec(_write(tmp_path, MICRO.replace("base: {", "base: {model_kwargs: {drop_rate: 0.2}, "))))
+    assert runners.resolve_streams("auto", "cuda", trials=drop) == 1
+    assert runners.resolve_streams("3", "cpu") == 3  # a number as it is: run_sweep checks it
+    with pytest.raises(BiasbenchError, match="--streams must be a positive integer or auto, got 'many'"):
+        runners.resolve_streams("many", "cuda")
+    common = ["sweep", _write(tmp_path, MICRO), "--data", str(tmp_path / "data"), "--only", "method=stdm",
+              "--only", "seed=0", "--device", "cpu"]
+    assert main([*common, "--out", str(tmp_path / "s")]) == 0
+    assert "runner local, workers 1 ->" in capsys.readouterr().err  # the default on a CPU: one unit at a time
+    assert main([*common, "--out", str(tmp_path / "bad"), "--streams", "many"]) == 2
+    assert "--streams must be a positive integer or auto" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_stream_threads_refuse_what_they_cannot_run(tmp_path):

@@ -309,14 +309,15 @@ def run_ray(units: list[list[Trial]], data_root: str, out: str, tracker: str, de
 def run_sweep(trials: list[Trial], name: str, scale: str, data_root: str, out: str, runner: str = "local",
               tracker: str = "none", device: str = "auto", workers: int = 1, address: str | None = None,
               gpus_per_trial: float = 0.0, log: Callable[[str], None] | None = None, fuse: int | str = 1,
-              compile_model: bool | str = False, cuda_graphs: bool | str = False, streams: int = 1,
+              compile_model: bool | str = False, cuda_graphs: bool | str = False, streams: int | str = 1,
               slurm: dict | None = None, listed: list[Trial] | None = None) -> list[dict]:
     """Run ``trials``; ``listed``: the whole sweep's trials when ``trials`` are a subset of them (``--only``),
     so that ``sweep.json`` lists them all and the report finds runs trained before or after this subset;
     ``fuse``: at most this many fusable trials trained as one fused network (:mod:`biasbench.train.fused`);
     ``auto`` = 8 on a CUDA device with ``compile_model``, else 1 (off);
     ``cuda_graphs``: captured training steps (:func:`biasbench.train.loop.check_cuda_graphs`); ``streams``:
-    local runner, this many units at a time in threads of this process (:func:`run_threads`); ``slurm``: the
+    local runner, this many units at a time in threads of this process (:func:`run_threads`; ``auto``:
+    :func:`resolve_streams`); ``slurm``: the
     Slurm runner's ``cluster``, ``timeout_min`` and ``params`` (:func:`biasbench.sweep.slurm.run_slurm`)."""
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     if runner not in RUNNERS:
@@ -325,6 +326,7 @@ def run_sweep(trials: list[Trial], name: str, scale: str, data_root: str, out: s
         raise BiasbenchError(f"--workers must be >= 1, got {workers}")
     if gpus_per_trial < 0:
         raise BiasbenchError(f"--gpus-per-trial must be >= 0, got {gpus_per_trial}")
+    streams = resolve_streams(streams, device, runner, workers, compile_model, trials)
     if not 1 <= streams <= MAX_STREAMS:
         raise BiasbenchError(f"--streams must be between 1 and {MAX_STREAMS}, got {streams}")
     if streams > 1 and (runner != "local" or workers > 1):
@@ -384,6 +386,32 @@ FUSE_AUTO_COMPILED = 8
 method and seed. Without ``--compile`` auto is 1: on an H100 eager fused groups were no faster than separate
 runs (8 runs: 0.96x), compiled ones 1.39x, with one compilation per unit instead of one per run
 (``docs/benchmarks.md``)."""
+
+
+STREAMS_AUTO_CUDA = 4
+"""``--streams auto`` on a CUDA device (local runner, one worker, no ``--compile``, no dropout): one seed of
+paper-table1 took about 17 minutes in 4 threads against about 24 one trial at a time on an H100 (fourth
+session), and 7.6 minutes in 4 threads with the fastest model options on an H200 (docs/benchmarks.md). The
+records are those of one trial after another (tested), so the default changes the time only."""
+
+
+def resolve_streams(streams: int | str, device: str, runner: str = "local", workers: int = 1,
+                    compile_model: bool | str = False, trials: list[Trial] | None = None) -> int:
+    """``streams`` as a number: ``auto`` is :data:`STREAMS_AUTO_CUDA` where threads on CUDA streams can run (a
+    CUDA device, the local runner, one worker, no ``--compile``, no trial drawing dropout masks), else 1 (a
+    CPU's cores are better spent inside one trial's operators); a number or numeric string as it is (checked
+    by :func:`run_sweep`)."""
+    if streams != "auto":
+        try:
+            return int(streams)
+        except (TypeError, ValueError):
+            raise BiasbenchError(f"--streams must be a positive integer or auto, got {streams!r}") from None
+    if runner != "local" or workers > 1 or compile_model or shared_rng_users(trials or []):
+        return 1
+    import torch
+
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    return STREAMS_AUTO_CUDA if cuda else 1
 
 
 def resolve_fuse(fuse: int | str, device: str, compile_model: bool | str = False) -> int:
