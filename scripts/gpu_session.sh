@@ -43,8 +43,12 @@
 # Calls (the lease is 15 minutes, a machine start about 30 s, 10 minutes per call at most; a machine stays warm only
 # 30 s after a call, and .gpu/ with the sweep's checkpoints and the chosen options is lost with it, so make the
 # second call at once):
+#   the twenty-first session (2026-11-28, one H200) ran these two: seed 2 whole in 457 s (docs/benchmarks.md)
 #   DEADLINE=565 bash scripts/gpu_session.sh > $OUT/log.txt 2>&1; tail -c 6000 $OUT/log.txt      # timeout_s 590
 #   PARTS="e2e lnl zg prof s1 shift" DEADLINE=<lease left - 35> bash scripts/gpu_session.sh > $OUT/log.txt 2>&1; tail -c 5000 $OUT/log.txt
+#   the next session's (docs/benchmarks.md, "Next GPU session"): the LNL checks, then the rest of seed 1
+#   PARTS="lnl zg" DEADLINE=565 bash scripts/gpu_session.sh > $OUT/log.txt 2>&1; tail -c 6000 $OUT/log.txt  # timeout_s 590
+#   PARTS="lnl zg s1" DEADLINE=<lease left - 35> bash scripts/gpu_session.sh > $OUT/log.txt 2>&1; tail -c 5000 $OUT/log.txt
 # If the second call gets a fresh machine (its reply's "warm" is false), .gpu/ is gone. Then, here: extract the first
 # call's e2e/sweep.tgz into an empty folder and move its sweep/ to .gpu/sweep-s2, write the options the first call
 # chose (its log's "bench: options for the sweep" line) to .gpu/options.txt, and make the call with
