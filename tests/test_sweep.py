@@ -877,8 +877,8 @@ def test_stream_threads_run_costly_units_beside_cheap_ones(monkeypatch):
 
 
 def test_streams_auto_is_four_threads_on_cuda_where_they_can_run(tmp_path, capsys):
-    """--streams auto (the default): 4 on a CUDA device with the local runner, one worker, no --compile and no
-    dropout, else 1; on this CPU a default sweep runs one unit at a time; a bad value is one line, exit 2."""
+    """--streams auto (the default): 4 on a CUDA device with the local runner, one worker, no --compile, no
+    dropout and the paper CNN, else 1; on this CPU a default sweep runs one unit at a time; a bad value is one line, exit 2."""
     trials = expand(load_spec(_write(tmp_path, MICRO)))
     assert runners.resolve_streams("auto", "cuda", trials=trials) == runners.STREAMS_AUTO_CUDA == 4
     assert runners.resolve_streams("auto", "cuda:1", trials=trials) == 4
@@ -888,6 +888,8 @@ def test_streams_auto_is_four_threads_on_cuda_where_they_can_run(tmp_path, capsy
     assert runners.resolve_streams("auto", "cuda", compile_model="default", trials=trials) == 1
     drop = expand(load_spec(_write(tmp_path, MICRO.replace("base: {", "base: {model_kwargs: {drop_rate: 0.2}, "))))
     assert runners.resolve_streams("auto", "cuda", trials=drop) == 1
+    resnet = expand(load_spec(_write(tmp_path, MICRO.replace("base: {", "base: {model: resnet18, "))))
+    assert runners.resolve_streams("auto", "cuda", trials=resnet) == 1  # only the measured model threads by default
     assert runners.resolve_streams("3", "cpu") == 3  # a number as it is: run_sweep checks it
     with pytest.raises(BiasbenchError, match="--streams must be a positive integer or auto, got 'many'"):
         runners.resolve_streams("many", "cuda")

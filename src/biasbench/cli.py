@@ -395,7 +395,7 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
                     help="local runner: N units of work at a time in threads of this one process, each on its own "
                          "CUDA stream, so that one trial's kernels can fill the GPU where another's leave it idle "
                          "(same records as one at a time; not with --workers, --compile or dropout); auto "
-                         "(default): 4 on a CUDA device where they can run, else 1")
+                         "(default): 4 on a CUDA device for the paper CNN where they can run, else 1")
     sw.add_argument("--ray-address", default=None, metavar="ADDR", help="join a Ray cluster (e.g. auto)")
     sw.add_argument("--gpus-per-trial", type=float, default=0.0,
                     help="Ray: GPU share per unit of work (a trial, or a fused group of trials), e.g. 0.25; Slurm: "

@@ -389,24 +389,33 @@ runs (8 runs: 0.96x), compiled ones 1.39x, with one compilation per unit instead
 
 
 STREAMS_AUTO_CUDA = 4
-"""``--streams auto`` on a CUDA device (local runner, one worker, no ``--compile``, no dropout): one seed of
-paper-table1 took about 17 minutes in 4 threads against about 24 one trial at a time on an H100 (fourth
-session), and 7.6 minutes in 4 threads with the fastest model options on an H200 (docs/benchmarks.md). The
-records are those of one trial after another (tested), so the default changes the time only."""
+"""``--streams auto`` on a CUDA device (local runner, one worker, no ``--compile``, no dropout, every trial a
+:data:`STREAMS_AUTO_MODELS` model): one seed of paper-table1 took about 17 minutes in 4 threads against about
+24 one trial at a time on an H100 (fourth session), and 7.6 minutes in 4 threads with the fastest model
+options on an H200 (docs/benchmarks.md). The records are those of one trial after another (tested), so the
+default changes the time only."""
+
+STREAMS_AUTO_MODELS = frozenset({"paper_cnn"})
+"""Models whose trials ``--streams auto`` runs in threads: the measured case. A larger network may fill the GPU
+alone, and four of them hold four times the activations, so for other models auto stays 1 (a number still
+sets it)."""
 
 
 def resolve_streams(streams: int | str, device: str, runner: str = "local", workers: int = 1,
                     compile_model: bool | str = False, trials: list[Trial] | None = None) -> int:
-    """``streams`` as a number: ``auto`` is :data:`STREAMS_AUTO_CUDA` where threads on CUDA streams can run (a
-    CUDA device, the local runner, one worker, no ``--compile``, no trial drawing dropout masks), else 1 (a
-    CPU's cores are better spent inside one trial's operators); a number or numeric string as it is (checked
+    """``streams`` as a number: ``auto`` is :data:`STREAMS_AUTO_CUDA` where threads on CUDA streams can run and
+    were measured to pay (a CUDA device, the local runner, one worker, no ``--compile``, no trial drawing dropout
+    masks, every trial's model in :data:`STREAMS_AUTO_MODELS`), else 1 (a CPU's cores are better spent inside
+    one trial's operators); a number or numeric string as it is (checked
     by :func:`run_sweep`)."""
     if streams != "auto":
         try:
             return int(streams)
         except (TypeError, ValueError):
             raise BiasbenchError(f"--streams must be a positive integer or auto, got {streams!r}") from None
-    if runner != "local" or workers > 1 or compile_model or shared_rng_users(trials or []):
+    trials = trials or []
+    if runner != "local" or workers > 1 or compile_model or shared_rng_users(trials) or \
+            any(t.config.get("model", "paper_cnn") not in STREAMS_AUTO_MODELS for t in trials):
         return 1
     import torch
 
