@@ -388,6 +388,15 @@ runs (8 runs: 0.96x), compiled ones 1.39x, with one compilation per unit instead
 (``docs/benchmarks.md``)."""
 
 
+def _names_cuda(device: str) -> bool:
+    """Whether ``device`` (a ``--device`` string) means a CUDA GPU: ``cuda``/``cuda:N``, or ``auto`` on a machine
+    with one. Unlike :func:`biasbench.train.loop.resolve_device` it does not check that the GPU is there (a Slurm
+    sweep's device is the compute nodes')."""
+    import torch
+
+    return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+
+
 STREAMS_AUTO_CUDA = 4
 """``--streams auto`` on a CUDA device (local runner, one worker, no ``--compile``, no dropout, every trial a
 :data:`STREAMS_AUTO_MODELS` model): one seed of paper-table1 took about 17 minutes in 4 threads against about
@@ -417,20 +426,14 @@ def resolve_streams(streams: int | str, device: str, runner: str = "local", work
     if runner != "local" or workers > 1 or compile_model or shared_rng_users(trials) or \
             any(t.config.get("model", "paper_cnn") not in STREAMS_AUTO_MODELS for t in trials):
         return 1
-    import torch
-
-    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    return STREAMS_AUTO_CUDA if cuda else 1
+    return STREAMS_AUTO_CUDA if _names_cuda(device) else 1
 
 
 def resolve_fuse(fuse: int | str, device: str, compile_model: bool | str = False) -> int:
     if fuse == "auto":
         if not compile_model:
             return 1
-        import torch
-
-        cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-        return FUSE_AUTO_COMPILED if cuda else 1
+        return FUSE_AUTO_COMPILED if _names_cuda(device) else 1
     try:
         n = int(fuse)
     except (TypeError, ValueError):
